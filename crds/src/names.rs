@@ -1,0 +1,350 @@
+//! Validated string newtypes used across the API.
+//!
+//! Each type knows two things: the schema (with CEL rules) the API server
+//! enforces at `kubectl apply`, and a Rust `parse` that accepts exactly the same
+//! values, for code that reads manifests without an API server (`kwire lint`,
+//! the node daemon reading files).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use ipnet::IpNet;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{CelRule, string_schema};
+
+/// Why a value does not have the form a field expects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} {expected}")]
+pub struct InvalidValue {
+    pub value: String,
+    pub expected: &'static str,
+}
+
+macro_rules! string_newtype {
+    ($(#[$meta:meta])* $name:ident, min = $min:expr, max = $max:expr, rules = [$($rule:expr),* $(,)?], check = $check:path) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The schema rules of this type, also used by the schema tests.
+            pub const RULES: &'static [CelRule] = &[$($rule),*];
+
+            /// Accepts exactly what the API server accepts for this field.
+            pub fn parse(value: impl Into<String>) -> Result<Self, InvalidValue> {
+                let value = value.into();
+                let len = value.chars().count();
+                if len < $min || len > $max || !$check(&value) {
+                    return Err(InvalidValue { value, expected: Self::RULES[0].message });
+                }
+                Ok(Self(value))
+            }
+
+            /// Wraps a value without checking it (for values read back from the API server, which checked them).
+            pub fn new_unchecked(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                string_schema($min, $max, Self::RULES)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// A kernel network interface name such as `wg0-client`.
+    ///
+    /// The kernel allows up to 15 bytes and forbids `/`, `:` and whitespace;
+    /// kwire also keeps names to printable ASCII so that characters and bytes agree.
+    DeviceName,
+    min = 1,
+    max = 15,
+    rules = [CelRule::new(
+        "self.matches('^[!-.0-9;-~]+$') && self != '.' && self != '..'",
+        "must be a kernel interface name: 1 to 15 printable ASCII characters without '/', ':' or spaces, e.g. wg0-client"
+    )],
+    check = is_device_name
+);
+
+string_newtype!(
+    /// A WireGuard public (or pre-shared) key: base64 of 32 bytes, as printed by `wg pubkey`.
+    WireguardKey,
+    min = 44,
+    max = 44,
+    rules = [CelRule::new(
+        "self.matches('^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$')",
+        "must be a WireGuard key: 44 characters of base64 encoding 32 bytes, as printed by 'wg pubkey'"
+    )],
+    check = is_wireguard_key
+);
+
+string_newtype!(
+    /// A single IPv4 or IPv6 address, e.g. `10.1.0.2` or `fd00:1::2`.
+    IpAddress,
+    min = 2,
+    max = 45,
+    rules = [CelRule::new(
+        "isIP(self)",
+        "must be an IPv4 or IPv6 address, e.g. 10.1.0.2 or fd00:1::2"
+    )],
+    check = is_ip
+);
+
+string_newtype!(
+    /// A network in CIDR notation with the host bits zero, e.g. `10.2.0.0/24`.
+    IpPrefix,
+    min = 4,
+    max = 49,
+    rules = [CelRule::new(
+        "isCIDR(self) && cidr(self) == cidr(self).masked()",
+        "must be a network in CIDR notation with the host bits zero, e.g. 10.2.0.0/24, 0.0.0.0/0 or fd00:2::/64"
+    )],
+    check = is_network
+);
+
+string_newtype!(
+    /// An interface address with its prefix length, e.g. `10.1.0.1/24` (host bits set).
+    InterfaceAddress,
+    min = 4,
+    max = 49,
+    rules = [CelRule::new(
+        "isCIDR(self)",
+        "must be an address with its prefix length, e.g. 10.1.0.1/24 or fd00:1::1/64"
+    )],
+    check = is_prefix
+);
+
+string_newtype!(
+    /// Where a peer is reached: an IP address or a DNS name (re-resolved by the node daemon).
+    EndpointHost,
+    min = 1,
+    max = 253,
+    rules = [CelRule::new(
+        "isIP(self) || self.matches('^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?([.][A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$')",
+        "must be an IPv4 or IPv6 address (no brackets) or a DNS name, e.g. 192.0.2.10, 2001:db8::10 or vpn.example.com"
+    )],
+    check = is_endpoint_host
+);
+
+string_newtype!(
+    /// The name of another Kubernetes object in the same namespace.
+    ObjectName,
+    min = 1,
+    max = 253,
+    rules = [CelRule::new(
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+        "must be the name of a Kubernetes object: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+    )],
+    check = is_object_name
+);
+
+fn is_device_name(s: &str) -> bool {
+    s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+fn is_wireguard_key(s: &str) -> bool {
+    s.len() == 44
+        && base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .is_ok_and(|bytes| bytes.len() == 32)
+}
+
+fn is_ip(s: &str) -> bool {
+    s.parse::<IpAddr>().is_ok()
+}
+
+fn is_prefix(s: &str) -> bool {
+    s.parse::<IpNet>().is_ok()
+}
+
+fn is_network(s: &str) -> bool {
+    s.parse::<IpNet>().is_ok_and(|net| net.trunc() == net)
+}
+
+fn is_dns_label(label: &str, allow_upper: bool) -> bool {
+    let bytes = label.as_bytes();
+    let inner_ok = |b: &u8| {
+        b.is_ascii_digit()
+            || b.is_ascii_lowercase()
+            || (allow_upper && b.is_ascii_uppercase())
+            || *b == b'-'
+    };
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(inner_ok)
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+fn is_endpoint_host(s: &str) -> bool {
+    is_ip(s) || s.split('.').all(|label| is_dns_label(label, true))
+}
+
+fn is_object_name(s: &str) -> bool {
+    s.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    })
+}
+
+impl WireguardKey {
+    /// The 32 key bytes.
+    pub fn to_bytes(&self) -> Result<[u8; 32], InvalidValue> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.0)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| InvalidValue {
+                value: self.0.clone(),
+                expected: Self::RULES[0].message,
+            })
+    }
+
+    /// The first characters of the key, enough for a person to tell keys apart.
+    pub fn prefix(&self) -> &str {
+        &self.0[..self.0.len().min(8)]
+    }
+}
+
+impl IpAddress {
+    pub fn addr(&self) -> Result<IpAddr, InvalidValue> {
+        self.0.parse().map_err(|_| InvalidValue {
+            value: self.0.clone(),
+            expected: Self::RULES[0].message,
+        })
+    }
+}
+
+impl IpPrefix {
+    pub fn net(&self) -> Result<IpNet, InvalidValue> {
+        match self.0.parse::<IpNet>() {
+            Ok(net) if net.trunc() == net => Ok(net),
+            _ => Err(InvalidValue {
+                value: self.0.clone(),
+                expected: Self::RULES[0].message,
+            }),
+        }
+    }
+}
+
+impl InterfaceAddress {
+    pub fn net(&self) -> Result<IpNet, InvalidValue> {
+        self.0.parse().map_err(|_| InvalidValue {
+            value: self.0.clone(),
+            expected: Self::RULES[0].message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_follow_the_kernel_rules() {
+        for ok in ["wg0", "wg0-client", "a", "exactly15bytes!", "wg.1"] {
+            assert!(DeviceName::parse(ok).is_ok(), "{ok} should be accepted");
+        }
+        for bad in [
+            "",
+            "sixteen-bytes-xx",
+            "wg/0",
+            "wg 0",
+            "wg:0",
+            ".",
+            "..",
+            "wg\t0",
+            "wgé",
+        ] {
+            assert!(DeviceName::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn wireguard_keys_must_decode_to_32_bytes() {
+        let key = "OgbUF/E21zi9qHf5h9H6N/iM92nnNYgRtOMhReFm730=";
+        assert_eq!(
+            WireguardKey::parse(key).unwrap().to_bytes().unwrap().len(),
+            32
+        );
+        assert!(WireguardKey::parse("OgbUF/E21zi9qHf5h9H6N/iM92nnNYgRtOMhReFm73=").is_err());
+        assert!(WireguardKey::parse("not a key").is_err());
+        // 44 characters, but the last base64 digit carries bits beyond 32 bytes.
+        assert!(WireguardKey::parse("OgbUF/E21zi9qHf5h9H6N/iM92nnNYgRtOMhReFm731=").is_err());
+    }
+
+    #[test]
+    fn networks_need_zero_host_bits_but_interface_addresses_do_not() {
+        assert!(IpPrefix::parse("10.2.0.0/24").is_ok());
+        assert!(IpPrefix::parse("fd00:2::/64").is_ok());
+        assert!(IpPrefix::parse("0.0.0.0/0").is_ok());
+        assert!(IpPrefix::parse("10.2.0.1/24").is_err());
+        assert!(IpPrefix::parse("10.2.0.0").is_err());
+        assert!(InterfaceAddress::parse("10.1.0.1/24").is_ok());
+        assert!(InterfaceAddress::parse("fd00:1::1/64").is_ok());
+        assert!(InterfaceAddress::parse("10.1.0.1").is_err());
+    }
+
+    #[test]
+    fn endpoint_hosts_are_addresses_or_dns_names() {
+        for ok in ["192.0.2.10", "2001:db8::10", "vpn.example.com", "B-host"] {
+            assert!(EndpointHost::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["[2001:db8::10]", "host:51820", "-bad.example", "a..b", ""] {
+            assert!(EndpointHost::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn object_names_are_dns_subdomains() {
+        assert!(ObjectName::parse("a-wg0-client").is_ok());
+        assert!(ObjectName::parse("link.a-b").is_ok());
+        assert!(ObjectName::parse("Upper").is_err());
+        assert!(ObjectName::parse("trailing-").is_err());
+    }
+}

@@ -1,0 +1,34 @@
+//! `kwire.dev/v1alpha1`: Network, Interface, Peer and Route.
+
+mod common;
+mod interface;
+mod network;
+mod peer;
+mod route;
+
+pub use common::*;
+pub use interface::*;
+pub use network::*;
+pub use peer::*;
+pub use route::*;
+
+/// The API group of every kwire kind.
+pub const GROUP: &str = "kwire.dev";
+/// The version this module describes.
+pub const VERSION: &str = "v1alpha1";
+
+use crate::schema::CelRule;
+
+/// The cross-field and transition rules of each kind, keyed by the schema path they sit on.
+pub(crate) fn interface_rules() -> &'static [(&'static [&'static str], CelRule)] {
+    interface::RULES
+}
+pub(crate) fn network_rules() -> &'static [(&'static [&'static str], CelRule)] {
+    network::RULES
+}
+pub(crate) fn peer_rules() -> &'static [(&'static [&'static str], CelRule)] {
+    peer::RULES
+}
+pub(crate) fn route_rules() -> &'static [(&'static [&'static str], CelRule)] {
+    route::RULES
+}
