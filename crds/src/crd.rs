@@ -57,7 +57,8 @@ fn with_rules(
     crd
 }
 
-/// Removes `nullable` (and `null` enum members) that the derive adds to every `Option`.
+/// Removes `nullable` (and `null` enum members) that the derive adds to every `Option`,
+/// and integer formats the API server does not know.
 ///
 /// kwire never stores an explicit null: without `nullable` the API server prunes a null
 /// before validation, so `has(self.field)` in CEL means "the user set a value".
@@ -65,6 +66,15 @@ fn strip_nullable(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
             map.remove("nullable");
+            // schemars names Rust integer widths; the API server only knows int32/int64
+            // and warns about the rest on every CRD install.
+            if map
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| f.starts_with("uint") || f == "int8" || f == "int16")
+            {
+                map.remove("format");
+            }
             if let Some(Value::Array(members)) = map.get_mut("enum") {
                 members.retain(|m| !m.is_null());
             }

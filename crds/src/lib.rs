@@ -4,6 +4,7 @@
 //! the CLI can all depend on it cheaply.
 
 pub mod crd;
+pub mod docs;
 pub mod manifest;
 pub mod names;
 pub mod schema;

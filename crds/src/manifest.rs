@@ -11,10 +11,10 @@ use crate::v1alpha1::{GROUP, Interface, Network, Peer, Route, VERSION};
 /// One document of a manifest file.
 #[derive(Clone, Debug)]
 pub enum KwireObject {
-    Network(Network),
-    Interface(Interface),
-    Peer(Peer),
-    Route(Route),
+    Network(Box<Network>),
+    Interface(Box<Interface>),
+    Peer(Box<Peer>),
+    Route(Box<Route>),
     /// Any other object (a Secret, a Namespace …), kept as written.
     Other {
         kind: String,
@@ -93,10 +93,12 @@ fn parse_object(index: usize, doc: Value) -> Result<KwireObject, ManifestError> 
         source,
     };
     Ok(match kind.as_str() {
-        "Network" => KwireObject::Network(serde_json::from_value(doc).map_err(shape)?),
-        "Interface" => KwireObject::Interface(serde_json::from_value(doc).map_err(shape)?),
-        "Peer" => KwireObject::Peer(serde_json::from_value(doc).map_err(shape)?),
-        "Route" => KwireObject::Route(serde_json::from_value(doc).map_err(shape)?),
+        "Network" => KwireObject::Network(Box::new(serde_json::from_value(doc).map_err(shape)?)),
+        "Interface" => {
+            KwireObject::Interface(Box::new(serde_json::from_value(doc).map_err(shape)?))
+        }
+        "Peer" => KwireObject::Peer(Box::new(serde_json::from_value(doc).map_err(shape)?)),
+        "Route" => KwireObject::Route(Box::new(serde_json::from_value(doc).map_err(shape)?)),
         _ => KwireObject::Other { kind, value: doc },
     })
 }
@@ -114,10 +116,10 @@ pub fn validate_like_api_server(object: &Value, old: Option<&Value>) -> Vec<Stri
     };
     let mut problems = Vec::new();
     check_structure(schema, object, "", &mut problems);
-    if problems.is_empty() {
-        if let Err(errors) = kube_cel::Validator::new().validate(schema, object, old) {
-            problems.extend(errors.iter().map(ToString::to_string));
-        }
+    if problems.is_empty()
+        && let Err(errors) = kube_cel::Validator::new().validate(schema, object, old)
+    {
+        problems.extend(errors.iter().map(ToString::to_string));
     }
     problems
 }
@@ -131,14 +133,14 @@ fn check_structure(schema: &Value, value: &Value, path: &str, problems: &mut Vec
             p.to_string()
         }
     };
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(value) {
-            problems.push(format!(
-                "{}: Unsupported value: {value}: supported values: {}",
-                at(path),
-                Value::Array(allowed.clone())
-            ));
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        problems.push(format!(
+            "{}: Unsupported value: {value}: supported values: {}",
+            at(path),
+            Value::Array(allowed.clone())
+        ));
     }
     match value {
         Value::Object(map) => {
@@ -202,13 +204,13 @@ fn check_structure(schema: &Value, value: &Value, path: &str, problems: &mut Vec
                 _ => None,
             };
             for (i, item) in items.iter().enumerate() {
-                if let Some(id) = identity(item) {
-                    if items[..i]
+                if let Some(id) = identity(item)
+                    && items[..i]
                         .iter()
                         .any(|earlier| identity(earlier).as_ref() == Some(&id))
-                    {
-                        problems.push(format!("{}[{i}]: Duplicate value: {id}", at(path)));
-                    }
+                {
+                    // The wording of the API server's server-side apply.
+                    problems.push(format!("{}: duplicate entries for key {id}", at(path)));
                 }
             }
             if let Some(item_schema) = schema.get("items") {
@@ -277,11 +279,21 @@ fn check_structure(schema: &Value, value: &Value, path: &str, problems: &mut Vec
         _ => false,
     };
     if !matches {
-        problems.push(format!(
-            "{}: Invalid value: {value}: must be of type {}",
-            at(path),
-            expected.unwrap_or("?")
-        ));
+        let found = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "list",
+            Value::Object(_) => "map",
+        };
+        // The wording of the API server's server-side apply.
+        let wanted = match expected {
+            Some("integer" | "number") => "numeric (int or float)",
+            Some(other) => other,
+            None => "?",
+        };
+        problems.push(format!("{}: expected {wanted}, got {found}", at(path)));
     }
 }
 

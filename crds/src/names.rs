@@ -40,7 +40,7 @@ macro_rules! string_newtype {
             pub fn parse(value: impl Into<String>) -> Result<Self, InvalidValue> {
                 let value = value.into();
                 let len = value.chars().count();
-                if len < $min || len > $max || !$check(&value) {
+                if !($min..=$max).contains(&len) || !$check(&value) {
                     return Err(InvalidValue { value, expected: Self::RULES[0].message });
                 }
                 Ok(Self(value))

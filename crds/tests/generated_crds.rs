@@ -24,6 +24,18 @@ fn checked_in_crds_match_the_types() {
 }
 
 #[test]
+fn checked_in_api_reference_matches_the_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(kwire_crds::docs::API_DOC_PATH);
+    let found = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        found == kwire_crds::docs::api_reference(),
+        "docs/api.md is stale: run `cargo run -p kwire-crds --bin crdgen -- --write` and commit the result"
+    );
+}
+
+#[test]
 fn every_kind_has_status_short_name_category_and_ready_column() {
     for crd in kwire_crds::crd::all() {
         let kind = &crd.spec.names.kind;

@@ -1,0 +1,166 @@
+//! The Kubernetes side of the node daemon: what this node should have ([`source`],
+//! [`desired`]) and what it reports back ([`report`]).
+
+pub mod desired;
+pub mod report;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use kube::{Client, ResourceExt as _};
+use tokio::sync::watch;
+
+use crate::model::DesiredNode;
+use crate::run::NodeStatus;
+use desired::{ObjectKey, Translation};
+use report::{ReportInput, Reporter, Seen, StatusReport};
+use source::Source;
+
+/// How the API side is set up.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub node_name: String,
+    /// Folder of node-local keys (`keyMode: NodeLocal`).
+    pub key_dir: PathBuf,
+    /// How often the desired state is rebuilt even without a watch event (keys, DNS).
+    pub resync_period: Duration,
+}
+
+/// Feeds the reconciler with the desired state and writes status from what it observes.
+/// Runs until `shutdown` resolves; an unreachable API server only delays updates.
+pub async fn drive(
+    client: Client,
+    config: ApiConfig,
+    desired_tx: watch::Sender<Option<DesiredNode>>,
+    mut status_rx: watch::Receiver<NodeStatus>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let source = Source::start(client.clone(), &config.node_name, config.key_dir.clone()).await;
+    tracing::info!(node = %config.node_name, "watching this node's Interfaces and their Peers and Routes");
+    let mut reporter = Reporter::new(client, &config.node_name);
+    let mut configured_since: BTreeMap<ObjectKey, SystemTime> = BTreeMap::new();
+    let mut translation = rebuild(&source, &desired_tx).await;
+    let mut tick = tokio::time::interval(config.resync_period);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = source.changed() => translation = rebuild(&source, &desired_tx).await,
+            _ = tick.tick() => translation = rebuild(&source, &desired_tx).await,
+            changed = status_rx.changed() => if changed.is_err() { return },
+        }
+        let now = SystemTime::now();
+        configured_since.retain(|k, _| translation.peer_entries.contains_key(k));
+        for key in translation.peer_entries.keys() {
+            configured_since.entry(key.clone()).or_insert(now);
+        }
+        let status = status_rx.borrow().clone();
+        let (interfaces, peers, routes) = source.seen(&translation);
+        let report = StatusReport::build(&ReportInput {
+            node: &config.node_name,
+            translation: &translation,
+            observed: status.observed.as_deref(),
+            conflicts: &status.conflicts,
+            errors: &status.errors,
+            now,
+            configured_since: &configured_since,
+            interfaces: &interfaces,
+            peers: &peers,
+            routes: &routes,
+        });
+        let writes = reporter.write(&report).await;
+        if writes > 0 {
+            tracing::debug!(writes, "status written");
+        }
+    }
+}
+
+async fn rebuild(source: &Source, desired_tx: &watch::Sender<Option<DesiredNode>>) -> Translation {
+    let translation = source.snapshot().await;
+    for (key, problem) in &translation.interface_problems {
+        tracing::info!(namespace = %key.0, interface = %key.1, reason = problem.reason, "{}", problem.message);
+    }
+    let desired = translation.desired.clone();
+    desired_tx.send_if_modified(|current| {
+        if current.as_ref() == Some(&desired) {
+            false
+        } else {
+            *current = Some(desired);
+            true
+        }
+    });
+    translation
+}
+
+impl Source {
+    /// Generation and conditions of the objects this node reports on.
+    pub fn seen(
+        &self,
+        translation: &Translation,
+    ) -> (
+        BTreeMap<ObjectKey, Seen>,
+        BTreeMap<ObjectKey, Seen>,
+        BTreeMap<ObjectKey, Seen>,
+    ) {
+        fn seen_of<K: kube::Resource>(
+            object: &K,
+            conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+        ) -> (ObjectKey, Seen) {
+            (
+                (object.namespace().unwrap_or_default(), object.name_any()),
+                Seen {
+                    generation: object.meta().generation,
+                    conditions,
+                },
+            )
+        }
+        let interfaces = self
+            .interfaces_state()
+            .iter()
+            .map(|i| {
+                seen_of(
+                    i.as_ref(),
+                    i.status
+                        .as_ref()
+                        .map(|s| s.conditions.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        let peers = self
+            .peers_state()
+            .iter()
+            .map(|p| {
+                seen_of(
+                    p.as_ref(),
+                    p.status
+                        .as_ref()
+                        .map(|s| s.conditions.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .filter(|(k, _)| {
+                translation.peer_sides.contains_key(k) || translation.peer_problems.contains_key(k)
+            })
+            .collect();
+        let routes = self
+            .routes_state()
+            .iter()
+            .map(|r| {
+                seen_of(
+                    r.as_ref(),
+                    r.status
+                        .as_ref()
+                        .map(|s| s.conditions.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .filter(|(k, _)| {
+                translation.route_keys.contains_key(k) || translation.route_problems.contains_key(k)
+            })
+            .collect();
+        (interfaces, peers, routes)
+    }
+}

@@ -1,0 +1,462 @@
+//! From what the node observes to the status of Interfaces, Peers and Routes.
+//!
+//! [`StatusReport::build`] is pure: it takes the translation, the last observation and
+//! the plan's conflicts and returns the status each object should have from this node.
+//! [`Reporter`] decides which of those to write (only what a person would notice right
+//! away; counters at most every [`COUNTER_INTERVAL`]) and writes them by server-side apply
+//! under this node's field manager, so two nodes never overwrite each other.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use kwire_crds::v1alpha1::{Interface, Peer, Route, condition};
+use serde_json::{Value, json};
+
+use super::desired::{ObjectKey, PeerSide, Translation};
+use crate::model::{LinkKind, ObservedNode, Ownership};
+use crate::plan::Conflict;
+
+/// After this long without a new handshake WireGuard rejects the session's keys
+/// (`REJECT_AFTER_TIME`), so the link is no longer connected.
+pub const STALE_AFTER: Duration = Duration::from_secs(180);
+/// How long a configured peer may go without its first handshake before it is reported
+/// `NeverHandshaked` rather than `Connecting`.
+pub const FIRST_HANDSHAKE_GRACE: Duration = Duration::from_secs(60);
+/// Counters alone cause at most one write per object per this period.
+pub const COUNTER_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The field manager of the daemon on `node`.
+pub fn field_manager(node: &str) -> String {
+    format!("kwire-node-{node}")
+}
+
+/// A status for one object: the part that matters at once, and counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectStatus {
+    /// Conditions and configuration; a change is written at once.
+    pub significant: Value,
+    /// Handshake times and byte counters; written at most every [`COUNTER_INTERVAL`].
+    pub counters: Value,
+}
+
+#[derive(Debug, Default)]
+pub struct StatusReport {
+    pub interfaces: BTreeMap<ObjectKey, ObjectStatus>,
+    pub peers: BTreeMap<ObjectKey, ObjectStatus>,
+    pub routes: BTreeMap<ObjectKey, ObjectStatus>,
+}
+
+/// What the reporter needs about one object from the API (generation, current conditions).
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub generation: Option<i64>,
+    pub conditions: Vec<Condition>,
+}
+
+pub struct ReportInput<'a> {
+    pub node: &'a str,
+    pub translation: &'a Translation,
+    pub observed: Option<&'a ObservedNode>,
+    pub conflicts: &'a [Conflict],
+    pub errors: &'a [String],
+    pub now: SystemTime,
+    /// When each peer entry was first configured by this daemon (for the handshake grace).
+    pub configured_since: &'a BTreeMap<ObjectKey, SystemTime>,
+    pub interfaces: &'a BTreeMap<ObjectKey, Seen>,
+    pub peers: &'a BTreeMap<ObjectKey, Seen>,
+    pub routes: &'a BTreeMap<ObjectKey, Seen>,
+}
+
+fn condition_json(
+    seen: &Seen,
+    kind: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: SystemTime,
+) -> Value {
+    let status_text = if status { "True" } else { "False" };
+    let since = seen
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind && c.status == status_text)
+        .map(|c| c.last_transition_time.0.to_string())
+        .unwrap_or_else(|| timestamp(now));
+    json!({
+        "type": kind,
+        "status": status_text,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": seen.generation,
+    })
+}
+
+fn timestamp(t: SystemTime) -> String {
+    Timestamp::try_from(t)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+impl StatusReport {
+    pub fn build(input: &ReportInput<'_>) -> Self {
+        let mut report = Self::default();
+        let failed = !input.errors.is_empty();
+        for (key, seen) in input.interfaces {
+            let device = input.translation.devices.get(key);
+            let observed = device.and_then(|d| input.observed.and_then(|o| o.devices.get(d)));
+            let conflict = device.and_then(|d| {
+                input.conflicts.iter().find(
+                    |c| matches!(c, Conflict::InterfaceNameTaken { device, .. } if device == d),
+                )
+            });
+            let (ready, reason, message) = if let Some(problem) =
+                input.translation.interface_problems.get(key)
+            {
+                (false, problem.reason, problem.message.clone())
+            } else if let Some(c) = conflict {
+                (
+                    false,
+                    condition::CONFLICT,
+                    format!(
+                        "{c}: kwire leaves a device it did not create alone; choose another spec.deviceName or remove that device"
+                    ),
+                )
+            } else if observed.is_none() {
+                (
+                    false,
+                    "Pending",
+                    "the device is not configured yet".to_string(),
+                )
+            } else if failed {
+                (false, "ApplyFailed", input.errors.join("; "))
+            } else {
+                (
+                    true,
+                    "Configured",
+                    format!(
+                        "device {} is configured on node {}",
+                        device.map(ToString::to_string).unwrap_or_default(),
+                        input.node
+                    ),
+                )
+            };
+            let wireguard = observed.and_then(|o| o.wireguard.as_ref());
+            let significant = json!({
+                "conditions": [condition_json(seen, condition::READY, ready, reason, &message, input.now)],
+                "device": {
+                    "backend": observed.map(|o| match o.kind { LinkKind::Wireguard => "kernel", _ => "userspace" }),
+                    "listenPort": wireguard.and_then(|w| w.listen_port),
+                    "publicKey": wireguard.and_then(|w| w.public_key).map(|k| k.to_base64()),
+                    "peers": wireguard.map(|w| w.peers.len()),
+                    "observedGeneration": seen.generation,
+                },
+            });
+            report.interfaces.insert(
+                key.clone(),
+                ObjectStatus {
+                    significant: strip_nulls(significant),
+                    counters: json!({}),
+                },
+            );
+        }
+
+        for (key, seen) in input.peers {
+            let Some(side) = input.translation.peer_sides.get(key).copied().or_else(|| {
+                input
+                    .translation
+                    .peer_problems
+                    .contains_key(key)
+                    .then_some(PeerSide::Local)
+            }) else {
+                continue;
+            };
+            let stats = peer_stats(input, key);
+            match side {
+                PeerSide::Local => {
+                    let (ready, reason, message) = match input.translation.peer_problems.get(key) {
+                        Some(p) => (false, p.reason, p.message.clone()),
+                        None if stats.is_some() => (
+                            true,
+                            "Configured",
+                            format!("configured on node {}", input.node),
+                        ),
+                        None => (
+                            false,
+                            "Pending",
+                            "the peer is not configured on the device yet".to_string(),
+                        ),
+                    };
+                    let since = input.configured_since.get(key).copied();
+                    let (connected, c_reason, c_message) =
+                        connectivity(stats.as_ref().and_then(|s| s.handshake), since, input.now);
+                    let significant = json!({
+                        "conditions": [
+                            condition_json(seen, condition::READY, ready, reason, &message, input.now),
+                            condition_json(seen, condition::CONNECTED, connected, c_reason, &c_message, input.now),
+                        ],
+                        "endpointSeen": stats.as_ref().and_then(|s| s.endpoint.clone()),
+                    });
+                    let counters = json!({
+                        "latestHandshake": stats.as_ref().and_then(|s| s.handshake).map(timestamp),
+                        "transfer": stats.as_ref().map(|s| json!({"rxBytes": s.rx, "txBytes": s.tx})),
+                    });
+                    report.peers.insert(
+                        key.clone(),
+                        ObjectStatus {
+                            significant: strip_nulls(significant),
+                            counters: strip_nulls(counters),
+                        },
+                    );
+                }
+                PeerSide::Remote => {
+                    let significant = json!({ "remoteEnd": { "node": input.node, "configured": stats.is_some() } });
+                    let counters = json!({ "remoteEnd": {
+                        "latestHandshake": stats.as_ref().and_then(|s| s.handshake).map(timestamp),
+                        "transfer": stats.as_ref().map(|s| json!({"rxBytes": s.rx, "txBytes": s.tx})),
+                    }});
+                    report.peers.insert(
+                        key.clone(),
+                        ObjectStatus {
+                            significant: strip_nulls(significant),
+                            counters: strip_nulls(counters),
+                        },
+                    );
+                }
+            }
+        }
+
+        for (key, seen) in input.routes {
+            let problem = input
+                .translation
+                .route_problems
+                .get(key)
+                .map(|p| (p.reason, p.message.clone()));
+            let Some((ready, reason, message)) =
+                problem.map(|(r, m)| (false, r, m)).or_else(|| {
+                    let route = input.translation.route_keys.get(key)?;
+                    let conflict = input.conflicts.iter().find(|c| match c {
+                        Conflict::RouteTaken { key, .. }
+                        | Conflict::RouteDeviceUnavailable { key, .. } => key == route,
+                        Conflict::InterfaceNameTaken { .. } => false,
+                    });
+                    let installed = input.observed.is_some_and(|o| {
+                        o.routes.iter().any(|(id, r)| {
+                            id.table == route.table
+                                && id.destination == route.destination
+                                && r.ownership == Ownership::Owned
+                        })
+                    });
+                    Some(match conflict {
+                        Some(c) => (
+                            false,
+                            c.reason(),
+                            format!("{c}: kwire never replaces a route it did not create"),
+                        ),
+                        None if installed => (
+                            true,
+                            "Installed",
+                            format!("installed on node {}", input.node),
+                        ),
+                        None => (
+                            false,
+                            "Pending",
+                            "the route is not installed yet".to_string(),
+                        ),
+                    })
+                })
+            else {
+                continue;
+            };
+            let significant = json!({ "conditions": [condition_json(seen, condition::READY, ready, reason, &message, input.now)] });
+            report.routes.insert(
+                key.clone(),
+                ObjectStatus {
+                    significant,
+                    counters: json!({}),
+                },
+            );
+        }
+        report
+    }
+}
+
+struct Stats {
+    handshake: Option<SystemTime>,
+    rx: u64,
+    tx: u64,
+    endpoint: Option<String>,
+}
+
+fn peer_stats(input: &ReportInput<'_>, key: &ObjectKey) -> Option<Stats> {
+    let observed = input.observed?;
+    let (device, public_key) = input.translation.peer_entries.get(key)?;
+    let peer = observed
+        .devices
+        .get(device)?
+        .wireguard
+        .as_ref()?
+        .peers
+        .get(public_key)?;
+    Some(Stats {
+        handshake: peer.stats.last_handshake,
+        rx: peer.stats.rx_bytes,
+        tx: peer.stats.tx_bytes,
+        endpoint: peer.config.endpoint.map(|e| e.to_string()),
+    })
+}
+
+/// The `Connected` condition from the latest handshake.
+pub fn connectivity(
+    handshake: Option<SystemTime>,
+    configured_since: Option<SystemTime>,
+    now: SystemTime,
+) -> (bool, &'static str, String) {
+    match handshake {
+        Some(at) => {
+            let age = now.duration_since(at).unwrap_or_default();
+            if age <= STALE_AFTER {
+                (
+                    true,
+                    "Connected",
+                    format!("latest handshake {}s ago", age.as_secs()),
+                )
+            } else {
+                (
+                    false,
+                    "Stale",
+                    format!(
+                        "no handshake for {}s (WireGuard drops a session after {}s without one): is the remote up and its endpoint reachable?",
+                        age.as_secs(),
+                        STALE_AFTER.as_secs()
+                    ),
+                )
+            }
+        }
+        None => {
+            let waited = configured_since
+                .and_then(|s| now.duration_since(s).ok())
+                .unwrap_or_default();
+            if waited < FIRST_HANDSHAKE_GRACE {
+                (
+                    false,
+                    "Connecting",
+                    "waiting for the first handshake".to_string(),
+                )
+            } else {
+                (
+                    false,
+                    "NeverHandshaked",
+                    format!(
+                        "no handshake in {}s since the peer was configured: check the remote's endpoint, port and public key, and that UDP reaches it",
+                        waited.as_secs()
+                    ),
+                )
+            }
+        }
+    }
+}
+
+fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
+fn merge(a: &Value, b: &Value) -> Value {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut out = x.clone();
+            for (k, v) in y {
+                let merged = out
+                    .get(k)
+                    .map_or_else(|| v.clone(), |existing| merge(existing, v));
+                out.insert(k.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        (_, b) => b.clone(),
+    }
+}
+
+/// Writes status patches, skipping what would change nothing a person cares about.
+pub struct Reporter {
+    client: Client,
+    manager: String,
+    written: BTreeMap<(&'static str, ObjectKey), (ObjectStatus, Instant)>,
+}
+
+impl Reporter {
+    pub fn new(client: Client, node: &str) -> Self {
+        Self {
+            client,
+            manager: field_manager(node),
+            written: BTreeMap::new(),
+        }
+    }
+
+    /// Writes what changed; returns how many objects were patched.
+    pub async fn write(&mut self, report: &StatusReport) -> usize {
+        let mut writes = 0;
+        for (kind, statuses) in [
+            ("Interface", &report.interfaces),
+            ("Peer", &report.peers),
+            ("Route", &report.routes),
+        ] {
+            for (key, status) in statuses {
+                let id = (kind, key.clone());
+                let due = match self.written.get(&id) {
+                    None => true,
+                    Some((last, _)) if last.significant != status.significant => true,
+                    Some((last, at)) => {
+                        last.counters != status.counters && at.elapsed() >= COUNTER_INTERVAL
+                    }
+                };
+                if !due {
+                    continue;
+                }
+                let body = json!({
+                    "apiVersion": "kwire.dev/v1alpha1",
+                    "kind": kind,
+                    "status": merge(&status.significant, &status.counters),
+                });
+                let params = PatchParams::apply(&self.manager).force();
+                let result = match kind {
+                    "Interface" => Api::<Interface>::namespaced(self.client.clone(), &key.0)
+                        .patch_status(&key.1, &params, &Patch::Apply(&body))
+                        .await
+                        .map(drop),
+                    "Peer" => Api::<Peer>::namespaced(self.client.clone(), &key.0)
+                        .patch_status(&key.1, &params, &Patch::Apply(&body))
+                        .await
+                        .map(drop),
+                    _ => Api::<Route>::namespaced(self.client.clone(), &key.0)
+                        .patch_status(&key.1, &params, &Patch::Apply(&body))
+                        .await
+                        .map(drop),
+                };
+                match result {
+                    Ok(()) => {
+                        writes += 1;
+                        self.written.insert(id, (status.clone(), Instant::now()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind, namespace = %key.0, name = %key.1, error = %e, "status write failed; will retry")
+                    }
+                }
+            }
+        }
+        writes
+    }
+}

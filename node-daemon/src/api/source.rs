@@ -1,0 +1,351 @@
+//! What this node should have, read from the Kubernetes API.
+//!
+//! Reflectors keep the Interfaces of this node (a field selector on `spec.nodeName`), and
+//! the Peers and Routes of the cluster, in memory. After every change, and on every resync,
+//! [`Source::snapshot`] gathers the keys and endpoint addresses the translation needs, and
+//! [`desired::translate`] turns it all into a [`DesiredNode`].
+//!
+//! Guarantees: nothing is published before every reflector has listed once (a partial view
+//! is never taken for "delete everything"); while the API server is unreachable the stores
+//! keep the last complete view, so the node keeps its state.
+
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, ResourceExt as _};
+use kwire_crds::v1alpha1::{Interface, KeyMode, Peer, Route};
+use tokio::sync::Notify;
+
+use super::desired::{self, KeyLookup, NodeObjects, ObjectKey, Problem, Translation};
+use crate::model::{PresharedKey, PrivateKey};
+
+/// The data key of a private key in a kwire Secret (also the default for user Secrets).
+pub const PRIVATE_KEY_DATA: &str = "privateKey";
+/// The data key of a pre-shared key.
+pub const PRESHARED_KEY_DATA: &str = "presharedKey";
+
+/// The reflectors of one node.
+#[derive(Clone)]
+pub struct Source {
+    client: Client,
+    interfaces: Store<Interface>,
+    peers: Store<Peer>,
+    routes: Store<Route>,
+    changed: Arc<Notify>,
+    key_dir: PathBuf,
+}
+
+impl Source {
+    /// Starts the reflectors (as background tasks) and returns once each has listed.
+    pub async fn start(client: Client, node_name: &str, key_dir: PathBuf) -> Self {
+        let changed = Arc::new(Notify::new());
+        let selector = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+        let interfaces = spawn_reflector(
+            Api::<Interface>::all(client.clone()),
+            selector,
+            changed.clone(),
+        );
+        let peers = spawn_reflector(
+            Api::<Peer>::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+        );
+        let routes = spawn_reflector(
+            Api::<Route>::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+        );
+        for ready in [
+            interfaces.wait_until_ready().await,
+            peers.wait_until_ready().await,
+            routes.wait_until_ready().await,
+        ] {
+            // The writer lives as long as its task; it is only dropped at shutdown.
+            if ready.is_err() {
+                tracing::warn!("a reflector stopped before it was ready");
+            }
+        }
+        Self {
+            client,
+            interfaces,
+            peers,
+            routes,
+            changed,
+            key_dir,
+        }
+    }
+
+    pub fn interfaces_state(&self) -> Vec<Arc<Interface>> {
+        self.interfaces.state()
+    }
+
+    pub fn peers_state(&self) -> Vec<Arc<Peer>> {
+        self.peers.state()
+    }
+
+    pub fn routes_state(&self) -> Vec<Arc<Route>> {
+        self.routes.state()
+    }
+
+    /// Resolves when any watched object changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Reads keys and resolves endpoints for the current objects, then translates them.
+    pub async fn snapshot(&self) -> Translation {
+        let interfaces = self.interfaces.state();
+        let namespaces: BTreeSet<String> =
+            interfaces.iter().filter_map(|i| i.namespace()).collect();
+        let in_scope = |ns: Option<String>| ns.is_some_and(|ns| namespaces.contains(&ns));
+        let peers: Vec<Arc<Peer>> = self
+            .peers
+            .state()
+            .into_iter()
+            .filter(|p| in_scope(p.namespace()))
+            .collect();
+        let routes: Vec<Arc<Route>> = self
+            .routes
+            .state()
+            .into_iter()
+            .filter(|r| in_scope(r.namespace()))
+            .collect();
+
+        let mut objects = NodeObjects {
+            interfaces: interfaces.iter().map(Arc::as_ref).collect(),
+            peers: peers.iter().map(Arc::as_ref).collect(),
+            routes: routes.iter().map(Arc::as_ref).collect(),
+            ..NodeObjects::default()
+        };
+        for interface in &interfaces {
+            let key = (
+                interface.namespace().unwrap_or_default(),
+                interface.name_any(),
+            );
+            if let Some(lookup) = self.private_key(interface).await {
+                objects.private_keys.insert(key, lookup);
+            }
+        }
+        let local: BTreeSet<ObjectKey> = objects.private_keys.keys().cloned().collect();
+        for peer in &peers {
+            let ns = peer.namespace().unwrap_or_default();
+            let on_this_node = local.contains(&(ns.clone(), peer.spec.interface.to_string()))
+                || peer
+                    .spec
+                    .remote
+                    .interface
+                    .as_ref()
+                    .is_some_and(|r| local.contains(&(ns.clone(), r.to_string())));
+            if !on_this_node {
+                continue;
+            }
+            if let Some(lookup) = self.preshared_key(peer).await {
+                objects.preshared_keys.insert((ns, peer.name_any()), lookup);
+            }
+            for endpoint in endpoints_to_resolve(peer) {
+                let first = tokio::net::lookup_host(endpoint.as_str())
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next());
+                if let Some(addr) = first {
+                    objects.resolved_hosts.insert(endpoint, addr);
+                }
+            }
+        }
+        desired::translate(&objects)
+    }
+
+    async fn private_key(&self, interface: &Interface) -> Option<KeyLookup<PrivateKey>> {
+        let ns = interface.namespace().unwrap_or_default();
+        if interface.spec.key_mode == Some(KeyMode::NodeLocal) {
+            return Some(node_local_key(&self.key_dir, &ns, &interface.name_any()));
+        }
+        let (secret, data_key) = match (
+            &interface.spec.private_key_secret_ref,
+            interface
+                .status
+                .as_ref()
+                .and_then(|s| s.private_key_secret.clone()),
+        ) {
+            (Some(r), _) => (
+                r.name.to_string(),
+                r.key.clone().unwrap_or_else(|| PRIVATE_KEY_DATA.into()),
+            ),
+            (None, Some(generated)) => (generated, PRIVATE_KEY_DATA.into()),
+            (None, None) => return None,
+        };
+        Some(
+            self.secret_key(&ns, &secret, &data_key)
+                .await
+                .map(PrivateKey::from_bytes),
+        )
+    }
+
+    async fn preshared_key(&self, peer: &Peer) -> Option<KeyLookup<PresharedKey>> {
+        let ns = peer.namespace().unwrap_or_default();
+        let psk = peer.spec.preshared_key.as_ref()?;
+        let (secret, data_key) = match (
+            &psk.secret_ref,
+            peer.status
+                .as_ref()
+                .and_then(|s| s.resolved.as_ref())
+                .and_then(|r| r.preshared_key_secret.clone()),
+        ) {
+            (Some(r), _) => (
+                r.name.to_string(),
+                r.key.clone().unwrap_or_else(|| PRESHARED_KEY_DATA.into()),
+            ),
+            (None, Some(generated)) => (generated, PRESHARED_KEY_DATA.into()),
+            (None, None) => {
+                return Some(Err(Problem {
+                    reason: "WaitingForOperator",
+                    message: "the operator has not generated the pre-shared key Secret yet".into(),
+                }));
+            }
+        };
+        Some(
+            self.secret_key(&ns, &secret, &data_key)
+                .await
+                .map(PresharedKey::from_bytes),
+        )
+    }
+
+    /// A 32-byte key from a Secret; the value is the base64 text `wg genkey` prints, or raw bytes.
+    async fn secret_key(&self, ns: &str, name: &str, data_key: &str) -> KeyLookup<[u8; 32]> {
+        let unavailable = |why: String| Problem {
+            reason: "KeyUnavailable",
+            message: format!("cannot use key {data_key:?} of Secret {ns}/{name}: {why}"),
+        };
+        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| unavailable(format!("reading it failed ({e})")))?
+            .ok_or_else(|| unavailable("the Secret does not exist".into()))?;
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(data_key))
+            .ok_or_else(|| unavailable("the Secret has no such key".into()))?;
+        decode_key(&value.0).ok_or_else(|| {
+            unavailable(
+                "the value is not a WireGuard key (32 bytes, base64 as printed by wg genkey)"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// Accepts the 32 raw bytes or their base64 text (with or without a trailing newline).
+pub fn decode_key(value: &[u8]) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    if let Ok(raw) = <[u8; 32]>::try_from(value) {
+        return Some(raw);
+    }
+    let text = std::str::from_utf8(value).ok()?.trim();
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+}
+
+/// The node-local key of an Interface, created (mode 0600) on first use.
+pub fn node_local_key(dir: &Path, namespace: &str, name: &str) -> KeyLookup<PrivateKey> {
+    let path = dir.join(format!("{namespace}_{name}.key"));
+    let failed = |why: String| Problem {
+        reason: "KeyUnavailable",
+        message: format!("node-local key {}: {why}", path.display()),
+    };
+    if let Ok(text) = std::fs::read(&path) {
+        return decode_key(&text)
+            .map(PrivateKey::from_bytes)
+            .ok_or_else(|| failed("the file does not hold a WireGuard key".into()));
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| failed(format!("no randomness: {e}")))?;
+    // Curve25519 clamping, as `wg genkey` does.
+    bytes[0] &= 248;
+    bytes[31] = (bytes[31] & 127) | 64;
+    write_private_file(&path, &bytes).map_err(|e| failed(format!("cannot write it: {e}")))?;
+    Ok(PrivateKey::from_bytes(bytes))
+}
+
+fn write_private_file(path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    writeln!(
+        file,
+        "{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )?;
+    file.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+/// Endpoints given as DNS names, which the daemon resolves (again on every snapshot).
+fn endpoints_to_resolve(peer: &Peer) -> Vec<String> {
+    let resolved = peer.status.as_ref().and_then(|s| s.resolved.as_ref());
+    let mut out: Vec<String> = [
+        resolved.and_then(|r| r.endpoint.clone()),
+        resolved.and_then(|r| r.local_endpoint.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(
+        peer.spec
+            .remote
+            .endpoint
+            .as_ref()
+            .map(|e| e.to_socket_string(0)),
+    )
+    .filter(|e| e.parse::<SocketAddr>().is_err())
+    .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch failed; retrying with backoff, keeping the last known objects")
+                }
+            }
+        }
+    });
+    reader
+}

@@ -1,0 +1,425 @@
+//! The real dataplane: rtnetlink for links, addresses and routes;
+//! wireguard-control for WireGuard configuration; `/proc/sys` for forwarding;
+//! the [`Supervisor`] for wireguard-go.
+//!
+//! wireguard-control's `DeviceUpdate` and `PeerConfigBuilder` derive a `Debug`
+//! that prints keys: they are built inside [`wireguard_update`] and
+//! handed straight to the blocking call, never logged or returned.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::route::{RouteProtocol, RouteScope, RouteType};
+use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkWireguard, RouteMessageBuilder};
+use tokio::sync::mpsc::UnboundedSender;
+use wireguard_control::{Backend, DeviceUpdate, Key, PeerConfigBuilder};
+
+use super::{Dataplane, DataplaneError};
+use crate::backend::WireguardBackend;
+use crate::model::{IfaceName, LinkKind, ObservedNode, RouteId};
+use crate::observe::{ObserveError, forwarding_path, observe_kernel};
+use crate::ownership::{StateFile, StateFileError, device_alias, route_protocol};
+use crate::plan::{ForwardingScope, RouteTarget, Step};
+use crate::run::KernelEvent;
+use crate::userspace::{Supervisor, socket_answers};
+
+/// Settings of the [`KernelDataplane`].
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    /// How new devices are created.
+    pub backend: WireguardBackend,
+    pub state_file: PathBuf,
+    /// Normally `/proc/sys`.
+    pub sysctl_root: PathBuf,
+    /// The wireguard-go binary, for the userspace backend.
+    pub wireguard_go: PathBuf,
+}
+
+/// The kernel of this network namespace.
+pub struct KernelDataplane {
+    handle: rtnetlink::Handle,
+    backend: WireguardBackend,
+    state: StateFile,
+    sysctl_root: PathBuf,
+    supervisor: Supervisor,
+    kinds: BTreeMap<IfaceName, LinkKind>,
+    writes: u64,
+}
+
+const EEXIST: i32 = nix::libc::EEXIST;
+const ENOENT: i32 = nix::libc::ENOENT;
+const ESRCH: i32 = nix::libc::ESRCH;
+const ENODEV: i32 = nix::libc::ENODEV;
+const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
+
+/// The positive errno of a netlink error, if it is one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn kernel_err(e: rtnetlink::Error) -> DataplaneError {
+    DataplaneError::Kernel(e.to_string())
+}
+
+/// Treats the listed errnos as success.
+fn tolerate(result: Result<(), rtnetlink::Error>, ok: &[i32]) -> Result<(), DataplaneError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e).is_some_and(|n| ok.contains(&n)) => Ok(()),
+        Err(e) => Err(kernel_err(e)),
+    }
+}
+
+impl KernelDataplane {
+    /// `handle` must belong to a running rtnetlink connection (see [`connect`]).
+    /// Process exits of wireguard-go are reported on `events`.
+    pub fn new(
+        handle: rtnetlink::Handle,
+        config: KernelConfig,
+        events: Option<UnboundedSender<KernelEvent>>,
+    ) -> Result<Self, StateFileError> {
+        Ok(Self {
+            handle,
+            backend: config.backend,
+            state: StateFile::load(config.state_file)?,
+            sysctl_root: config.sysctl_root,
+            supervisor: Supervisor::new(config.wireguard_go, events),
+            kinds: BTreeMap::new(),
+            writes: 0,
+        })
+    }
+
+    pub fn backend(&self) -> WireguardBackend {
+        self.backend
+    }
+
+    /// PIDs of the wireguard-go processes this daemon started.
+    pub fn userspace_pids(&self) -> BTreeMap<IfaceName, u32> {
+        self.supervisor.pids()
+    }
+
+    async fn link(&mut self, name: &IfaceName) -> Result<(u32, LinkKind), DataplaneError> {
+        let found = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.as_str())
+            .execute()
+            .try_next()
+            .await;
+        match found {
+            Ok(Some(msg)) => {
+                let raw = crate::observe::RawLink::from_message(&msg);
+                self.kinds.insert(name.clone(), raw.kind.clone());
+                Ok((raw.index, raw.kind))
+            }
+            Ok(None) => Err(DataplaneError::NoSuchDevice(name.clone())),
+            Err(e) if errno(&e) == Some(ENODEV) => Err(DataplaneError::NoSuchDevice(name.clone())),
+            Err(e) => Err(kernel_err(e)),
+        }
+    }
+
+    async fn index(&mut self, name: &IfaceName) -> Result<u32, DataplaneError> {
+        Ok(self.link(name).await?.0)
+    }
+
+    async fn wireguard_backend(&mut self, name: &IfaceName) -> Result<Backend, DataplaneError> {
+        let kind = match self.kinds.get(name) {
+            Some(k) => k.clone(),
+            None => self.link(name).await?.1,
+        };
+        match kind {
+            LinkKind::Wireguard => Ok(Backend::Kernel),
+            LinkKind::Tun => {
+                // wireguard-control would start an unsupervised wireguard-go if
+                // nothing answered; refuse instead and let a resync recreate.
+                if socket_answers(name) {
+                    Ok(Backend::Userspace)
+                } else {
+                    Err(DataplaneError::NoSuchDevice(name.clone()))
+                }
+            }
+            LinkKind::Other(k) => Err(DataplaneError::Userspace(format!(
+                "{name} is a {k} link, not WireGuard"
+            ))),
+        }
+    }
+
+    async fn configure_wireguard(&mut self, step: &Step) -> Result<(), DataplaneError> {
+        let Some(name) = step.device().cloned() else {
+            return Ok(());
+        };
+        let backend = self.wireguard_backend(&name).await?;
+        let iface = crate::observe::wg_interface_name(&name).map_err(DataplaneError::Wireguard)?;
+        let step = step.clone();
+        self.writes += 1;
+        tokio::task::spawn_blocking(move || wireguard_update(&step).apply(&iface, backend))
+            .await
+            .map_err(|e| DataplaneError::Wireguard(io::Error::other(e.to_string())))?
+            .map_err(DataplaneError::Wireguard)
+    }
+
+    async fn change_link(
+        &mut self,
+        name: &IfaceName,
+        build: impl FnOnce(
+            rtnetlink::LinkMessageBuilder<LinkUnspec>,
+        ) -> rtnetlink::LinkMessageBuilder<LinkUnspec>,
+    ) -> Result<(), DataplaneError> {
+        let index = self.index(name).await?;
+        let msg = build(LinkUnspec::new_with_index(index)).build();
+        self.writes += 1;
+        self.handle
+            .link()
+            .change(msg)
+            .execute()
+            .await
+            .map_err(kernel_err)
+    }
+
+    async fn create_device(&mut self, name: &IfaceName) -> Result<(), DataplaneError> {
+        match self.link(name).await {
+            Ok(_) => return Err(DataplaneError::DeviceExists(name.clone())),
+            Err(DataplaneError::NoSuchDevice(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.writes += 1;
+        match self.backend {
+            WireguardBackend::Kernel => {
+                let result = self
+                    .handle
+                    .link()
+                    .add(LinkWireguard::new(name.as_str()).build())
+                    .execute()
+                    .await;
+                match result {
+                    Err(e) if errno(&e) == Some(EEXIST) => {
+                        return Err(DataplaneError::DeviceExists(name.clone()));
+                    }
+                    other => other.map_err(kernel_err)?,
+                }
+                self.kinds.insert(name.clone(), LinkKind::Wireguard);
+            }
+            WireguardBackend::Userspace => {
+                self.supervisor.start(name).await?;
+                self.kinds.insert(name.clone(), LinkKind::Tun);
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_device(&mut self, name: &IfaceName) -> Result<(), DataplaneError> {
+        self.supervisor.stop(name).await;
+        match self.index(name).await {
+            Ok(index) => {
+                self.writes += 1;
+                tolerate(self.handle.link().del(index).execute().await, &[ENODEV])?;
+            }
+            Err(DataplaneError::NoSuchDevice(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.kinds.remove(name);
+        self.state.forget(name)?;
+        Ok(())
+    }
+
+    async fn address(
+        &mut self,
+        name: &IfaceName,
+        address: &IpNet,
+        add: bool,
+    ) -> Result<(), DataplaneError> {
+        let index = self.index(name).await?;
+        self.writes += 1;
+        if add {
+            let result = self
+                .handle
+                .address()
+                .add(index, address.addr(), address.prefix_len())
+                .execute()
+                .await;
+            tolerate(result, &[EEXIST])
+        } else {
+            let msg = match address.addr() {
+                IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
+                    .index(index)
+                    .address(ip, address.prefix_len())
+                    .build(),
+                IpAddr::V6(ip) => AddressMessageBuilder::<Ipv6Addr>::new()
+                    .index(index)
+                    .address(ip, address.prefix_len())
+                    .build(),
+            };
+            let result = self.handle.address().del(msg).execute().await;
+            tolerate(result, &[EADDRNOTAVAIL, ENOENT, ENODEV])
+        }
+    }
+
+    async fn route(
+        &mut self,
+        id: &RouteId,
+        target: &RouteTarget,
+        replace: bool,
+    ) -> Result<(), DataplaneError> {
+        let index = self.index(&target.device).await?;
+        let mut builder =
+            route_builder(id)?
+                .output_interface(index)
+                .scope(if target.via.is_some() {
+                    RouteScope::Universe
+                } else {
+                    RouteScope::Link
+                });
+        if let Some(via) = target.via {
+            builder = builder
+                .gateway(via)
+                .map_err(|e| DataplaneError::Kernel(e.to_string()))?;
+        }
+        self.writes += 1;
+        let request = self.handle.route().add(builder.build());
+        if replace {
+            request.replace().execute().await.map_err(kernel_err)
+        } else {
+            tolerate(request.execute().await, &[EEXIST])
+        }
+    }
+
+    async fn remove_route(&mut self, id: &RouteId) -> Result<(), DataplaneError> {
+        // Scope "nowhere" and type "unspec" match any route, like `ip route
+        // del`; the protocol makes the kernel skip every route that is not kwire's.
+        let msg = route_builder(id)?
+            .scope(RouteScope::NoWhere)
+            .kind(RouteType::Unspec)
+            .build();
+        self.writes += 1;
+        tolerate(
+            self.handle.route().del(msg).execute().await,
+            &[ESRCH, ENOENT],
+        )
+    }
+
+    fn enable_forwarding(&mut self, step: &Step) -> Result<(), DataplaneError> {
+        let Step::EnableForwarding { scope, family } = step else {
+            return Ok(());
+        };
+        let device = match scope {
+            ForwardingScope::All => None,
+            ForwardingScope::Device(d) => Some(d),
+        };
+        let path = forwarding_path(&self.sysctl_root, *family, device);
+        self.writes += 1;
+        match std::fs::write(&path, "1\n") {
+            Ok(()) => Ok(()),
+            // No such knob (IPv6 disabled): nothing to enable.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DataplaneError::Sysctl { path, source }),
+        }
+    }
+}
+
+/// A route message with kwire's protocol, keyed like [`RouteId`].
+fn route_builder(id: &RouteId) -> Result<RouteMessageBuilder<IpAddr>, DataplaneError> {
+    Ok(RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(id.destination.addr(), id.destination.prefix_len())
+        .map_err(|e| DataplaneError::Kernel(e.to_string()))?
+        .table_id(id.table)
+        .protocol(RouteProtocol::from(route_protocol()))
+        .priority(id.metric))
+}
+
+fn key(bytes: &[u8; 32]) -> Key {
+    Key(*bytes)
+}
+
+/// The wireguard-control request for one WireGuard step.
+fn wireguard_update(step: &Step) -> DeviceUpdate {
+    let update = DeviceUpdate::new();
+    match step {
+        Step::SetPrivateKey { key: k, .. } => update.set_private_key(key(k.expose_secret())),
+        Step::SetListenPort { port, .. } => update.set_listen_port(*port),
+        Step::RemovePeer { peer, .. } => update.remove_peer_by_key(&key(peer.as_bytes())),
+        Step::UpsertPeer { peer, change, .. } => {
+            let mut p = PeerConfigBuilder::new(&key(peer.as_bytes()));
+            if let Some(endpoint) = change.endpoint {
+                p = p.set_endpoint(endpoint);
+            }
+            if let Some(ips) = &change.allowed_ips {
+                p = p.replace_allowed_ips();
+                for ip in ips {
+                    p = p.add_allowed_ip(ip.addr(), ip.prefix_len());
+                }
+            }
+            if let Some(k) = change.persistent_keepalive {
+                p = p.set_persistent_keepalive_interval(k);
+            }
+            match &change.preshared_key {
+                Some(Some(psk)) => p = p.set_preshared_key(key(psk.expose_secret())),
+                Some(None) => p = p.unset_preshared_key(),
+                None => {}
+            }
+            update.add_peer(p)
+        }
+        _ => update,
+    }
+}
+
+impl Dataplane for KernelDataplane {
+    async fn observe(&mut self) -> Result<ObservedNode, ObserveError> {
+        let node = observe_kernel(&self.handle, self.state.devices(), &self.sysctl_root).await?;
+        self.kinds = node
+            .devices
+            .iter()
+            .map(|(n, d)| (n.clone(), d.kind.clone()))
+            .collect();
+        Ok(node)
+    }
+
+    async fn execute(&mut self, step: &Step) -> Result<(), DataplaneError> {
+        match step {
+            Step::CreateDevice { device, owner } => {
+                // Recorded first: a crash before the mark must not leave a
+                // link that looks foreign on restart.
+                self.state.record(device, owner)?;
+                self.create_device(device).await
+            }
+            Step::MarkDevice { device, owner } => {
+                let alias = device_alias(owner);
+                self.change_link(device, |b| b.alias(alias)).await
+            }
+            Step::SetMtu { device, mtu } => {
+                let mtu = *mtu;
+                self.change_link(device, |b| b.mtu(mtu)).await
+            }
+            Step::SetUp { device } => self.change_link(device, |b| b.up()).await,
+            Step::SetPrivateKey { .. }
+            | Step::SetListenPort { .. }
+            | Step::UpsertPeer { .. }
+            | Step::RemovePeer { .. } => self.configure_wireguard(step).await,
+            Step::AddAddress { device, address } => self.address(device, address, true).await,
+            Step::RemoveAddress { device, address } => self.address(device, address, false).await,
+            Step::AddRoute { id, route } => self.route(id, route, false).await,
+            Step::ReplaceRoute { id, route } => self.route(id, route, true).await,
+            Step::RemoveRoute { id, .. } => self.remove_route(id).await,
+            Step::EnableForwarding { .. } => self.enable_forwarding(step),
+            Step::DeleteDevice { device } => self.delete_device(device).await,
+        }
+    }
+
+    fn writes(&self) -> u64 {
+        self.writes
+    }
+}
+
+/// Opens an rtnetlink connection and runs it on the current tokio runtime.
+pub fn connect() -> io::Result<rtnetlink::Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(connection);
+    Ok(handle)
+}

@@ -1,0 +1,39 @@
+//! kwire's node agent: reconciles the WireGuard devices, addresses, routes and
+//! forwarding switches that kwire wants on this node against the kernel.
+//!
+//! The seam is `observe -> plan -> apply`:
+//! - [`observe`] reads the kernel into an [`model::ObservedNode`], tagging every
+//!   device and route [`model::Ownership::Owned`] or `Foreign` ([`ownership`]);
+//! - [`plan::plan`] is pure and turns `(DesiredNode, ObservedNode)` into a
+//!   [`plan::Plan`];
+//! - [`apply::apply`] executes a plan through a [`apply::Dataplane`] (the real
+//!   [`apply::KernelDataplane`] or the [`apply::RecordingDataplane`] fake).
+//!
+//! [`run::run`] drives a [`run::Reconciler`] from a
+//! `tokio::sync::watch::Receiver<Option<DesiredNode>>`, which the Kubernetes
+//! side (or [`desired_file`]) feeds.
+
+pub mod api;
+pub mod apply;
+pub mod backend;
+pub mod desired_file;
+pub mod metrics;
+pub mod model;
+pub mod observe;
+pub mod ownership;
+pub mod plan;
+pub mod run;
+pub mod sim;
+pub mod userspace;
+pub mod validate;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use apply::{ApplyReport, Dataplane, KernelDataplane, RecordingDataplane, apply};
+pub use model::{
+    DesiredDevice, DesiredNode, DesiredRoute, IfaceName, NodeForwarding, ObservedNode, OwnerRef,
+    PeerConfig, PresharedKey, PrivateKey, PublicKey, RouteKey,
+};
+pub use plan::{Conflict, Plan, Step, plan};
+pub use run::{KernelEvent, NodeStatus, Reconciler, RunConfig, run};

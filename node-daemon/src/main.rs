@@ -1,0 +1,277 @@
+//! `kwire-node`: the node agent. See the crate docs of `kwire_node_daemon`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use kwire_node_daemon::api::{self, ApiConfig};
+use kwire_node_daemon::apply::{KernelConfig, KernelDataplane, connect};
+use kwire_node_daemon::backend::{self, BackendChoice, WireguardBackend};
+use kwire_node_daemon::desired_file;
+use kwire_node_daemon::metrics::{self, Metrics};
+use kwire_node_daemon::model::DesiredNode;
+use kwire_node_daemon::ownership::DEFAULT_STATE_FILE;
+use kwire_node_daemon::run::{self, Outcome, Reconciler, RunConfig};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Reconciles kwire's WireGuard devices, addresses and routes on this node.
+#[derive(Debug, Parser)]
+#[command(name = "kwire-node", version)]
+struct Args {
+    /// The Kubernetes node this agent runs on.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+
+    /// How to create WireGuard devices.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "KWIRE_BACKEND")]
+    backend: BackendChoice,
+
+    /// Period of the full resync that corrects drift (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    resync_period: Duration,
+
+    /// Where kwire records the devices it created.
+    #[arg(long, default_value = DEFAULT_STATE_FILE)]
+    state_file: PathBuf,
+
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+
+    /// Where node-local private keys are kept (`keyMode: NodeLocal`), mode 0600.
+    #[arg(long, default_value = "/var/lib/kwire/keys")]
+    key_dir: PathBuf,
+
+    /// Debugging mode without a cluster: read the desired state from this
+    /// YAML/JSON file (re-read when it changes). Without it, the desired state
+    /// comes from the Kubernetes API (KUBECONFIG or the in-cluster ServiceAccount).
+    #[arg(long)]
+    desired_file: Option<PathBuf>,
+
+    /// Reconcile once (full observe, plan, apply) and exit.
+    #[arg(long)]
+    once: bool,
+
+    /// With --once: print a JSON report (steps, writes, errors, conflicts) on stdout.
+    #[arg(long, requires = "once")]
+    report_json: bool,
+
+    /// Print the plan against the current kernel state and exit without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// The wireguard-go binary for the userspace backend.
+    #[arg(long, default_value = "wireguard-go", env = "KWIRE_WIREGUARD_GO")]
+    wireguard_go: PathBuf,
+
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Root of the sysctl tree. In a container `/proc/sys` is read-only: mount the
+    /// host's `/proc/sys/net` elsewhere and point this at its parent.
+    #[arg(long, default_value = "/proc/sys")]
+    sysctl_root: PathBuf,
+
+    /// The `rtm_protocol` value that marks kwire's routes (see `ip route show proto 75`).
+    /// Change it only if 75 is used by other software on the node.
+    #[arg(long, default_value_t = kwire_node_daemon::ownership::ROUTE_PROTOCOL, value_parser = clap::value_parser!(u8).range(5..))]
+    route_protocol: u8,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    kwire_node_daemon::ownership::configure_route_protocol(args.route_protocol);
+
+    let file_desired = match &args.desired_file {
+        Some(path) => Some(desired_file::load(path)?),
+        None => None,
+    };
+    let api = match (&args.desired_file, &args.node_name) {
+        (Some(_), _) => None,
+        (None, Some(node)) => {
+            if args.dry_run || args.once {
+                bail!(
+                    "--dry-run and --once need --desired-file (use `kwire plan` against a cluster)"
+                );
+            }
+            let client = kube::Client::try_default().await.context(
+                "connecting to the Kubernetes API (KUBECONFIG or in-cluster ServiceAccount)",
+            )?;
+            Some((client, node.clone()))
+        }
+        (None, None) => bail!(
+            "--node-name (or NODE_NAME) is required to read the desired state from the Kubernetes API"
+        ),
+    };
+
+    let handle = connect().context("opening an rtnetlink socket")?;
+    let chosen = if args.dry_run {
+        // Creating a probe link is a write; a dry run makes none.
+        WireguardBackend::Userspace
+    } else if args.backend == BackendChoice::Auto && Path::new("/sys/module/wireguard").exists() {
+        WireguardBackend::Kernel
+    } else {
+        backend::resolve(args.backend, &handle).await
+    };
+    tracing::info!(node = ?args.node_name, backend = %chosen, "starting");
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let config = KernelConfig {
+        backend: chosen,
+        state_file: args.state_file.clone(),
+        sysctl_root: args.sysctl_root.clone(),
+        wireguard_go: args.wireguard_go.clone(),
+    };
+    let dataplane = KernelDataplane::new(handle, config, Some(events_tx.clone()))?;
+    let metrics = Arc::new(Metrics::default());
+    let mut reconciler = Reconciler::new(dataplane, metrics.clone());
+
+    if let (true, Some(desired)) = (args.dry_run, &file_desired) {
+        let plan = reconciler.dry_run(desired).await?;
+        println!("{plan}");
+        return Ok(());
+    }
+    if let (true, Some(desired)) = (args.once, &file_desired) {
+        let outcome = reconciler.reconcile_full(desired).await?;
+        if args.report_json {
+            println!("{}", report_json(&outcome));
+        }
+        if !outcome.report.is_success() {
+            bail!("{} step(s) failed", outcome.report.errors.len());
+        }
+        return Ok(());
+    }
+
+    if let Some(addr) = args.metrics_addr {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, metrics).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    run::spawn_kernel_monitor(events_tx).context("subscribing to rtnetlink events")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let (desired_tx, desired_rx) = watch::channel(file_desired);
+    match (&args.desired_file, api) {
+        (Some(path), _) => {
+            tokio::spawn(watch_file(path.clone(), desired_tx));
+        }
+        (None, Some((client, node_name))) => {
+            let config = ApiConfig {
+                node_name,
+                key_dir: args.key_dir.clone(),
+                resync_period: args.resync_period,
+            };
+            tokio::spawn(api::drive(
+                client,
+                config,
+                desired_tx,
+                reconciler.subscribe(),
+                stopped(),
+            ));
+        }
+        (None, None) => unreachable!("checked above"),
+    }
+
+    let config = RunConfig {
+        resync_period: args.resync_period,
+        ..RunConfig::default()
+    };
+    run::run(reconciler, desired_rx, events_rx, config, stopped()).await;
+    tracing::info!("stopped; the data plane is left as it is");
+    Ok(())
+}
+
+/// Re-reads the desired file every second; publishes only real changes and
+/// keeps the last good state when the file is broken.
+async fn watch_file(path: PathBuf, tx: watch::Sender<Option<DesiredNode>>) {
+    let mut last_text = std::fs::read(&path).ok();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let text = std::fs::read(&path).ok();
+        if text == last_text {
+            continue;
+        }
+        last_text = text;
+        match desired_file::load(&path) {
+            Ok(node) => {
+                let changed = tx.send_if_modified(|current| {
+                    if current.as_ref() == Some(&node) {
+                        false
+                    } else {
+                        *current = Some(node);
+                        true
+                    }
+                });
+                if changed {
+                    tracing::info!(file = %path.display(), "desired state changed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "keeping the last desired state"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn report_json(outcome: &Outcome) -> serde_json::Value {
+    let r = &outcome.report;
+    serde_json::json!({
+        "mode": format!("{:?}", outcome.mode).to_lowercase(),
+        "steps": outcome.plan.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "applied": r.applied,
+        "skipped": r.skipped,
+        "writes": r.writes,
+        "errors": r.errors.iter().map(|e| serde_json::json!({
+            "device": e.device.as_ref().map(ToString::to_string),
+            "step": e.step,
+            "error": e.source.to_string(),
+        })).collect::<Vec<_>>(),
+        "conflicts": outcome.plan.conflicts.iter().map(|c| serde_json::json!({
+            "reason": c.reason(),
+            "message": c.to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}

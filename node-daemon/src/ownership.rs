@@ -1,0 +1,296 @@
+//! How kwire recognises what it created, so it never touches anything else.
+//!
+//! Three marks, all defined here and nowhere else:
+//! - routes carry the `rtm_protocol` [`ROUTE_PROTOCOL`];
+//! - devices carry the link alias `kwire:<namespace>/<name>` ([`device_alias`]);
+//! - a small state file ([`StateFile`]) records every device kwire created.
+//!   It closes the gap between creating a link and marking it (a crash there
+//!   would otherwise leave an unmarked link that looks foreign), and lets an
+//!   operator see what kwire believes it owns.
+//!
+//! A link with kwire's alias is owned. A link without it is owned only if the
+//! state file lists its name *and* it is a WireGuard-capable link (kernel
+//! `wireguard` or a wireguard-go `tun`); every other link is foreign, even
+//! when its name is one kwire wants.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{IfaceName, LinkKind, OwnerRef, Ownership};
+
+/// The `rtm_protocol` value on every route kwire installs: 75 (`0x4b`).
+///
+/// Why 75: a route's protocol is the only ownership mark the kernel keeps on
+/// the route itself and checks on delete, so it has to be unique to kwire. 75
+/// is free in the kernel's `include/uapi/linux/rtnetlink.h` (0–4 are the
+/// kernel's own, 8–18 routing daemons, 42 babel, 84 ovn, 99 openr, 186–189 and
+/// 192 the FRR protocols), in iproute2's `/etc/iproute2/rt_protos`, and among
+/// the values other node agents are known to use (80 Calico Felix, 129
+/// monogon; kilo, innernet and netavark use the shared `static`/`boot`, which
+/// is exactly what kwire must not do). `ip route show proto 75` lists kwire's
+/// routes; an administrator may add `75 kwire` to `/etc/iproute2/rt_protos.d/`.
+pub const ROUTE_PROTOCOL: u8 = 75;
+
+static CONFIGURED_ROUTE_PROTOCOL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+
+/// Chooses another route protocol for this process (`--route-protocol`), for a node where
+/// 75 is taken. Call once, before any route is observed or written; a later call is ignored
+/// and returns false, so one process never mixes two marks.
+pub fn configure_route_protocol(protocol: u8) -> bool {
+    CONFIGURED_ROUTE_PROTOCOL.set(protocol).is_ok()
+}
+
+/// The `rtm_protocol` that marks kwire's routes in this process.
+pub fn route_protocol() -> u8 {
+    *CONFIGURED_ROUTE_PROTOCOL.get_or_init(|| ROUTE_PROTOCOL)
+}
+
+/// Prefix of the link alias (`IFLA_IFALIAS`) that marks a kwire device.
+pub const ALIAS_PREFIX: &str = "kwire:";
+
+/// Default location of the state file.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/kwire/node-state.json";
+
+/// The alias kwire writes on a device it owns: `kwire:<namespace>/<name>`.
+pub fn device_alias(owner: &OwnerRef) -> String {
+    format!("{ALIAS_PREFIX}{owner}")
+}
+
+/// The owner named by a kwire alias, or `None` when the alias is not kwire's.
+pub fn parse_alias(alias: &str) -> Option<OwnerRef> {
+    alias.strip_prefix(ALIAS_PREFIX)?.parse().ok()
+}
+
+/// Decides whether a link is kwire's, and which owner its mark names.
+pub fn classify_link(
+    name: &IfaceName,
+    kind: &LinkKind,
+    alias: Option<&str>,
+    recorded: &OwnedDevices,
+) -> (Ownership, Option<OwnerRef>) {
+    if let Some(owner) = alias.and_then(parse_alias) {
+        return (Ownership::Owned, Some(owner));
+    }
+    if recorded.contains(name) && kind.is_wireguard_capable() {
+        return (Ownership::Owned, None);
+    }
+    (Ownership::Foreign, None)
+}
+
+/// The devices kwire recorded as created, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedDevices {
+    #[serde(default)]
+    devices: BTreeMap<String, OwnedDeviceRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedDeviceRecord {
+    pub owner: String,
+}
+
+impl OwnedDevices {
+    pub fn contains(&self, name: &IfaceName) -> bool {
+        self.devices.contains_key(name.as_str())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.devices.keys().map(String::as_str)
+    }
+
+    /// Returns whether anything changed.
+    pub fn insert(&mut self, name: &IfaceName, owner: &OwnerRef) -> bool {
+        let record = OwnedDeviceRecord {
+            owner: owner.to_string(),
+        };
+        self.devices.insert(name.to_string(), record.clone()) != Some(record)
+    }
+
+    /// Returns whether anything changed.
+    pub fn remove(&mut self, name: &IfaceName) -> bool {
+        self.devices.remove(name.as_str()).is_some()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("reading state file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("parsing state file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("writing state file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// The persisted [`OwnedDevices`] (JSON), written atomically (temp file + rename).
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    devices: OwnedDevices,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFileContents {
+    version: u32,
+    #[serde(flatten)]
+    devices: OwnedDevices,
+}
+
+impl StateFile {
+    /// Loads the file; a missing file is an empty record.
+    pub fn load(path: impl Into<PathBuf>) -> Result<Self, StateFileError> {
+        let path = path.into();
+        let devices = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let contents: StateFileContents =
+                    serde_json::from_slice(&bytes).map_err(|source| StateFileError::Parse {
+                        path: path.clone(),
+                        source,
+                    })?;
+                contents.devices
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => OwnedDevices::default(),
+            Err(source) => return Err(StateFileError::Read { path, source }),
+        };
+        Ok(Self { path, devices })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn devices(&self) -> &OwnedDevices {
+        &self.devices
+    }
+
+    /// Records a device before it is created. Writes only when something changed.
+    pub fn record(&mut self, name: &IfaceName, owner: &OwnerRef) -> Result<(), StateFileError> {
+        if self.devices.insert(name, owner) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a device after it was deleted. Writes only when something changed.
+    pub fn forget(&mut self, name: &IfaceName) -> Result<(), StateFileError> {
+        if self.devices.remove(name) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), StateFileError> {
+        let err = |source| StateFileError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let contents = StateFileContents {
+            version: 1,
+            devices: self.devices.clone(),
+        };
+        let mut bytes = serde_json::to_vec_pretty(&contents).map_err(|e| err(e.into()))?;
+        bytes.push(b'\n');
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes).map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> IfaceName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_route_protocol_avoids_every_reserved_and_known_value() {
+        let reserved: Vec<u8> = (0..=4)
+            .chain(8..=18)
+            .chain([42, 84, 99, 80, 129, 192])
+            .chain(186..=189)
+            .collect();
+        assert!(!reserved.contains(&ROUTE_PROTOCOL));
+    }
+
+    #[test]
+    fn an_alias_round_trips_to_its_owner() {
+        let owner: OwnerRef = "default/wg0".parse().unwrap();
+        assert_eq!(device_alias(&owner), "kwire:default/wg0");
+        assert_eq!(parse_alias("kwire:default/wg0"), Some(owner));
+        assert_eq!(parse_alias("default/wg0"), None);
+        assert_eq!(parse_alias("kwire:garbage"), None);
+    }
+
+    #[test]
+    fn a_link_with_the_kwire_alias_is_owned_whatever_the_state_file_says() {
+        let (o, mark) = classify_link(
+            &name("wg0"),
+            &LinkKind::Tun,
+            Some("kwire:a/b"),
+            &OwnedDevices::default(),
+        );
+        assert_eq!(o, Ownership::Owned);
+        assert_eq!(mark, Some("a/b".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_unmarked_wireguard_link_in_the_state_file_is_adopted() {
+        let mut rec = OwnedDevices::default();
+        rec.insert(&name("wg0"), &"a/b".parse().unwrap());
+        let (o, mark) = classify_link(&name("wg0"), &LinkKind::Wireguard, None, &rec);
+        assert_eq!((o, mark), (Ownership::Owned, None));
+    }
+
+    #[test]
+    fn an_unmarked_dummy_link_with_a_recorded_name_stays_foreign() {
+        let mut rec = OwnedDevices::default();
+        rec.insert(&name("wg0"), &"a/b".parse().unwrap());
+        let kind = LinkKind::Other("dummy".into());
+        let (o, _) = classify_link(&name("wg0"), &kind, None, &rec);
+        assert_eq!(o, Ownership::Foreign);
+    }
+
+    #[test]
+    fn a_same_named_link_with_a_foreign_alias_is_foreign() {
+        let (o, _) = classify_link(
+            &name("wg0"),
+            &LinkKind::Wireguard,
+            Some("uplink to HQ"),
+            &OwnedDevices::default(),
+        );
+        assert_eq!(o, Ownership::Foreign);
+    }
+
+    #[test]
+    fn the_state_file_survives_a_reload_and_is_written_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/node-state.json");
+        let mut sf = StateFile::load(&path).unwrap();
+        assert!(!path.exists());
+        sf.record(&name("wg0"), &"a/b".parse().unwrap()).unwrap();
+        let first = std::fs::metadata(&path).unwrap().modified().unwrap();
+        sf.record(&name("wg0"), &"a/b".parse().unwrap()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), first);
+        let again = StateFile::load(&path).unwrap();
+        assert!(again.devices().contains(&name("wg0")));
+        let mut again = again;
+        again.forget(&name("wg0")).unwrap();
+        assert!(
+            !StateFile::load(&path)
+                .unwrap()
+                .devices()
+                .contains(&name("wg0"))
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Per-device planning: the link, its WireGuard configuration, its peers and
+//! addresses, and forwarding.
+
+use std::collections::BTreeMap;
+
+use super::{ForwardingScope, IpFamily, PeerChange, Step};
+use crate::model::{
+    DesiredDevice, DesiredNode, IfaceName, ObservedDevice, ObservedNode, ObservedPeer,
+    ObservedWireguard, PeerConfig, PublicKey, canonical_allowed_ips,
+};
+use crate::sim::fresh_device;
+
+/// Steps for one desired device. `have` is `None` when the device must be created.
+pub(super) fn plan_device(
+    name: &IfaceName,
+    want: &DesiredDevice,
+    have: Option<&ObservedDevice>,
+    steps: &mut Vec<Step>,
+) {
+    let fresh;
+    let have = match have {
+        Some(h) => h,
+        None => {
+            steps.push(Step::CreateDevice {
+                device: name.clone(),
+                owner: want.owner.clone(),
+            });
+            fresh = fresh_device();
+            &fresh
+        }
+    };
+    let empty = ObservedWireguard::default();
+    let wg = have.wireguard.as_ref().unwrap_or(&empty);
+    let device = || name.clone();
+
+    if have.mark.as_ref() != Some(&want.owner) {
+        steps.push(Step::MarkDevice {
+            device: device(),
+            owner: want.owner.clone(),
+        });
+    }
+    if let Some(mtu) = want.mtu
+        && have.mtu != mtu
+    {
+        steps.push(Step::SetMtu {
+            device: device(),
+            mtu,
+        });
+    }
+    if wg.private_key.as_ref() != Some(&want.private_key) {
+        steps.push(Step::SetPrivateKey {
+            device: device(),
+            key: want.private_key.clone(),
+        });
+    }
+    if let Some(port) = want.listen_port
+        && wg.listen_port != Some(port)
+    {
+        steps.push(Step::SetListenPort {
+            device: device(),
+            port,
+        });
+    }
+
+    plan_peers(name, &want.peers, &wg.peers, steps);
+
+    for address in have.addresses.difference(&want.addresses) {
+        steps.push(Step::RemoveAddress {
+            device: device(),
+            address: *address,
+        });
+    }
+    for address in want.addresses.difference(&have.addresses) {
+        steps.push(Step::AddAddress {
+            device: device(),
+            address: *address,
+        });
+    }
+
+    if !have.up {
+        steps.push(Step::SetUp { device: device() });
+    }
+
+    if want.forwarding {
+        for (family, current) in [
+            (IpFamily::V4, have.forwarding.ipv4),
+            (IpFamily::V6, have.forwarding.ipv6),
+        ] {
+            if current == Some(false) {
+                steps.push(Step::EnableForwarding {
+                    scope: ForwardingScope::Device(device()),
+                    family,
+                });
+            }
+        }
+    }
+}
+
+/// Peer removals (key order), then upserts (key order) with only the fields
+/// that differ. A changed public key is simply a different key: the old one
+/// is removed, the new one added.
+pub(super) fn plan_peers(
+    name: &IfaceName,
+    want: &BTreeMap<PublicKey, PeerConfig>,
+    have: &BTreeMap<PublicKey, ObservedPeer>,
+    steps: &mut Vec<Step>,
+) {
+    for key in have.keys().filter(|k| !want.contains_key(k)) {
+        steps.push(Step::RemovePeer {
+            device: name.clone(),
+            peer: *key,
+        });
+    }
+    for (key, config) in want {
+        let change = match have.get(key) {
+            None => new_peer(config),
+            Some(observed) => peer_delta(config, &observed.config),
+        };
+        if !change.is_empty() {
+            steps.push(Step::UpsertPeer {
+                device: name.clone(),
+                peer: *key,
+                change,
+            });
+        }
+    }
+}
+
+fn keepalive(k: Option<u16>) -> Option<u16> {
+    k.filter(|k| *k != 0)
+}
+
+fn new_peer(want: &PeerConfig) -> PeerChange {
+    let allowed = canonical_allowed_ips(&want.allowed_ips);
+    PeerChange {
+        create: true,
+        endpoint: want.endpoint,
+        allowed_ips: (!allowed.is_empty()).then_some(allowed),
+        persistent_keepalive: keepalive(want.persistent_keepalive),
+        preshared_key: want.preshared_key.clone().map(Some),
+    }
+}
+
+fn peer_delta(want: &PeerConfig, have: &PeerConfig) -> PeerChange {
+    let allowed = canonical_allowed_ips(&want.allowed_ips);
+    let have_psk = have.preshared_key.as_ref().filter(|k| !k.is_zero());
+    PeerChange {
+        create: false,
+        // A missing desired endpoint leaves whatever the peer roamed to.
+        endpoint: want.endpoint.filter(|e| have.endpoint != Some(*e)),
+        allowed_ips: (allowed != have.allowed_ips).then_some(allowed),
+        persistent_keepalive: (keepalive(want.persistent_keepalive)
+            != keepalive(have.persistent_keepalive))
+        .then(|| keepalive(want.persistent_keepalive).unwrap_or(0)),
+        preshared_key: (want.preshared_key.as_ref() != have_psk)
+            .then(|| want.preshared_key.clone()),
+    }
+}
+
+/// An owned device that is no longer desired: its peers, then the device.
+/// (Its routes were already removed with the other route removals.)
+pub(super) fn plan_delete(name: &IfaceName, have: &ObservedDevice, steps: &mut Vec<Step>) {
+    if let Some(wg) = &have.wireguard {
+        for key in wg.peers.keys() {
+            steps.push(Step::RemovePeer {
+                device: name.clone(),
+                peer: *key,
+            });
+        }
+    }
+    steps.push(Step::DeleteDevice {
+        device: name.clone(),
+    });
+}
+
+/// Node-wide forwarding is only ever switched on.
+pub(super) fn plan_node_forwarding(
+    desired: &DesiredNode,
+    observed: &ObservedNode,
+    steps: &mut Vec<Step>,
+) {
+    for (family, want, have) in [
+        (
+            IpFamily::V4,
+            desired.forwarding.ipv4,
+            observed.forwarding.ipv4,
+        ),
+        (
+            IpFamily::V6,
+            desired.forwarding.ipv6,
+            observed.forwarding.ipv6,
+        ),
+    ] {
+        if want && have == Some(false) {
+            steps.push(Step::EnableForwarding {
+                scope: ForwardingScope::All,
+                family,
+            });
+        }
+    }
+}

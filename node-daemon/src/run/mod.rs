@@ -1,0 +1,383 @@
+//! The reconcile loop.
+//!
+//! Two paths, as in Calico's `inSyncWireguard` and kilo's resync:
+//! - **delta**: when the desired state changes, plan against the state kwire
+//!   believes the kernel is in (the last observation with the applied steps
+//!   replayed on the [`crate::sim`] model), without reading the kernel back;
+//! - **full**: observe the kernel, plan, apply. Runs at start (which is how a
+//!   restarted daemon adopts what is there, without recreating anything),
+//!   every resync period (which corrects drift: a kwire route deleted by hand
+//!   comes back, a peer added by hand to a kwire device goes away), after any
+//!   error (with capped backoff), and on kernel events about kwire's objects
+//!   (a link removed, e.g. because wireguard-go died; a kwire route removed).
+//!
+//! Guarantees:
+//! - while the desired state is `None` (not yet known) nothing is planned or
+//!   written; a desired source that stops updating (API unreachable) leaves
+//!   the last desired state in force and never tears anything down;
+//! - an unchanged desired state on a converged node makes zero kernel writes;
+//! - stopping the loop (SIGTERM) leaves the data plane as it is.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::link::LinkAttribute;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::apply::{ApplyReport, Dataplane, apply};
+use crate::metrics::Metrics;
+use crate::model::{DesiredNode, IfaceName, ObservedNode};
+use crate::observe::ObserveError;
+use crate::ownership::route_protocol;
+use crate::plan::{Conflict, Plan, plan};
+use crate::sim;
+
+/// Something happened in the kernel that may concern kwire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// A link was deleted.
+    LinkRemoved(IfaceName),
+    /// A route with kwire's protocol was deleted.
+    RouteRemoved,
+    /// A wireguard-go process started by this daemon exited.
+    UserspaceExited(IfaceName),
+}
+
+/// How the loop paces itself.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Period of the full resync.
+    pub resync_period: Duration,
+    /// First retry delay after an error; doubles up to `max_retry`.
+    pub min_retry: Duration,
+    pub max_retry: Duration,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            resync_period: Duration::from_secs(30),
+            min_retry: Duration::from_millis(500),
+            max_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which path a reconcile took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Full,
+    Delta,
+}
+
+/// The result of one reconcile.
+#[derive(Debug)]
+pub struct Outcome {
+    pub mode: Mode,
+    pub plan: Plan,
+    pub report: ApplyReport,
+}
+
+/// What the node reports, for the status writer of the API side.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStatus {
+    /// The last full observation (handshakes, counters, public keys).
+    pub observed: Option<Arc<ObservedNode>>,
+    pub observed_at: Option<SystemTime>,
+    pub conflicts: Vec<Conflict>,
+    /// Redacted messages of the steps that failed in the last reconcile.
+    pub errors: Vec<String>,
+}
+
+/// Observe/plan/apply against one dataplane, remembering the state after the
+/// last successful apply for the delta path.
+pub struct Reconciler<D> {
+    dataplane: D,
+    last: Option<ObservedNode>,
+    metrics: Arc<Metrics>,
+    status: watch::Sender<NodeStatus>,
+}
+
+impl<D: Dataplane> Reconciler<D> {
+    pub fn new(dataplane: D, metrics: Arc<Metrics>) -> Self {
+        Self {
+            dataplane,
+            last: None,
+            metrics,
+            status: watch::Sender::new(NodeStatus::default()),
+        }
+    }
+
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
+    }
+
+    /// Status updates after every reconcile.
+    pub fn subscribe(&self) -> watch::Receiver<NodeStatus> {
+        self.status.subscribe()
+    }
+
+    /// Plans against a fresh observation, without applying.
+    pub async fn dry_run(&mut self, desired: &DesiredNode) -> Result<Plan, ObserveError> {
+        let observed = self.dataplane.observe().await?;
+        Ok(plan(desired, &observed))
+    }
+
+    /// Full path: observe, plan, apply.
+    pub async fn reconcile_full(&mut self, desired: &DesiredNode) -> Result<Outcome, ObserveError> {
+        let observed = match self.dataplane.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                self.metrics.observe_errors.fetch_add(1, Relaxed);
+                self.last = None;
+                return Err(e);
+            }
+        };
+        self.metrics.reconciles_full.fetch_add(1, Relaxed);
+        let snapshot = Arc::new(observed.clone());
+        Ok(self
+            .plan_and_apply(desired, observed, Mode::Full, Some(snapshot))
+            .await)
+    }
+
+    /// Delta path: plan against the remembered state; falls back to the full
+    /// path when there is none (at start, after an error).
+    pub async fn reconcile_delta(
+        &mut self,
+        desired: &DesiredNode,
+    ) -> Result<Outcome, ObserveError> {
+        match self.last.take() {
+            Some(last) => {
+                self.metrics.reconciles_delta.fetch_add(1, Relaxed);
+                Ok(self.plan_and_apply(desired, last, Mode::Delta, None).await)
+            }
+            None => self.reconcile_full(desired).await,
+        }
+    }
+
+    async fn plan_and_apply(
+        &mut self,
+        desired: &DesiredNode,
+        mut state: ObservedNode,
+        mode: Mode,
+        snapshot: Option<Arc<ObservedNode>>,
+    ) -> Outcome {
+        let plan = plan(desired, &state);
+        for conflict in &plan.conflicts {
+            tracing::warn!(reason = conflict.reason(), "{conflict}");
+        }
+        let report = apply(&plan, &mut self.dataplane).await;
+        self.metrics
+            .last_plan_steps
+            .store(plan.steps.len() as u64, Relaxed);
+        self.metrics
+            .conflicts
+            .store(plan.conflicts.len() as u64, Relaxed);
+        self.metrics
+            .steps_applied
+            .fetch_add(report.applied as u64, Relaxed);
+        self.metrics.kernel_writes.fetch_add(report.writes, Relaxed);
+        self.metrics
+            .apply_errors
+            .fetch_add(report.errors.len() as u64, Relaxed);
+        tracing::info!(
+            mode = ?mode,
+            steps = plan.steps.len(),
+            applied = report.applied,
+            errors = report.errors.len(),
+            conflicts = plan.conflicts.len(),
+            writes = report.writes,
+            "reconciled"
+        );
+        // Remember the state only when every step is known to have landed.
+        self.last = if report.is_success() {
+            plan.steps
+                .iter()
+                .try_for_each(|s| sim::apply_step(&mut state, s))
+                .ok()
+                .map(|()| state)
+        } else {
+            None
+        };
+        let errors = report.errors.iter().map(ToString::to_string).collect();
+        let conflicts = plan.conflicts.clone();
+        self.status.send_modify(|s| {
+            if let Some(snapshot) = snapshot {
+                s.observed = Some(snapshot);
+                s.observed_at = Some(SystemTime::now());
+            }
+            s.conflicts = conflicts;
+            s.errors = errors;
+        });
+        Outcome { mode, plan, report }
+    }
+
+    /// Whether a kernel event concerns an object kwire has or wants.
+    fn concerns(&self, event: &KernelEvent, desired: Option<&DesiredNode>) -> bool {
+        match event {
+            KernelEvent::RouteRemoved | KernelEvent::UserspaceExited(_) => true,
+            KernelEvent::LinkRemoved(name) => {
+                desired.is_some_and(|d| d.devices.contains_key(name))
+                    || self
+                        .last
+                        .as_ref()
+                        .is_some_and(|l| l.devices.contains_key(name))
+            }
+        }
+    }
+}
+
+/// Runs the loop until `shutdown` completes and hands the reconciler back.
+/// See the module docs.
+pub async fn run<D: Dataplane>(
+    mut reconciler: Reconciler<D>,
+    mut desired: watch::Receiver<Option<DesiredNode>>,
+    mut events: mpsc::UnboundedReceiver<KernelEvent>,
+    config: RunConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Reconciler<D> {
+    tokio::pin!(shutdown);
+    let mut need_full = true;
+    let mut dirty = true;
+    let mut retry_delay = config.min_retry;
+    let mut retry_at: Option<Instant> = None;
+    let mut next_resync = Instant::now() + config.resync_period;
+    let mut desired_open = true;
+    let mut events_open = true;
+
+    loop {
+        let current = desired.borrow_and_update().clone();
+        if let Some(want) = current.as_ref().filter(|_| need_full || dirty) {
+            let result = if need_full {
+                reconciler.reconcile_full(want).await
+            } else {
+                reconciler.reconcile_delta(want).await
+            };
+            let ok = match &result {
+                Ok(outcome) => outcome.report.is_success(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "observing the kernel failed");
+                    false
+                }
+            };
+            if ok {
+                need_full = false;
+                retry_at = None;
+                retry_delay = config.min_retry;
+            } else {
+                need_full = true;
+                retry_at = Some(Instant::now() + retry_delay);
+                tracing::info!(retry_in = ?retry_delay, "will retry with a full reconcile");
+                retry_delay = (retry_delay * 2).min(config.max_retry);
+            }
+            dirty = false;
+            if matches!(
+                result,
+                Ok(Outcome {
+                    mode: Mode::Full,
+                    ..
+                })
+            ) {
+                next_resync = Instant::now() + config.resync_period;
+            }
+        }
+
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("stopping; the data plane is left as it is");
+                return reconciler;
+            }
+            changed = desired.changed(), if desired_open => {
+                if changed.is_err() {
+                    tracing::info!("desired state source closed; keeping the last desired state");
+                    desired_open = false;
+                } else {
+                    dirty = true;
+                }
+            }
+            event = events.recv(), if events_open => {
+                match event {
+                    Some(event) => {
+                        let mut relevant = reconciler.concerns(&event, current.as_ref());
+                        // Coalesce a burst of events into one reconcile.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        while let Ok(more) = events.try_recv() {
+                            relevant |= reconciler.concerns(&more, current.as_ref());
+                        }
+                        if relevant {
+                            tracing::info!(?event, "kernel event; full reconcile");
+                            need_full = true;
+                        }
+                    }
+                    None => events_open = false,
+                }
+            }
+            () = tokio::time::sleep_until(next_resync) => {
+                need_full = true;
+                next_resync = Instant::now() + config.resync_period;
+            }
+            () = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                need_full = true;
+                retry_at = None;
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Watches rtnetlink for deleted links and deleted kwire routes, and reports
+/// them on `events`.
+pub fn spawn_kernel_monitor(events: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()> {
+    use rtnetlink::MulticastGroup;
+    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+    ])?;
+    tokio::spawn(connection);
+    tokio::spawn(async move {
+        while let Some((msg, _)) = messages.next().await {
+            let event = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => link
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::IfName(n) => IfaceName::new(n.clone()).ok(),
+                        _ => None,
+                    })
+                    .map(KernelEvent::LinkRemoved),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(route))
+                    if u8::from(route.header.protocol) == route_protocol() =>
+                {
+                    Some(KernelEvent::RouteRemoved)
+                }
+                _ => None,
+            };
+            if let Some(event) = event
+                && events.send(event).is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+//! A pure model of what each [`Step`] does to the kernel, on an
+//! [`ObservedNode`].
+//!
+//! It serves three purposes: the run loop's cheap path keeps "the observed
+//! state after the last apply" by replaying the applied steps on the last
+//! observation (instead of reading a 10k-peer device back); the
+//! [`crate::apply::RecordingDataplane`] fake is this model plus counters and
+//! failure injection; and the property tests check that applying a plan to a
+//! model of the observed node yields the desired node.
+//!
+//! The model follows the kernel where it matters to planning: a new link is
+//! down, unmarked and has WireGuard's default MTU; deleting a link takes its
+//! routes with it; an AllowedIPs prefix belongs to at most one peer of a
+//! device (adding it to one peer takes it from another); a route removal
+//! carrying kwire's protocol never removes a foreign route.
+
+use std::collections::BTreeMap;
+
+use crate::model::{
+    DesiredDevice, DesiredNode, IfaceName, LinkKind, ObservedDevice, ObservedForwarding,
+    ObservedNode, ObservedPeer, ObservedRoute, ObservedWireguard, Ownership, PeerConfig, RouteId,
+    canonical_allowed_ips, effective_metric,
+};
+use crate::ownership::ROUTE_PROTOCOL;
+use crate::plan::{ForwardingScope, IpFamily, Step};
+
+/// WireGuard's default MTU (kernel module and wireguard-go alike).
+pub const DEFAULT_WIREGUARD_MTU: u32 = 1420;
+
+/// What the kernel reports for a link right after [`Step::CreateDevice`].
+pub fn fresh_device() -> ObservedDevice {
+    ObservedDevice {
+        ownership: Ownership::Owned,
+        mark: None,
+        kind: LinkKind::Wireguard,
+        up: false,
+        mtu: DEFAULT_WIREGUARD_MTU,
+        addresses: Default::default(),
+        wireguard: Some(ObservedWireguard::default()),
+        forwarding: ObservedForwarding {
+            ipv4: Some(false),
+            ipv6: Some(false),
+        },
+    }
+}
+
+/// Why the model refused a step (the kernel would have returned an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    #[error("device {0} already exists")]
+    DeviceExists(IfaceName),
+    #[error("device {0} does not exist")]
+    NoDevice(IfaceName),
+    #[error("route {0} is held by a foreign route")]
+    RouteExists(RouteId),
+}
+
+/// Applies one step to the model.
+pub fn apply_step(node: &mut ObservedNode, step: &Step) -> Result<(), SimError> {
+    match step {
+        Step::CreateDevice { device: name, .. } => {
+            if node.devices.contains_key(name) {
+                return Err(SimError::DeviceExists(name.clone()));
+            }
+            node.devices.insert(name.clone(), fresh_device());
+        }
+        Step::MarkDevice {
+            device: name,
+            owner,
+        } => {
+            let d = device(node, name)?;
+            d.mark = Some(owner.clone());
+            d.ownership = Ownership::Owned;
+        }
+        Step::SetPrivateKey { device: name, key } => {
+            let wg = wg(device(node, name)?);
+            wg.private_key = Some(key.clone());
+            wg.public_key = Some(key.public_key());
+        }
+        Step::SetListenPort { device: name, port } => {
+            wg(device(node, name)?).listen_port = Some(*port);
+        }
+        Step::UpsertPeer {
+            device: name,
+            peer,
+            change,
+        } => {
+            let wg = wg(device(node, name)?);
+            if let Some(ips) = &change.allowed_ips {
+                for (key, other) in wg.peers.iter_mut() {
+                    if key != peer {
+                        other.config.allowed_ips.retain(|ip| !ips.contains(ip));
+                    }
+                }
+            }
+            let p = wg.peers.entry(*peer).or_default();
+            if let Some(e) = change.endpoint {
+                p.config.endpoint = Some(e);
+            }
+            if let Some(ips) = &change.allowed_ips {
+                p.config.allowed_ips = ips.clone();
+            }
+            if let Some(k) = change.persistent_keepalive {
+                p.config.persistent_keepalive = (k != 0).then_some(k);
+            }
+            if let Some(psk) = &change.preshared_key {
+                p.config.preshared_key = psk.clone();
+            }
+        }
+        Step::RemovePeer { device: name, peer } => {
+            wg(device(node, name)?).peers.remove(peer);
+        }
+        Step::AddAddress {
+            device: name,
+            address,
+        } => {
+            device(node, name)?.addresses.insert(*address);
+        }
+        Step::RemoveAddress {
+            device: name,
+            address,
+        } => {
+            device(node, name)?.addresses.remove(address);
+        }
+        Step::SetMtu { device: name, mtu } => device(node, name)?.mtu = *mtu,
+        Step::SetUp { device: name } => device(node, name)?.up = true,
+        Step::AddRoute { id, route } | Step::ReplaceRoute { id, route } => {
+            if !node.devices.contains_key(&route.device) {
+                return Err(SimError::NoDevice(route.device.clone()));
+            }
+            match node.routes.get(id) {
+                Some(r) if r.ownership == Ownership::Foreign => {
+                    return Err(SimError::RouteExists(*id));
+                }
+                Some(_) if matches!(step, Step::AddRoute { .. }) => {
+                    // EEXIST on one of our own routes counts as success.
+                }
+                _ => {
+                    node.routes.insert(
+                        *id,
+                        ObservedRoute {
+                            ownership: Ownership::Owned,
+                            protocol: ROUTE_PROTOCOL,
+                            device: Some(route.device.clone()),
+                            via: route.via,
+                        },
+                    );
+                }
+            }
+        }
+        Step::RemoveRoute { id, .. } => {
+            if node
+                .routes
+                .get(id)
+                .is_some_and(|r| r.ownership == Ownership::Owned)
+            {
+                node.routes.remove(id);
+            }
+        }
+        Step::EnableForwarding { scope, family } => {
+            let knobs = match scope {
+                ForwardingScope::All => &mut node.forwarding,
+                ForwardingScope::Device(name) => &mut device(node, name)?.forwarding,
+            };
+            let knob = match family {
+                IpFamily::V4 => &mut knobs.ipv4,
+                IpFamily::V6 => &mut knobs.ipv6,
+            };
+            if knob.is_some() {
+                *knob = Some(true);
+            }
+        }
+        Step::DeleteDevice { device: name } => {
+            node.devices.remove(name);
+            node.routes.retain(|_, r| r.device.as_ref() != Some(name));
+        }
+    }
+    Ok(())
+}
+
+fn device<'a>(
+    node: &'a mut ObservedNode,
+    name: &IfaceName,
+) -> Result<&'a mut ObservedDevice, SimError> {
+    node.devices
+        .get_mut(name)
+        .ok_or_else(|| SimError::NoDevice(name.clone()))
+}
+
+fn wg(d: &mut ObservedDevice) -> &mut ObservedWireguard {
+    d.wireguard.get_or_insert_with(Default::default)
+}
+
+/// What an observation of a node that already matches `desired` looks like
+/// (forwarding knobs present and off unless desired; no foreign objects).
+pub fn converged(desired: &DesiredNode) -> ObservedNode {
+    let devices = desired
+        .devices
+        .iter()
+        .map(|(name, d)| (name.clone(), converged_device(d)))
+        .collect();
+    let routes = desired
+        .routes
+        .iter()
+        .map(|(key, r)| {
+            let id = RouteId {
+                table: key.table,
+                destination: key.destination.trunc(),
+                metric: effective_metric(&key.destination, r.metric),
+            };
+            let route = ObservedRoute {
+                ownership: Ownership::Owned,
+                protocol: ROUTE_PROTOCOL,
+                device: Some(r.device.clone()),
+                via: r.via,
+            };
+            (id, route)
+        })
+        .collect();
+    ObservedNode {
+        devices,
+        routes,
+        forwarding: ObservedForwarding {
+            ipv4: Some(desired.forwarding.ipv4),
+            ipv6: Some(desired.forwarding.ipv6),
+        },
+    }
+}
+
+fn converged_device(d: &DesiredDevice) -> ObservedDevice {
+    let peers: BTreeMap<_, _> = d
+        .peers
+        .iter()
+        .map(|(key, p)| {
+            let config = PeerConfig {
+                endpoint: p.endpoint,
+                allowed_ips: canonical_allowed_ips(&p.allowed_ips),
+                persistent_keepalive: p.persistent_keepalive.filter(|k| *k != 0),
+                preshared_key: p.preshared_key.clone(),
+            };
+            let peer = ObservedPeer {
+                config,
+                stats: Default::default(),
+            };
+            (*key, peer)
+        })
+        .collect();
+    ObservedDevice {
+        ownership: Ownership::Owned,
+        mark: Some(d.owner.clone()),
+        kind: LinkKind::Wireguard,
+        up: true,
+        mtu: d.mtu.unwrap_or(DEFAULT_WIREGUARD_MTU),
+        addresses: d.addresses.clone(),
+        wireguard: Some(ObservedWireguard {
+            private_key: Some(d.private_key.clone()),
+            public_key: Some(d.private_key.public_key()),
+            listen_port: Some(d.listen_port.unwrap_or(51820)),
+            peers,
+        }),
+        forwarding: ObservedForwarding {
+            ipv4: Some(d.forwarding),
+            ipv6: Some(d.forwarding),
+        },
+    }
+}

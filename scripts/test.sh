@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every test of kwire, as CI runs it: formatting, lints, the local control plane
+# tools, then all unit, property, API-server and network-namespace tests.
+# Network tests need root (they create network namespaces and WireGuard devices).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+bash scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "local control plane tools (kube-apiserver, etcd, kube-controller-manager, kubectl, helm)"
+bash tests/control-plane/build.sh
+
+step "cargo test --workspace"
+cargo test --workspace --no-fail-fast

@@ -1,0 +1,4 @@
+//! Shared fixtures for kwire integration tests.
+
+pub mod control_plane;
+pub mod netns;

@@ -1,0 +1,250 @@
+//! Network-namespace "nodes" for end-to-end tests.
+//!
+//! Each [`Netns`] is a named network namespace with loopback up. Processes started with
+//! [`Netns::spawn`] run inside it, each in a private mount namespace with its own tmpfs on
+//! `/run/wireguard`, because wireguard-go keeps its control sockets there and that folder is
+//! otherwise shared by every namespace of the host (the seed has `wg0-server` on two nodes).
+//!
+//! Cleanup is by RAII: dropping a [`Netns`] kills every process inside it (including the
+//! wireguard-go processes a daemon started, which outlive the daemon by design), waits for
+//! them, and deletes the namespace, also when the test panics.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Whether this process may create namespaces and devices. Tests print why they skip otherwise.
+pub fn can_run_network_tests() -> Result<(), String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("cannot run id: {e}"))?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Err("network namespace tests need root".into());
+    }
+    for tool in ["ip", "wireguard-go", "wg", "unshare", "ping"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output();
+        if !found.is_ok_and(|o| o.status.success()) {
+            return Err(format!(
+                "{tool} is not installed (bash scripts/install-deps.sh installs it)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// A unique, short (≤ 15 bytes for veth names) token per namespace in this process.
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A network namespace acting as one node.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `kw<label><pid>x<n>` with loopback up.
+    pub fn new(label: &str) -> Result<Self> {
+        let name = unique(&format!("kw{label}"));
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside the namespace and returns its output; fails on a non-zero exit.
+    pub fn exec(&self, argv: &[&str]) -> Result<Output> {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv))
+    }
+
+    /// Runs a command inside the namespace; returns the output whatever the exit status.
+    pub fn try_exec(&self, argv: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {}: {e}", self.name))
+    }
+
+    /// Starts a long-running process in the namespace, in a private mount namespace with a
+    /// fresh `/run/wireguard`. Its output goes to `log`.
+    pub fn spawn(
+        &self,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> Result<Child> {
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.name,
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
+        .arg("mkdir -p /run/wireguard && mount -t tmpfs kwire-wg /run/wireguard && exec \"$@\"")
+        .arg("kwire-node-sh")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn()
+            .with_context(|| format!("starting {} in {}", program.display(), self.name))
+    }
+
+    /// `ping` from this namespace; true when every one of `count` replies came back.
+    pub fn ping(&self, to: IpAddr, count: u32, timeout: Duration) -> bool {
+        let out = self.try_exec(&[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            &timeout.as_secs().max(1).to_string(),
+            &to.to_string(),
+        ]);
+        out.status.success()
+    }
+
+    /// Pings until one reply comes back or `deadline` passes; returns how long it took.
+    pub fn wait_for_ping(&self, to: IpAddr, deadline: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if self.ping(to, 1, Duration::from_secs(1)) {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+
+    /// PIDs of every process in the namespace.
+    pub fn pids(&self) -> Vec<u32> {
+        Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn kill_all(&self) {
+        for _ in 0..50 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// An underlay LAN: a bridge in a namespace of its own, which node namespaces attach to
+/// with a veth pair each (like the seed's VMs on one host network).
+#[derive(Debug)]
+pub struct Lan {
+    switch: Netns,
+}
+
+impl Lan {
+    pub fn new() -> Result<Self> {
+        let switch = Netns::new("sw")?;
+        switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        switch.exec(&["ip", "link", "set", "br0", "up"])?;
+        Ok(Self { switch })
+    }
+
+    /// Plugs `node` into the LAN with `address/prefix_len` on its end, named `eth0`.
+    pub fn attach(&self, node: &Netns, address: IpAddr, prefix_len: u8) -> Result<()> {
+        let (port, end) = (unique("p"), unique("e"));
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            &port,
+            "netns",
+            self.switch.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &end,
+            "netns",
+            node.name(),
+        ]))?;
+        self.switch
+            .exec(&["ip", "link", "set", &port, "master", "br0"])?;
+        self.switch.exec(&["ip", "link", "set", &port, "up"])?;
+        node.exec(&["ip", "link", "set", &end, "name", "eth0"])?;
+        node.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{address}/{prefix_len}"),
+            "dev",
+            "eth0",
+        ])?;
+        node.exec(&["ip", "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+}
