@@ -4,7 +4,7 @@
 # installs what is missing.
 set -euo pipefail
 
-packages=(wireguard-go wireguard-tools iproute2 iputils-ping openssl util-linux procps)
+packages=(wireguard-go wireguard-tools iproute2 iputils-ping openssl util-linux procps socat jq)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,1 +1,189 @@
-fn main() {}
+//! `kwire-operator`: flags, logging, probes, leader election; the controllers live in the library.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use kwire_operator::context::Config;
+use kwire_operator::controllers::run::{Options, run};
+use kwire_operator::http::{Health, serve};
+use kwire_operator::ipam::Pool;
+use kwire_operator::metrics::Metrics;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// kwire's cluster-wide controller: keys, addresses, peer resolution, topology checks.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address pool for Networks with spec.prefixLength, as CIDR or NAME=CIDR (repeatable).
+    #[arg(long = "pool", env = "KWIRE_POOLS", value_delimiter = ',')]
+    pools: Vec<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "KWIRE_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    metrics_addr: SocketAddr,
+    /// Watch kwire objects and Secrets in this namespace only (default: all namespaces).
+    #[arg(long, env = "KWIRE_NAMESPACE")]
+    namespace: Option<String>,
+    #[arg(long, env = "KWIRE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Run the controllers only while holding a Lease (for more than one replica).
+    #[arg(long, env = "KWIRE_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, default_value = "kwire-operator")]
+    leader_election_lease: String,
+    /// Namespace of the Lease (default: the client's namespace, e.g. the pod's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// This replica's identity for the Lease and for Events (e.g. the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds between full reconciles of every object (the safety net behind watches).
+    #[arg(long, default_value_t = 300)]
+    resync_seconds: u64,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let pools = Pool::parse_all(&args.pools)?;
+    for pool in &pools {
+        tracing::info!(%pool, "address pool");
+    }
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Health::default();
+    let server = tokio::spawn(serve(args.metrics_addr, metrics.clone(), health.clone()));
+
+    let options = Options {
+        namespace: args.namespace.clone(),
+        config: Config {
+            pools,
+            resync: Duration::from_secs(args.resync_seconds.max(10)),
+        },
+        instance: args.identity.clone(),
+    };
+
+    if !args.leader_election {
+        metrics.leader.set(1);
+        let result = run(
+            client,
+            options,
+            metrics,
+            health.ready.clone(),
+            shutdown_signal(),
+        )
+        .await;
+        server.abort();
+        return result.map_err(Into::into);
+    }
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("kwire-operator-{}", std::process::id()));
+    let lease_ns = args
+        .leader_election_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease)
+        .with_namespace(&lease_ns)
+        .with_identity(&identity)
+        .build()
+        .await
+        .context("setting up the leader election Lease")?;
+    let (mut leading, lease_task) = manager.watch().await;
+    health.standby.store(true, Ordering::SeqCst);
+    tracing::info!(%identity, lease = %args.leader_election_lease, namespace = %lease_ns, "waiting for leadership");
+    let mut shutdown = Box::pin(shutdown_signal());
+    loop {
+        if *leading.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leading.changed() => changed.context("the leader election task stopped")?,
+            () = &mut shutdown => {
+                drop(leading);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+        }
+    }
+    health.standby.store(false, Ordering::SeqCst);
+    metrics.leader.set(1);
+    tracing::info!("leading: starting the controllers");
+    let mut watch_lost = leading.clone();
+    let lost = async move {
+        loop {
+            if watch_lost.changed().await.is_err() || !*watch_lost.borrow_and_update() {
+                return;
+            }
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
+    let stop = async move {
+        tokio::select! {
+            () = lost => { let _ = stop_tx.send(true); }
+            () = shutdown => { let _ = stop_tx.send(false); }
+        }
+    };
+    let result = run(client, options, metrics.clone(), health.ready.clone(), stop).await;
+    metrics.leader.set(0);
+    let lost_leadership = stop_rx.await.unwrap_or(false);
+    drop(leading);
+    if let Ok(Ok(manager)) = lease_task.await {
+        let _ = manager.release().await;
+    }
+    server.abort();
+    result?;
+    if lost_leadership {
+        bail!("lost the leader lease; exiting so that a fresh process competes again");
+    }
+    Ok(())
+}

@@ -447,3 +447,298 @@ fn set_node_forwarding(desired: &mut DesiredNode) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kwire_crds::manifest::{KwireObject, parse_manifests};
+    use kwire_crds::v1alpha1::{InterfaceStatus, PeerStatus, ResolvedPeer};
+
+    use super::*;
+
+    const RELAY: &str = include_str!("../../../examples/seed/relay.yaml");
+    const NS: &str = "seed";
+
+    fn key(n: u8) -> PrivateKey {
+        let mut bytes = [n; 32];
+        bytes[0] &= 248;
+        bytes[31] = (bytes[31] & 127) | 64;
+        PrivateKey::from_bytes(bytes)
+    }
+
+    fn public(n: u8) -> String {
+        key(n).public_key().to_base64()
+    }
+
+    /// The seed's relay as the API would hold it once the operator resolved every Peer.
+    fn relay() -> (Vec<Interface>, Vec<Peer>, Vec<Route>) {
+        let (mut interfaces, mut peers, mut routes) = (Vec::new(), Vec::new(), Vec::new());
+        for object in parse_manifests(RELAY).unwrap() {
+            match object {
+                KwireObject::Interface(mut i) => {
+                    i.metadata.namespace = Some(NS.into());
+                    i.status = Some(InterfaceStatus {
+                        addresses: i
+                            .spec
+                            .addresses
+                            .iter()
+                            .flatten()
+                            .map(ToString::to_string)
+                            .collect(),
+                        private_key_secret: Some(format!("{}-key", i.name_any())),
+                        ..InterfaceStatus::default()
+                    });
+                    interfaces.push(*i);
+                }
+                KwireObject::Peer(mut p) => {
+                    p.metadata.namespace = Some(NS.into());
+                    let (local, remote, remote_ep, local_ep) = match p.name_any().as_str() {
+                        "a-to-b" => (1, 2, "10.211.55.11:22222", "10.211.55.10:11111"),
+                        _ => (3, 4, "10.211.55.12:33333", "10.211.55.11:23333"),
+                    };
+                    p.status = Some(PeerStatus {
+                        resolved: Some(ResolvedPeer {
+                            public_key: Some(public(remote)),
+                            endpoint: Some(remote_ep.into()),
+                            allowed_ips: p
+                                .spec
+                                .allowed_ips
+                                .iter()
+                                .flatten()
+                                .map(ToString::to_string)
+                                .collect(),
+                            local_public_key: Some(public(local)),
+                            local_endpoint: Some(local_ep.into()),
+                            remote_allowed_ips: p
+                                .spec
+                                .remote_allowed_ips
+                                .iter()
+                                .flatten()
+                                .map(ToString::to_string)
+                                .collect(),
+                            persistent_keepalive: Some(15),
+                            ..ResolvedPeer::default()
+                        }),
+                        ..PeerStatus::default()
+                    });
+                    peers.push(*p);
+                }
+                KwireObject::Route(mut r) => {
+                    r.metadata.namespace = Some(NS.into());
+                    routes.push(*r);
+                }
+                _ => {}
+            }
+        }
+        (interfaces, peers, routes)
+    }
+
+    fn keys_of(interfaces: &[&Interface]) -> BTreeMap<ObjectKey, KeyLookup<PrivateKey>> {
+        let numbers = [
+            ("a-wg0-client", 1),
+            ("b-wg0-server", 2),
+            ("b-wg1-client", 3),
+            ("c-wg0-server", 4),
+        ];
+        interfaces
+            .iter()
+            .map(|i| {
+                let n = numbers
+                    .iter()
+                    .find(|(name, _)| *name == i.name_any())
+                    .unwrap()
+                    .1;
+                ((NS.to_string(), i.name_any()), Ok(key(n)))
+            })
+            .collect()
+    }
+
+    fn on_node<'a>(
+        node: &str,
+        all: &'a (Vec<Interface>, Vec<Peer>, Vec<Route>),
+    ) -> NodeObjects<'a> {
+        let interfaces: Vec<&Interface> = all
+            .0
+            .iter()
+            .filter(|i| i.spec.node_name.as_str() == node)
+            .collect();
+        NodeObjects {
+            private_keys: keys_of(&interfaces),
+            interfaces,
+            peers: all.1.iter().collect(),
+            routes: all.2.iter().collect(),
+            ..NodeObjects::default()
+        }
+    }
+
+    fn dev(name: &str) -> IfaceName {
+        IfaceName::new(name).unwrap()
+    }
+
+    #[test]
+    fn node_b_of_the_seed_relays_between_its_two_devices() {
+        let all = relay();
+        let t = translate(&on_node("b", &all));
+        assert!(
+            t.interface_problems.is_empty() && t.peer_problems.is_empty(),
+            "{t:?}"
+        );
+        let d = &t.desired;
+        assert_eq!(
+            d.devices.keys().cloned().collect::<Vec<_>>(),
+            [dev("wg0-server"), dev("wg1-client")]
+        );
+        assert!(d.forwarding.ipv4 && !d.forwarding.ipv6);
+
+        // B holds the remote end of a-to-b: A's key, A's endpoint, what B accepts from A.
+        let server = &d.devices[&dev("wg0-server")];
+        assert!(server.forwarding);
+        assert_eq!(server.listen_port, Some(22222));
+        let from_a = &server.peers[&key(1).public_key()];
+        assert_eq!(from_a.endpoint, Some("10.211.55.10:11111".parse().unwrap()));
+        assert_eq!(from_a.allowed_ips, ["10.1.0.1/32".parse().unwrap()].into());
+        assert_eq!(from_a.persistent_keepalive, Some(15));
+
+        // B holds the local end of b-to-c: C's key and endpoint, C's address.
+        let client = &d.devices[&dev("wg1-client")];
+        let to_c = &client.peers[&key(4).public_key()];
+        assert_eq!(to_c.endpoint, Some("10.211.55.12:33333".parse().unwrap()));
+        assert_eq!(to_c.allowed_ips, ["10.2.0.2/32".parse().unwrap()].into());
+        assert!(d.routes.is_empty(), "B has no Route of its own");
+        assert_eq!(
+            t.peer_sides[&(NS.into(), "a-to-b".into())],
+            PeerSide::Remote
+        );
+        assert_eq!(t.peer_sides[&(NS.into(), "b-to-c".into())], PeerSide::Local);
+    }
+
+    #[test]
+    fn node_a_routes_c_network_through_its_device_with_b_allowing_it() {
+        let all = relay();
+        let t = translate(&on_node("a", &all));
+        let d = &t.desired;
+        let to_b = &d.devices[&dev("wg0-client")].peers[&key(2).public_key()];
+        assert_eq!(
+            to_b.allowed_ips,
+            [
+                "10.1.0.2/32".parse().unwrap(),
+                "10.2.0.0/24".parse().unwrap()
+            ]
+            .into()
+        );
+        let route = &d.routes[&RouteKey::new(MAIN_TABLE, "10.2.0.0/24".parse().unwrap())];
+        assert_eq!(route.device, dev("wg0-client"));
+        assert_eq!(route.via, Some("10.1.0.2".parse().unwrap()));
+        assert!(!d.forwarding.ipv4, "A does not relay");
+    }
+
+    #[test]
+    fn a_missing_key_retains_that_device_and_disturbs_no_other() {
+        let all = relay();
+        let mut objects = on_node("b", &all);
+        objects.private_keys.insert(
+            (NS.into(), "b-wg0-server".into()),
+            Err(Problem::new(
+                "KeyUnavailable",
+                "cannot use key of Secret seed/b-wg0-server-key",
+            )),
+        );
+        let t = translate(&objects);
+        assert_eq!(t.retained, [dev("wg0-server")].into());
+        assert_eq!(t.desired.retained, t.retained);
+        assert!(!t.desired.devices.contains_key(&dev("wg0-server")));
+        assert_eq!(
+            t.interface_problems[&(NS.into(), "b-wg0-server".into())].reason,
+            "KeyUnavailable"
+        );
+        assert!(
+            t.desired.devices[&dev("wg1-client")]
+                .peers
+                .contains_key(&key(4).public_key())
+        );
+    }
+
+    #[test]
+    fn an_unresolved_peer_waits_for_the_operator_without_touching_the_device() {
+        let mut all = relay();
+        all.1
+            .iter_mut()
+            .find(|p| p.name_any() == "b-to-c")
+            .unwrap()
+            .status = None;
+        let t = translate(&on_node("b", &all));
+        assert_eq!(
+            t.peer_problems[&(NS.into(), "b-to-c".into())].reason,
+            "WaitingForOperator"
+        );
+        let client = &t.desired.devices[&dev("wg1-client")];
+        assert!(client.peers.is_empty());
+        assert_eq!(client.addresses, ["10.2.0.1/24".parse().unwrap()].into());
+    }
+
+    #[test]
+    fn two_routes_to_the_same_destination_conflict_and_the_first_wins() {
+        let mut all = relay();
+        let mut twin = all.2[0].clone();
+        twin.metadata.name = Some("z-duplicate".into());
+        all.2.push(twin);
+        let t = translate(&on_node("a", &all));
+        assert_eq!(t.desired.routes.len(), 1);
+        assert_eq!(
+            t.route_problems[&(NS.into(), "z-duplicate".into())].reason,
+            "RouteConflict"
+        );
+    }
+
+    #[test]
+    fn an_unresolvable_dns_endpoint_is_reported_on_its_peer() {
+        let mut all = relay();
+        let peer = all.1.iter_mut().find(|p| p.name_any() == "b-to-c").unwrap();
+        peer.status
+            .as_mut()
+            .unwrap()
+            .resolved
+            .as_mut()
+            .unwrap()
+            .endpoint = Some("c.invalid:33333".into());
+        let t = translate(&on_node("b", &all));
+        assert_eq!(
+            t.peer_problems[&(NS.into(), "b-to-c".into())].reason,
+            "EndpointUnresolvable"
+        );
+        let mut objects = on_node("b", &all);
+        objects.resolved_hosts.insert(
+            "c.invalid:33333".into(),
+            "10.211.55.12:33333".parse().unwrap(),
+        );
+        assert!(translate(&objects).peer_problems.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_interface_is_no_longer_desired() {
+        let mut all = relay();
+        let a = all
+            .0
+            .iter_mut()
+            .find(|i| i.name_any() == "a-wg0-client")
+            .unwrap();
+        a.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Default::default(),
+        ));
+        let t = translate(&on_node("a", &all));
+        assert!(
+            t.desired.devices.is_empty() && t.desired.routes.is_empty() && t.retained.is_empty()
+        );
+    }
+
+    #[test]
+    fn translation_never_prints_a_private_key() {
+        let all = relay();
+        let t = translate(&on_node("b", &all));
+        let printed = format!("{t:?}");
+        use base64::Engine as _;
+        for n in 1..=4 {
+            let secret = base64::engine::general_purpose::STANDARD.encode(key(n).expose_secret());
+            assert!(!printed.contains(&secret));
+        }
+    }
+}

@@ -460,3 +460,64 @@ impl Reporter {
         writes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    #[test]
+    fn a_handshake_within_reject_after_time_is_connected() {
+        let (ok, reason, _) = connectivity(Some(at(0)), Some(at(0)), at(179));
+        assert!(ok);
+        assert_eq!(reason, "Connected");
+    }
+
+    #[test]
+    fn a_handshake_older_than_reject_after_time_is_stale() {
+        let (ok, reason, message) = connectivity(Some(at(0)), Some(at(0)), at(181));
+        assert!(!ok);
+        assert_eq!(reason, "Stale");
+        assert!(message.contains("181s"));
+    }
+
+    #[test]
+    fn no_handshake_is_connecting_then_never_handshaked() {
+        assert_eq!(connectivity(None, Some(at(0)), at(30)).1, "Connecting");
+        let (ok, reason, message) = connectivity(None, Some(at(0)), at(61));
+        assert!(!ok);
+        assert_eq!(reason, "NeverHandshaked");
+        assert!(message.contains("endpoint"));
+    }
+
+    #[test]
+    fn nulls_are_dropped_so_a_patch_never_claims_an_absent_field() {
+        let v = strip_nulls(json!({"a": null, "b": {"c": null, "d": 1}, "e": [{"f": null}]}));
+        assert_eq!(v, json!({"b": {"d": 1}, "e": [{}]}));
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let seen = Seen {
+            generation: Some(2),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Configured".into(),
+                message: String::new(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    "2026-01-01T00:00:00Z".parse().unwrap(),
+                ),
+                observed_generation: Some(1),
+            }],
+        };
+        let kept = condition_json(&seen, "Ready", true, "Configured", "ok", at(0));
+        assert_eq!(kept["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        assert_eq!(kept["observedGeneration"], 2);
+        let flipped = condition_json(&seen, "Ready", false, "Conflict", "no", at(0));
+        assert_ne!(flipped["lastTransitionTime"], "2026-01-01T00:00:00Z");
+    }
+}

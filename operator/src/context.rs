@@ -1,0 +1,200 @@
+//! What every reconcile gets: the client, the read-only stores (the "world"), the clock,
+//! where Events go, metrics, and the configuration.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
+
+use crate::ipam::Pool;
+use crate::metrics::Metrics;
+use crate::status::Clock;
+use crate::world::{NodeInfo, World};
+
+/// The reflector stores every controller reads.
+#[derive(Clone)]
+pub struct Stores {
+    pub networks: Store<Network>,
+    pub interfaces: Store<Interface>,
+    pub peers: Store<Peer>,
+    pub routes: Store<Route>,
+    pub nodes: Store<Node>,
+}
+
+impl Stores {
+    /// A snapshot for the planners.
+    pub fn world(&self) -> World {
+        World::new(
+            self.networks.state(),
+            self.interfaces.state(),
+            self.peers.state(),
+            self.routes.state(),
+            Some(
+                self.nodes
+                    .state()
+                    .iter()
+                    .map(|n| NodeInfo::from_node(n))
+                    .collect(),
+            ),
+        )
+    }
+
+    /// Waits until every store has completed its first list.
+    pub async fn wait_until_ready(
+        &self,
+    ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
+        self.networks.wait_until_ready().await?;
+        self.interfaces.wait_until_ready().await?;
+        self.peers.wait_until_ready().await?;
+        self.routes.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await
+    }
+}
+
+/// Install-time settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address pools for Networks with `prefixLength`.
+    pub pools: Vec<Pool>,
+    /// How often every object is reconciled without a trigger (the safety net).
+    pub resync: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pools: Vec::new(),
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// An Event to publish, without the object it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSpec {
+    pub warning: bool,
+    pub reason: String,
+    pub action: String,
+    pub note: String,
+}
+
+impl EventSpec {
+    pub fn normal(reason: &str, action: &str, note: impl Into<String>) -> Self {
+        EventSpec {
+            warning: false,
+            reason: reason.into(),
+            action: action.into(),
+            note: note.into(),
+        }
+    }
+
+    pub fn warning(reason: &str, action: &str, note: impl Into<String>) -> Self {
+        EventSpec {
+            warning: true,
+            ..EventSpec::normal(reason, action, note)
+        }
+    }
+}
+
+/// Where Events go: the API server, or a list (tests).
+pub enum Events {
+    Kube(Recorder),
+    Recorded(Mutex<Vec<(ObjectReference, EventSpec)>>),
+}
+
+impl Events {
+    /// Publishes an Event. Failures are logged, never returned: an Event is best effort.
+    pub async fn publish(&self, regarding: &ObjectReference, event: EventSpec) {
+        match self {
+            Events::Kube(recorder) => {
+                let mut note = event.note.clone();
+                if note.len() > 1000 {
+                    let mut end = 997;
+                    while !note.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    note = format!("{}...", &note[..end]);
+                }
+                let published = recorder
+                    .publish(
+                        &Event {
+                            type_: if event.warning {
+                                EventType::Warning
+                            } else {
+                                EventType::Normal
+                            },
+                            reason: event.reason.clone(),
+                            note: Some(note),
+                            action: event.action.clone(),
+                            secondary: None,
+                        },
+                        regarding,
+                    )
+                    .await;
+                if let Err(error) = published {
+                    tracing::warn!(%error, reason = %event.reason, "could not publish an Event");
+                }
+            }
+            Events::Recorded(list) => list
+                .lock()
+                .expect("events lock")
+                .push((regarding.clone(), event)),
+        }
+    }
+}
+
+/// The context of every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub events: Events,
+    pub metrics: Arc<Metrics>,
+    /// CIDRs carved in this process, by Network UID: covers the moment between a carve and
+    /// the Network's status showing it in the store.
+    pub(crate) carved: tokio::sync::Mutex<BTreeMap<String, IpNet>>,
+    /// Consecutive failures by object, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        config: Config,
+        clock: Arc<dyn Clock>,
+        events: Events,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Context {
+            client,
+            stores,
+            config,
+            clock,
+            events,
+            metrics,
+            carved: tokio::sync::Mutex::new(BTreeMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one more failure of `key` and returns how many in a row.
+    pub fn failed(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().expect("failures lock");
+        let count = failures.entry(key.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// Forgets the failures of `key` after a success.
+    pub fn succeeded(&self, key: &str) {
+        self.failures.lock().expect("failures lock").remove(key);
+    }
+}

@@ -1,0 +1,174 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+
+use super::*;
+use crate::controllers::SecretAction;
+use crate::fixtures::*;
+use crate::keys::PresharedKey;
+use crate::reasons;
+use crate::secrets::{PlannedSecret, preshared_key_secret};
+use crate::status::needs_patch;
+use crate::topology::{self, ObjectKind};
+use crate::world::World;
+
+fn now(s: i64) -> Time {
+    Time(Timestamp::from_second(s).unwrap())
+}
+
+fn pair() -> World {
+    world(
+        vec![],
+        vec![
+            with_key(interface("a", "node-a", &["10.1.0.1/24"]), KEY_A),
+            with_key(interface("b", "node-b", &["10.1.0.2/24"]), KEY_B),
+        ],
+        vec![],
+        vec![],
+        Some(vec![
+            node("node-a", &["192.168.0.1"], &[]),
+            node("node-b", &["192.168.0.2"], &[]),
+        ]),
+    )
+}
+
+fn condition<'a>(plan: &'a PeerPlan, type_: &str) -> (&'a str, &'a str) {
+    let c = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap();
+    (c.status.as_str(), c.reason.as_str())
+}
+
+#[test]
+fn a_resolved_link_writes_only_the_operators_fields() {
+    let p = peer("a-b", "a", "b");
+    let plan = plan_peer(&p, &pair(), PskObservation::None, &[], &now(1));
+    assert_eq!(condition(&plan, "Resolved"), ("True", reasons::RESOLVED));
+    assert_eq!(
+        condition(&plan, "TopologyValid"),
+        ("True", reasons::TOPOLOGY_VALID)
+    );
+    assert_eq!(plan.status.remote_name.as_deref(), Some("b"));
+    assert_eq!(
+        plan.status.resolved.as_ref().unwrap().endpoint.as_deref(),
+        Some("192.168.0.2:51820")
+    );
+    let written = serde_json::to_value(&plan.status).unwrap();
+    let mut fields: Vec<&str> = written
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["conditions", "observedGeneration", "remoteName", "resolved"]
+    );
+    assert_eq!(plan.secret, SecretAction::None);
+    assert!(plan.events.is_empty());
+}
+
+#[test]
+fn a_generated_preshared_key_goes_into_a_secret_owned_by_the_peer() {
+    let p = patch_spec(
+        peer("a-b", "a", "b"),
+        json!({"presharedKey": {"generate": true}}),
+    );
+    let fresh = PresharedKey::generate().unwrap();
+    let obs = PskObservation::Generated {
+        name: "a-b-preshared-key".into(),
+        secret: None,
+        fresh: Some(fresh.clone()),
+    };
+    let plan = plan_peer(&p, &pair(), obs, &[], &now(1));
+    let SecretAction::Create(planned) = &plan.secret else {
+        panic!("{:?}", plan.secret)
+    };
+    let PlannedSecret(secret) = planned.as_ref();
+    assert_eq!(secret.owner_references()[0].kind, "Peer");
+    assert_eq!(
+        plan.status
+            .resolved
+            .as_ref()
+            .unwrap()
+            .preshared_key_secret
+            .as_deref(),
+        Some("a-b-preshared-key")
+    );
+    assert_eq!(
+        plan.events[0].reason,
+        reasons::EVENT_PRESHARED_KEY_GENERATED
+    );
+    let everything = format!("{plan:?} {}", serde_json::to_string(&plan.status).unwrap());
+    assert!(
+        !everything.contains(fresh.to_base64().as_str()),
+        "pre-shared key leaked"
+    );
+
+    let PlannedSecret(existing) = preshared_key_secret(&p, &fresh);
+    let again = PskObservation::Generated {
+        name: "a-b-preshared-key".into(),
+        secret: Some(existing),
+        fresh: None,
+    };
+    let plan = plan_peer(&p, &pair(), again, &[], &now(2));
+    assert_eq!(plan.secret, SecretAction::None, "an existing key is kept");
+    assert_eq!(condition(&plan, "Resolved").0, "True");
+}
+
+#[test]
+fn a_missing_user_preshared_key_secret_makes_resolved_false() {
+    let p = patch_spec(
+        peer("a-b", "a", "b"),
+        json!({"presharedKey": {"secretRef": {"name": "psk"}}}),
+    );
+    let obs = PskObservation::UserSecret {
+        name: "psk".into(),
+        data_key: "presharedKey".into(),
+        secret: None,
+    };
+    let plan = plan_peer(&p, &pair(), obs, &[], &now(1));
+    assert_eq!(
+        condition(&plan, "Resolved"),
+        ("False", reasons::PRESHARED_KEY_SECRET_NOT_FOUND)
+    );
+    assert_eq!(plan.events.len(), 1);
+    assert!(plan.events[0].warning);
+}
+
+#[test]
+fn topology_findings_about_the_peer_make_topology_valid_false() {
+    let w = world(
+        vec![],
+        vec![
+            interface("a", "n1", &["10.1.0.1/24"]),
+            interface("b", "n2", &["10.1.0.2/24"]),
+        ],
+        vec![patch_spec(
+            peer("a-b", "a", "b"),
+            json!({"allowedIPs": ["10.9.0.0/16"]}),
+        )],
+        vec![],
+        None,
+    );
+    let findings = topology::check(&w);
+    assert!(findings.iter().any(|f| f.kind == ObjectKind::Peer));
+    let plan = plan_peer(&w.peers[0], &w, PskObservation::None, &findings, &now(1));
+    assert_eq!(
+        condition(&plan, "TopologyValid"),
+        ("False", reasons::RELAY_NOT_FORWARDING)
+    );
+}
+
+#[test]
+fn replanning_an_unchanged_peer_needs_no_patch() {
+    let mut p = peer("a-b", "a", "b");
+    let first = plan_peer(&p, &pair(), PskObservation::None, &[], &now(1));
+    p.status = Some(first.status);
+    let second = plan_peer(&p, &pair(), PskObservation::None, &[], &now(77));
+    assert!(!needs_patch(p.status.as_ref(), &second.status));
+}

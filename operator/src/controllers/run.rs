@@ -1,0 +1,321 @@
+//! Wiring: one watch per kind feeds a reflector store (the world every controller reads)
+//! and a router that turns each change into reconcile requests through [`triggers`]; each
+//! controller is a kube-runtime `applier` on its queue.
+//!
+//! Why `applier` rather than four `Controller`s: a `Controller` owns the watch of its
+//! kind, so four Controllers with `watches()` on each other's kinds would open each watch
+//! up to five times; shared streams that would avoid this are behind kube's unstable
+//! features and do not carry deletions, which the allocator needs to release addresses.
+//! `applier` is the engine under `Controller` (scheduling, no concurrent reconciles of one
+//! object, error-policy requeues); here it is fed by one watch per kind.
+//!
+//! Nothing is reconciled before every store has completed its first list: planning from a
+//! partial view could release addresses of Interfaces not listed yet.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::channel::mpsc::{UnboundedSender, unbounded};
+use futures::{Stream, StreamExt, stream::BoxStream};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, applier, watcher};
+use kube::{Client, Resource, ResourceExt};
+use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
+use serde::de::DeserializeOwned;
+
+use super::triggers::{Changed, Key, triggers};
+use super::{error_policy, interface, network, peer, route};
+use crate::context::{Config, Context, Events, Stores};
+use crate::metrics::Metrics;
+use crate::secrets::managed_selector;
+use crate::status::SystemClock;
+
+/// How the operator runs.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Watch kwire objects and Secrets in this namespace only (Nodes are always cluster-wide).
+    pub namespace: Option<String>,
+    pub config: Config,
+    /// The reporting instance of Events (e.g. the pod name).
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("a reflector store was dropped before it became ready")]
+    StoreDropped,
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// One change on one watch: whether it is part of an initial list, and what changed.
+enum Change {
+    Network(Box<watcher::Event<Network>>),
+    Interface(Box<watcher::Event<Interface>>),
+    Peer(Box<watcher::Event<Peer>>),
+    Route(Box<watcher::Event<Route>>),
+    Node(Box<watcher::Event<Node>>),
+    Secret(Box<watcher::Event<PartialObjectMeta<Secret>>>),
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    wrap: fn(watcher::Event<K>) -> Change,
+) -> (Store<K>, BoxStream<'static, Result<Change, watcher::Error>>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff())
+        .map(move |e| e.map(wrap))
+        .boxed();
+    (reader, stream)
+}
+
+struct Queues {
+    networks: UnboundedSender<ObjectRef<Network>>,
+    interfaces: UnboundedSender<ObjectRef<Interface>>,
+    peers: UnboundedSender<ObjectRef<Peer>>,
+    routes: UnboundedSender<ObjectRef<Route>>,
+}
+
+fn send<K: Resource<DynamicType = ()>>(queue: &UnboundedSender<ObjectRef<K>>, (ns, name): &Key) {
+    // A closed queue means shutdown: nothing left to do with the request.
+    let _ = queue.unbounded_send(ObjectRef::new(name).within(ns));
+}
+
+fn self_key<K: ResourceExt>(obj: &K) -> Key {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The object of a change and whether it comes from an initial list.
+fn object<K>(event: &watcher::Event<K>) -> Option<(&K, bool)> {
+    match event {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some((o, false)),
+        watcher::Event::InitApply(o) => Some((o, true)),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
+}
+
+/// Routes one change to the queues. Objects of an initial list only enqueue themselves
+/// (everything is listed, so everything gets reconciled); later changes enqueue their
+/// relations too.
+fn route_change(change: &Change, stores: &Stores, queues: &Queues) {
+    let changed = match change {
+        Change::Network(e) => object(e).map(|(o, init)| (Changed::Network(o), init)),
+        Change::Interface(e) => object(e).map(|(o, init)| (Changed::Interface(o), init)),
+        Change::Peer(e) => object(e).map(|(o, init)| (Changed::Peer(o), init)),
+        Change::Route(e) => object(e).map(|(o, init)| (Changed::Route(o), init)),
+        Change::Node(e) => object(e).map(|(o, init)| {
+            (
+                Changed::Node(o.metadata.name.as_deref().unwrap_or_default()),
+                init,
+            )
+        }),
+        Change::Secret(e) => object(e).map(|(o, init)| (Changed::Secret(&o.metadata), init)),
+    };
+    let Some((changed, init)) = changed else {
+        return;
+    };
+    if init {
+        match changed {
+            Changed::Network(o) => send(&queues.networks, &self_key(o)),
+            Changed::Interface(o) => send(&queues.interfaces, &self_key(o)),
+            Changed::Peer(o) => send(&queues.peers, &self_key(o)),
+            Changed::Route(o) => send(&queues.routes, &self_key(o)),
+            Changed::Node(_) | Changed::Secret(_) => {}
+        }
+        return;
+    }
+    let t = triggers(changed, &stores.world());
+    t.networks.iter().for_each(|k| send(&queues.networks, k));
+    t.interfaces
+        .iter()
+        .for_each(|k| send(&queues.interfaces, k));
+    t.peers.iter().for_each(|k| send(&queues.peers, k));
+    t.routes.iter().for_each(|k| send(&queues.routes, k));
+}
+
+fn log_result<K: Resource, E: std::fmt::Display>(
+    controller: &'static str,
+) -> impl FnMut(Result<(ObjectRef<K>, kube::runtime::controller::Action), E>) -> std::future::Ready<()>
+where
+    K::DynamicType: std::fmt::Debug,
+{
+    move |result| {
+        match result {
+            Ok((obj, _)) => tracing::debug!(controller, object = %obj, "reconciled"),
+            Err(error) => tracing::debug!(controller, %error, "reconcile did not complete"),
+        }
+        std::future::ready(())
+    }
+}
+
+fn queue<K: Resource<DynamicType = ()>>(
+    rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>,
+) -> impl Stream<Item = Result<ObjectRef<K>, Infallible>> {
+    rx.map(Ok)
+}
+
+/// Runs every controller until `shutdown` completes. `ready` turns true once the stores are
+/// synced and the controllers run.
+pub async fn run(
+    client: Client,
+    options: Options,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let ns = &options.namespace;
+    let all = watcher::Config::default();
+    let (networks, s1) = reflect(scoped::<Network>(&client, ns), all.clone(), |e| {
+        Change::Network(Box::new(e))
+    });
+    let (interfaces, s2) = reflect(scoped::<Interface>(&client, ns), all.clone(), |e| {
+        Change::Interface(Box::new(e))
+    });
+    let (peers, s3) = reflect(scoped::<Peer>(&client, ns), all.clone(), |e| {
+        Change::Peer(Box::new(e))
+    });
+    let (routes, s4) = reflect(scoped::<Route>(&client, ns), all.clone(), |e| {
+        Change::Route(Box::new(e))
+    });
+    let (nodes, s5) = reflect(Api::<Node>::all(client.clone()), all, |e| {
+        Change::Node(Box::new(e))
+    });
+    let secrets: Api<PartialObjectMeta<Secret>> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let s6 = watcher(
+        secrets,
+        watcher::Config::default().labels(&managed_selector()),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Change::Secret(Box::new(e))))
+    .boxed();
+    let stores = Stores {
+        networks,
+        interfaces,
+        peers,
+        routes,
+        nodes,
+    };
+
+    let (net_tx, net_rx) = unbounded();
+    let (if_tx, if_rx) = unbounded();
+    let (peer_tx, peer_rx) = unbounded();
+    let (route_tx, route_rx) = unbounded();
+    let queues = Queues {
+        networks: net_tx,
+        interfaces: if_tx,
+        peers: peer_tx,
+        routes: route_tx,
+    };
+    let router_stores = stores.clone();
+    let router = tokio::spawn(async move {
+        let mut changes = futures::stream::select_all([s1, s2, s3, s4, s5, s6]);
+        while let Some(change) = changes.next().await {
+            match change {
+                Ok(change) => route_change(&change, &router_stores, &queues),
+                Err(error) => tracing::warn!(%error, "watch failed; retrying with backoff"),
+            }
+        }
+    });
+
+    tracing::info!("waiting for the first list of every watched kind");
+    stores
+        .wait_until_ready()
+        .await
+        .map_err(|_| RunError::StoreDropped)?;
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!("stores synced; controllers start");
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: crate::status::FIELD_MANAGER.into(),
+            instance: options.instance.clone(),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        stores.clone(),
+        options.config.clone(),
+        Arc::new(SystemClock),
+        Events::Kube(recorder),
+        metrics,
+    ));
+    let config = kube::runtime::controller::Config::default()
+        .debounce(Duration::from_millis(200))
+        .concurrency(4);
+    let networks = applier(
+        |o, c| Box::pin(network::reconcile(o, c)),
+        error_policy::<Network>,
+        ctx.clone(),
+        stores.networks.clone(),
+        queue(net_rx),
+        config.clone(),
+    )
+    .for_each(log_result("network"));
+    let interfaces = applier(
+        |o, c| Box::pin(interface::reconcile(o, c)),
+        error_policy::<Interface>,
+        ctx.clone(),
+        stores.interfaces.clone(),
+        queue(if_rx),
+        config.clone(),
+    )
+    .for_each(log_result("interface"));
+    let peers = applier(
+        |o, c| Box::pin(peer::reconcile(o, c)),
+        error_policy::<Peer>,
+        ctx.clone(),
+        stores.peers.clone(),
+        queue(peer_rx),
+        config.clone(),
+    )
+    .for_each(log_result("peer"));
+    let routes = applier(
+        |o, c| Box::pin(route::reconcile(o, c)),
+        error_policy::<Route>,
+        ctx.clone(),
+        stores.routes.clone(),
+        queue(route_rx),
+        config,
+    )
+    .for_each(log_result("route"));
+
+    let controllers = async {
+        futures::join!(networks, interfaces, peers, routes);
+    };
+    tokio::select! {
+        () = controllers => {}
+        () = shutdown => tracing::info!("shutting down"),
+    }
+    router.abort();
+    ready.store(false, Ordering::SeqCst);
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Errors of the controllers. Invalid input is never an error here: it becomes a condition
+//! with a reason. What remains are failed API calls and failed key generation, and each
+//! variant names the action that failed and the object it was for.
+
+use std::time::Duration;
+
+use crate::keys::KeyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {kind} {namespace}/{name}: {source}")]
+    Read {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("creating Secret {namespace}/{name}: {source}")]
+    CreateSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("adding an ownerReference to Secret {namespace}/{name}: {source}")]
+    AdoptSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("writing the status of {kind} {namespace}/{name}: {source}")]
+    PatchStatus {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("generating a key for {kind} {namespace}/{name}: {source}")]
+    GenerateKey {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<KeyError>,
+    },
+    #[error("{kind} {name} has no {field}; the API server always sets it")]
+    MissingMetadata {
+        kind: &'static str,
+        name: String,
+        field: &'static str,
+    },
+}
+
+/// What to do after an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Retry with exponential backoff: the API server or the network may recover.
+    Backoff,
+    /// Retry soon: someone else changed the object (conflict) or created it first.
+    Soon,
+    /// Retry slowly: retrying quickly cannot help (forbidden, malformed object).
+    Slowly,
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Read { .. } => "read",
+            Error::CreateSecret { .. } => "create_secret",
+            Error::AdoptSecret { .. } => "adopt_secret",
+            Error::PatchStatus { .. } => "patch_status",
+            Error::GenerateKey { .. } => "generate_key",
+            Error::MissingMetadata { .. } => "missing_metadata",
+        }
+    }
+
+    /// How to retry after this error.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Read { source, .. }
+            | Error::CreateSecret { source, .. }
+            | Error::AdoptSecret { source, .. }
+            | Error::PatchStatus { source, .. } => classify_api(source),
+            Error::GenerateKey { .. } => Retry::Backoff,
+            Error::MissingMetadata { .. } => Retry::Slowly,
+        }
+    }
+}
+
+fn classify_api(error: &kube::Error) -> Retry {
+    match error {
+        kube::Error::Api(status) if status.code == 409 => Retry::Soon,
+        kube::Error::Api(status) if matches!(status.code, 400 | 401 | 403 | 422) => Retry::Slowly,
+        _ => Retry::Backoff,
+    }
+}
+
+/// The delay before retry number `attempt` (1-based): 1 s doubling up to 5 minutes for
+/// [`Retry::Backoff`], 1 s for [`Retry::Soon`], 5 minutes for [`Retry::Slowly`].
+pub fn retry_delay(retry: Retry, attempt: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(300);
+    match retry {
+        Retry::Soon => Duration::from_secs(1),
+        Retry::Slowly => MAX,
+        Retry::Backoff => {
+            let exponent = attempt.saturating_sub(1).min(9);
+            Duration::from_secs(1u64 << exponent).min(MAX)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_stops_at_five_minutes() {
+        let delays: Vec<u64> = (1..=11)
+            .map(|n| retry_delay(Retry::Backoff, n).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_delay(Retry::Soon, 7).as_secs(), 1);
+        assert_eq!(retry_delay(Retry::Slowly, 1).as_secs(), 300);
+    }
+
+    #[test]
+    fn conflicts_retry_soon_and_forbidden_calls_retry_slowly() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        let patch = |code| Error::PatchStatus {
+            kind: "Interface",
+            namespace: "ns".into(),
+            name: "n".into(),
+            source: Box::new(api(code)),
+        };
+        assert_eq!(patch(409).retry(), Retry::Soon);
+        assert_eq!(patch(403).retry(), Retry::Slowly);
+        assert_eq!(patch(500).retry(), Retry::Backoff);
+        assert_eq!(patch(500).metric_label(), "patch_status");
+    }
+}

@@ -1,0 +1,100 @@
+//! The tiny HTTP server for probes and metrics: `/healthz`, `/readyz`, `/metrics`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+
+/// What the probes read.
+#[derive(Clone, Default)]
+pub struct Health {
+    /// Stores synced and controllers running.
+    pub ready: Arc<AtomicBool>,
+    /// Standing by for the leader lease (ready too: a standby replica is healthy).
+    pub standby: Arc<AtomicBool>,
+}
+
+/// The response to a GET of `path`.
+pub fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    };
+    match path {
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            if health.ready.load(Ordering::SeqCst) || health.standby.load(Ordering::SeqCst) {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "stores not synced yet\n".into(),
+                )
+            }
+        }
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Serves until the listener fails.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Health) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (metrics, health) = (metrics.clone(), health.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let response = respond(request.uri().path(), &metrics, &health);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "probe connection failed");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_sync_or_standby_and_health_is_always_ok() {
+        let (m, h) = (Metrics::default(), Health::default());
+        assert_eq!(respond("/healthz", &m, &h).status(), StatusCode::OK);
+        assert_eq!(
+            respond("/readyz", &m, &h).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        h.standby.store(true, Ordering::SeqCst);
+        assert_eq!(respond("/readyz", &m, &h).status(), StatusCode::OK);
+        h.standby.store(false, Ordering::SeqCst);
+        h.ready.store(true, Ordering::SeqCst);
+        assert_eq!(respond("/readyz", &m, &h).status(), StatusCode::OK);
+        assert_eq!(respond("/metrics", &m, &h).status(), StatusCode::OK);
+        assert_eq!(respond("/nope", &m, &h).status(), StatusCode::NOT_FOUND);
+    }
+}

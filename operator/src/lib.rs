@@ -1,0 +1,19 @@
+//! kwire's operator as a library, so that the binary stays thin and the pure core
+//! (`ipam`, `keys`, `resolve`, `topology`, `status`) can be reused offline by a CLI.
+
+pub mod ipam;
+pub mod keys;
+pub mod reasons;
+pub mod resolve;
+pub mod status;
+pub mod world;
+
+pub mod context;
+pub mod controllers;
+pub mod error;
+#[cfg(test)]
+mod fixtures;
+pub mod http;
+pub mod metrics;
+pub mod secrets;
+pub mod topology;
