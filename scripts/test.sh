@@ -19,5 +19,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "local control plane tools (kube-apiserver, etcd, kube-controller-manager, kubectl, helm)"
 bash tests/control-plane/build.sh
 
+step "cargo build --workspace --bins (end-to-end tests run the binaries)"
+cargo build --workspace --bins --quiet
+
 step "cargo test --workspace"
 cargo test --workspace --no-fail-fast

@@ -43,11 +43,16 @@ fn chart_dir() -> PathBuf {
     repo_root().join("charts/kwire")
 }
 
-/// A scratch folder of this test process.
+/// A scratch folder of this test binary, under cargo's target/tmp rather than /tmp so that
+/// nothing outlives a run outside the build folder; emptied once at the first use.
 fn scratch(sub: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir()
-        .join(format!("kwire-helm-chart-{}", std::process::id()))
-        .join(sub);
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-chart");
+        let _ = std::fs::remove_dir_all(&root);
+        root
+    });
+    let dir = root.join(sub);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }

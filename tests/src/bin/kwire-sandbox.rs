@@ -81,7 +81,7 @@ async fn main() -> Result<()> {
 
     println!("\n{}", sandbox.status_table());
     for (ping, ok) in &results {
-        println!("{:<60} {}", ping.label, if *ok { "ok" } else { "FAILED" });
+        println!("{}: {}", ping.label, if *ok { "ok" } else { "FAILED" });
     }
     println!(
         "\nup and verified in {:.1}s",
