@@ -177,7 +177,8 @@ impl Sandbox {
         // Unique per sandbox: tests run several at once in one process.
         static SANDBOXES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SANDBOXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let run_dir = std::env::temp_dir().join(format!("kwire-sandbox-{}-{n}", std::process::id()));
+        let run_dir =
+            std::env::temp_dir().join(format!("kwire-sandbox-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&run_dir)?;
         steps.start("local control plane (etcd, kube-apiserver, controller-manager)");
         // Beside the run folder, not in it: the control plane removes its own folder when it
