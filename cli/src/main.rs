@@ -1,1 +1,5 @@
-fn main() {}
+//! `kwire`: see the library's documentation (`kwire --help`).
+
+fn main() -> std::process::ExitCode {
+    kwire_cli::main()
+}

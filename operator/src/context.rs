@@ -6,15 +6,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret};
 use kube::Client;
+use kube::api::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
 
+use crate::controllers::interface::KeySecret;
 use crate::ipam::Pool;
 use crate::metrics::Metrics;
 use crate::status::Clock;
+use crate::topology::Finding;
 use crate::world::{NodeInfo, World};
 
 /// The reflector stores every controller reads.
@@ -25,6 +28,8 @@ pub struct Stores {
     pub peers: Store<Peer>,
     pub routes: Store<Route>,
     pub nodes: Store<Node>,
+    /// The metadata of the Secrets the operator made (label `app.kubernetes.io/managed-by`).
+    pub secrets: Store<PartialObjectMeta<Secret>>,
 }
 
 impl Stores {
@@ -53,7 +58,26 @@ impl Stores {
         self.interfaces.wait_until_ready().await?;
         self.peers.wait_until_ready().await?;
         self.routes.wait_until_ready().await?;
-        self.nodes.wait_until_ready().await
+        self.nodes.wait_until_ready().await?;
+        self.secrets.wait_until_ready().await
+    }
+
+    /// The private key Secrets the operator made for Interface `namespace/name`, by
+    /// generation (oldest first).
+    pub fn key_secrets(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<(u32, Arc<PartialObjectMeta<Secret>>)> {
+        let mut found: Vec<(u32, Arc<PartialObjectMeta<Secret>>)> = self
+            .secrets
+            .state()
+            .into_iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+            .filter_map(|s| crate::secrets::is_key_secret_of(&s.metadata, name).map(|g| (g, s)))
+            .collect();
+        found.sort_by_key(|(g, _)| *g);
+        found
     }
 }
 
@@ -64,6 +88,8 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// How often every object is reconciled without a trigger (the safety net).
     pub resync: Duration,
+    /// `persistentKeepalive` for Peers that set none (`None`: WireGuard's default, off).
+    pub default_keepalive: Option<u16>,
 }
 
 impl Default for Config {
@@ -71,6 +97,7 @@ impl Default for Config {
         Config {
             pools: Vec::new(),
             resync: Duration::from_secs(300),
+            default_keepalive: None,
         }
     }
 }
@@ -149,6 +176,61 @@ impl Events {
     }
 }
 
+/// The latest topology findings. One task computes them from the stores (at most a few
+/// times per second, whatever the number of reconciles) and reconciles every object whose
+/// findings change; reconciles read them from here.
+#[derive(Default)]
+pub struct Findings {
+    current: std::sync::RwLock<Arc<Vec<Finding>>>,
+}
+
+impl Findings {
+    pub fn get(&self) -> Arc<Vec<Finding>> {
+        self.current.read().expect("findings lock").clone()
+    }
+
+    /// Replaces the findings and returns the previous ones.
+    pub fn replace(&self, findings: Vec<Finding>) -> Arc<Vec<Finding>> {
+        std::mem::replace(
+            &mut *self.current.write().expect("findings lock"),
+            Arc::new(findings),
+        )
+    }
+}
+
+/// Key Secrets already read, by UID and resourceVersion. Only public keys and metadata are
+/// kept (see [`KeySecret`]); the cache is pruned when it outgrows the Secrets the operator
+/// knows of.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, (String, KeySecret)>>,
+}
+
+impl KeyCache {
+    pub fn get(&self, uid: &str, resource_version: &str) -> Option<KeySecret> {
+        let entries = self.entries.lock().expect("key cache lock");
+        entries
+            .get(uid)
+            .filter(|(rv, _)| rv == resource_version)
+            .map(|(_, key)| key.clone())
+    }
+
+    /// Keeps `key`; drops everything when there are more entries than twice `live()`.
+    pub fn put(&self, key: &KeySecret, live: impl FnOnce() -> usize) {
+        let (Some(uid), Some(rv)) = (
+            key.secret.metadata.uid.clone(),
+            key.secret.metadata.resource_version.clone(),
+        ) else {
+            return;
+        };
+        let mut entries = self.entries.lock().expect("key cache lock");
+        if entries.len() > 2 * live() + 16 {
+            entries.clear();
+        }
+        entries.insert(uid, (rv, key.clone()));
+    }
+}
+
 /// The context of every reconcile.
 pub struct Context {
     pub client: Client,
@@ -157,6 +239,10 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
+    /// The latest topology findings.
+    pub findings: Arc<Findings>,
+    /// Key Secrets already read.
+    pub key_cache: KeyCache,
     /// CIDRs carved in this process, by Network UID: covers the moment between a carve and
     /// the Network's status showing it in the store.
     pub(crate) carved: tokio::sync::Mutex<BTreeMap<String, IpNet>>,
@@ -180,6 +266,8 @@ impl Context {
             clock,
             events,
             metrics,
+            findings: Arc::new(Findings::default()),
+            key_cache: KeyCache::default(),
             carved: tokio::sync::Mutex::new(BTreeMap::new()),
             failures: Mutex::new(HashMap::new()),
         }

@@ -23,6 +23,21 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    #[error("deleting Secret {namespace}/{name}: {source}")]
+    DeleteSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error(
+        "{kind} {namespace}/{name} is in the operator's cache but no longer in the API; retrying once the cache catches up"
+    )]
+    StaleStore {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
     #[error("adding an ownerReference to Secret {namespace}/{name}: {source}")]
     AdoptSecret {
         namespace: String,
@@ -72,6 +87,8 @@ impl Error {
             Error::Read { .. } => "read",
             Error::CreateSecret { .. } => "create_secret",
             Error::AdoptSecret { .. } => "adopt_secret",
+            Error::DeleteSecret { .. } => "delete_secret",
+            Error::StaleStore { .. } => "stale_store",
             Error::PatchStatus { .. } => "patch_status",
             Error::GenerateKey { .. } => "generate_key",
             Error::MissingMetadata { .. } => "missing_metadata",
@@ -84,7 +101,9 @@ impl Error {
             Error::Read { source, .. }
             | Error::CreateSecret { source, .. }
             | Error::AdoptSecret { source, .. }
+            | Error::DeleteSecret { source, .. }
             | Error::PatchStatus { source, .. } => classify_api(source),
+            Error::StaleStore { .. } => Retry::Soon,
             Error::GenerateKey { .. } => Retry::Backoff,
             Error::MissingMetadata { .. } => Retry::Slowly,
         }

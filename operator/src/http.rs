@@ -58,6 +58,7 @@ pub fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<
 /// Serves until the listener fails.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Health) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     loop {
         let (stream, _) = listener.accept().await?;

@@ -52,11 +52,26 @@ struct Args {
     /// Seconds between full reconciles of every object (the safety net behind watches).
     #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
+    /// Seconds a leader's Lease lasts without renewal: how long a crashed leader blocks a
+    /// standby replica.
+    #[arg(long, default_value_t = 10)]
+    leader_election_lease_seconds: u64,
+    /// Seconds before the Lease expires at which the leader renews it.
+    #[arg(long, default_value_t = 3)]
+    leader_election_renew_margin_seconds: u64,
+    /// `persistentKeepalive` (seconds, 0 = off) for Peers that set none.
+    #[arg(long)]
+    default_keepalive: Option<u16>,
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal, never in files or log collectors.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -86,6 +101,19 @@ async fn shutdown_signal() {
     }
 }
 
+/// A client whose every request is counted in `kwire_operator_api_requests_total`.
+async fn counted_client(metrics: Arc<Metrics>) -> anyhow::Result<Client> {
+    let config = kube::Config::infer().await?;
+    let count =
+        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+            metrics.request(request.method(), request.uri());
+            request
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -94,10 +122,10 @@ async fn main() -> anyhow::Result<()> {
     for pool in &pools {
         tracing::info!(%pool, "address pool");
     }
-    let client = Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let client = counted_client(metrics.clone())
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let metrics = Arc::new(Metrics::default());
     let health = Health::default();
     let server = tokio::spawn(serve(args.metrics_addr, metrics.clone(), health.clone()));
 
@@ -106,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         config: Config {
             pools,
             resync: Duration::from_secs(args.resync_seconds.max(10)),
+            default_keepalive: args.default_keepalive,
         },
         instance: args.identity.clone(),
     };
@@ -132,9 +161,18 @@ async fn main() -> anyhow::Result<()> {
         .leader_election_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
+    if args.leader_election_renew_margin_seconds >= args.leader_election_lease_seconds {
+        bail!(
+            "--leader-election-renew-margin-seconds ({}) must be below --leader-election-lease-seconds ({})",
+            args.leader_election_renew_margin_seconds,
+            args.leader_election_lease_seconds
+        );
+    }
     let manager = LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease)
         .with_namespace(&lease_ns)
         .with_identity(&identity)
+        .with_duration(args.leader_election_lease_seconds)
+        .with_grace(args.leader_election_renew_margin_seconds)
         .build()
         .await
         .context("setting up the leader election Lease")?;

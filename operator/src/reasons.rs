@@ -28,6 +28,15 @@ pub const KEY_SECRET_KEY_MISSING: &str = "SecretKeyMissing";
 pub const KEY_INVALID: &str = "InvalidPrivateKey";
 pub const KEY_SECRET_NAME_CONFLICT: &str = "SecretNameConflict";
 pub const KEY_PENDING: &str = "KeyPending";
+pub const KEY_ROTATING: &str = "KeyRotating";
+
+// Interface `status.keyRotation.trigger`.
+pub const ROTATION_REQUESTED: &str = "Requested";
+pub const ROTATION_SCHEDULED: &str = "Scheduled";
+
+// Peer `RotationPending` (external peers).
+pub const EXTERNAL_PEER_NOT_UPDATED: &str = "ExternalPeerNotUpdated";
+pub const HANDSHAKE_WITH_NEW_KEY: &str = "HandshakeWithNewKey";
 
 // Interface `AddressAllocated`.
 pub const ADDRESSES_FROM_SPEC: &str = "AddressesFromSpec";
@@ -62,3 +71,8 @@ pub const EVENT_ADDRESS_ALLOCATED: &str = "AddressAllocated";
 pub const EVENT_ADDRESS_RELEASED: &str = "AddressReleased";
 pub const EVENT_CIDR_CARVED: &str = "CidrCarved";
 pub const EVENT_PRESHARED_KEY_GENERATED: &str = "PresharedKeyGenerated";
+pub const EVENT_KEY_ROTATION_STARTED: &str = "KeyRotationStarted";
+pub const EVENT_KEY_ROTATED: &str = "KeyRotated";
+pub const EVENT_KEY_ROTATION_UNSUPPORTED: &str = "KeyRotationUnsupported";
+pub const EVENT_ROTATION_PENDING: &str = "RotationPending";
+pub const EVENT_OLD_KEY_DELETED: &str = "OldKeyDeleted";

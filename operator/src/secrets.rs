@@ -24,6 +24,12 @@ pub const PRESHARED_KEY_SECRET_TYPE: &str = "kwire.dev/wireguard-preshared-key";
 pub const LABEL_INTERFACE: &str = "kwire.dev/interface";
 pub const LABEL_PEER: &str = "kwire.dev/peer";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// On a private key Secret: which key of its Interface it holds (0 for the first, one more
+/// for each rotation). Absent on Secrets made before key rotation existed: those are 0.
+pub const LABEL_KEY_GENERATION: &str = "kwire.dev/key-generation";
+/// On a private key Secret: the value of the Interface's `kwire.dev/rotate-key` annotation
+/// when the key was made, so that a request is answered once, whatever the operator forgets.
+pub const ANNOTATION_ROTATION_REQUEST: &str = "kwire.dev/rotation-request";
 pub const MANAGED_BY: &str = "kwire-operator";
 pub const PRIVATE_KEY_DATA: &str = "privateKey";
 pub const PRESHARED_KEY_DATA: &str = "presharedKey";
@@ -63,6 +69,42 @@ pub fn label_value(name: &str) -> String {
 
 pub fn private_key_secret_name(interface_name: &str) -> String {
     child_name(interface_name, "-private-key")
+}
+
+/// The name of key number `generation` of an Interface: the first keeps the name it always
+/// had, each rotation adds `-<generation>`.
+pub fn private_key_secret_name_at(interface_name: &str, generation: u32) -> String {
+    if generation == 0 {
+        private_key_secret_name(interface_name)
+    } else {
+        child_name(interface_name, &format!("-private-key-{generation}"))
+    }
+}
+
+/// Which key of its Interface a private key Secret holds, from its label (0 without one).
+pub fn key_generation(meta: &ObjectMeta) -> Option<u32> {
+    match meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_KEY_GENERATION))
+    {
+        Some(value) => value.parse().ok(),
+        None => Some(0),
+    }
+}
+
+/// Whether `meta` is one of the private key Secrets the operator generates for the
+/// Interface `interface_name`: labelled for it, with the name of its generation.
+pub fn is_key_secret_of(meta: &ObjectMeta, interface_name: &str) -> Option<u32> {
+    let labels = meta.labels.as_ref()?;
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
+        || labels.get(LABEL_INTERFACE) != Some(&label_value(interface_name))
+    {
+        return None;
+    }
+    let generation = key_generation(meta)?;
+    (meta.name.as_deref() == Some(private_key_secret_name_at(interface_name, generation).as_str()))
+        .then_some(generation)
 }
 
 pub fn preshared_key_secret_name(peer_name: &str) -> String {
@@ -121,19 +163,41 @@ fn build<K: Resource<DynamicType = ()>>(
     })
 }
 
-/// The Secret holding a generated private key of `interface`.
+/// The Secret holding the first generated private key of `interface`.
 pub fn private_key_secret<K: Resource<DynamicType = ()>>(
     interface: &K,
     key: &PrivateKey,
 ) -> PlannedSecret {
-    build(
+    private_key_secret_at(interface, key, 0, None)
+}
+
+/// The Secret holding key number `generation` of `interface`, made when the interface's
+/// `kwire.dev/rotate-key` annotation had the value `request`.
+pub fn private_key_secret_at<K: Resource<DynamicType = ()>>(
+    interface: &K,
+    key: &PrivateKey,
+    generation: u32,
+    request: Option<&str>,
+) -> PlannedSecret {
+    let mut planned = build(
         interface,
-        private_key_secret_name(&interface.name_any()),
+        private_key_secret_name_at(&interface.name_any(), generation),
         PRIVATE_KEY_SECRET_TYPE,
         LABEL_INTERFACE,
         PRIVATE_KEY_DATA,
         &key.to_base64(),
-    )
+    );
+    let meta = &mut planned.0.metadata;
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(LABEL_KEY_GENERATION.into(), generation.to_string());
+    if let Some(request) = request {
+        meta.annotations = Some(BTreeMap::from([(
+            ANNOTATION_ROTATION_REQUEST.to_string(),
+            request.to_string(),
+        )]));
+    }
+    planned
 }
 
 /// The Secret holding a generated pre-shared key of `peer`.
@@ -244,6 +308,31 @@ mod tests {
         ));
         assert!(owned_by(&secret, "uid-a-wg0"));
         assert_eq!(read_private_key(&secret, PRIVATE_KEY_DATA).unwrap(), key);
+    }
+
+    #[test]
+    fn rotated_keys_get_numbered_names_labels_and_the_request_they_answer() {
+        let iface = interface("a-wg0", "a", &["10.0.0.1/24"]);
+        let key = PrivateKey::from_base64(PRIVATE).unwrap();
+        let PlannedSecret(first) = private_key_secret(&iface, &key);
+        assert_eq!(is_key_secret_of(&first.metadata, "a-wg0"), Some(0));
+        let PlannedSecret(third) = private_key_secret_at(&iface, &key, 2, Some("monday"));
+        assert_eq!(third.name_any(), "a-wg0-private-key-2");
+        assert_eq!(third.labels()[LABEL_KEY_GENERATION], "2");
+        assert_eq!(third.annotations()[ANNOTATION_ROTATION_REQUEST], "monday");
+        assert_eq!(is_key_secret_of(&third.metadata, "a-wg0"), Some(2));
+        assert_eq!(is_key_secret_of(&third.metadata, "b-wg0"), None);
+        // A Secret made before rotation existed has no generation label: it is the first.
+        let mut legacy = first.metadata.clone();
+        legacy.labels.as_mut().unwrap().remove(LABEL_KEY_GENERATION);
+        assert_eq!(is_key_secret_of(&legacy, "a-wg0"), Some(0));
+        // A label that disagrees with the name is not one of ours.
+        let mut odd = third.metadata.clone();
+        odd.labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_KEY_GENERATION.into(), "1".into());
+        assert_eq!(is_key_secret_of(&odd, "a-wg0"), None);
     }
 
     #[test]

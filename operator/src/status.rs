@@ -224,6 +224,7 @@ impl Normalize for InterfaceStatus {
             addresses: self.addresses.clone(),
             endpoint: self.endpoint.clone(),
             device: None,
+            key_rotation: self.key_rotation.clone(),
         }
     }
 }
@@ -268,7 +269,11 @@ pub const OPERATOR_CONDITIONS_INTERFACE: &[&str] = &[
     types::TOPOLOGY_VALID,
 ];
 pub const OPERATOR_CONDITIONS_NETWORK: &[&str] = &[NETWORK_READY, types::CONFLICT];
-pub const OPERATOR_CONDITIONS_PEER: &[&str] = &[types::RESOLVED, types::TOPOLOGY_VALID];
+pub const OPERATOR_CONDITIONS_PEER: &[&str] = &[
+    types::RESOLVED,
+    types::TOPOLOGY_VALID,
+    types::ROTATION_PENDING,
+];
 pub const OPERATOR_CONDITIONS_ROUTE: &[&str] = &[types::TOPOLOGY_VALID];
 
 /// Whether `desired` (the operator's part only) differs from what `current` holds,

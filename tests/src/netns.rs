@@ -248,3 +248,48 @@ impl Lan {
         Ok(())
     }
 }
+
+// Helpers for the node daemon's end-to-end tests (tests/tests/node_e2e.rs).
+impl Netns {
+    /// PIDs of the processes in the namespace whose command name (`/proc/PID/comm`) is `comm`.
+    pub fn pids_named(&self, comm: &str) -> Vec<u32> {
+        self.pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim_end() == comm)
+            })
+            .collect()
+    }
+
+    /// `GET http://127.0.0.1:<port><path>` from inside the namespace (with curl): the
+    /// status code and the body. A connection failure is an error.
+    pub fn http_get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let out = self.try_exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ]);
+        if !out.status.success() {
+            bail!(
+                "curl {url} in {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        let code = code
+            .trim()
+            .parse()
+            .with_context(|| format!("status code {code:?} from {url}"))?;
+        Ok((code, body.to_string()))
+    }
+}

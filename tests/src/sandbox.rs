@@ -136,195 +136,16 @@ pub struct Sandbox {
     operator: Option<Child>,
     relay: Option<Child>,
     api_port: u16,
-    // Declared last: dropped after the node namespaces are gone.
-    _lan: Lan,
+    // Declared last: dropped after the node namespaces are gone. `None` when the sandbox's
+    // nodes are on a LAN its caller owns.
+    _lan: Option<Lan>,
 }
 
 impl Sandbox {
-    /// Brings up everything for the manifests in `files`, applied into `namespace`.
+    /// Brings up everything for the manifests in `files`, applied into `namespace`, on a LAN
+    /// of its own (node `i`, in name order, at `10.211.55.<10 + i>`).
     pub async fn up(files: &[PathBuf], namespace: &str, quiet: bool) -> Result<Self> {
-        let mut steps = Steps::new(quiet);
-        let mut text = String::new();
-        for f in files {
-            text.push_str(
-                &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            );
-            text.push_str("\n---\n");
-        }
-        let objects = parse_manifests(&text)?;
-        let mut node_names: Vec<String> = objects
-            .iter()
-            .filter_map(|o| {
-                if let KwireObject::Interface(i) = o {
-                    Some(i.spec.node_name.to_string())
-                } else {
-                    None
-                }
-            })
-            .collect();
-        node_names.sort();
-        node_names.dedup();
-        ensure!(
-            !node_names.is_empty(),
-            "the manifests name no Interface, so no node"
-        );
-
-        steps.start("binaries (kwire-operator, kwire-node)");
-        let operator_bin = workspace_binary("kwire-operator")?;
-        let node_bin = workspace_binary("kwire-node")?;
-        steps.done();
-
-        // Unique per sandbox: tests run several at once in one process.
-        static SANDBOXES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = SANDBOXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let run_dir =
-            std::env::temp_dir().join(format!("kwire-sandbox-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&run_dir)?;
-        steps.start("local control plane (etcd, kube-apiserver, controller-manager)");
-        // Beside the run folder, not in it: the control plane removes its own folder when it
-        // stops, after the sandbox's Drop has removed the rest.
-        let cp = ControlPlane::start(run_dir.with_extension("control-plane"))?;
-        let api_port: u16 = cp
-            .api_url()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
-            .ok_or_else(|| anyhow!("no port in {}", cp.api_url()))?;
-        steps.done();
-
-        steps.start("helm install kwire (CRDs, RBAC, ServiceAccounts)");
-        let out = cp
-            .helm()
-            .args([
-                "install",
-                "kwire",
-                repo().join("charts/kwire").to_str().unwrap(),
-                "--namespace",
-                SYSTEM_NAMESPACE,
-                "--create-namespace",
-                "--wait=false",
-            ])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "helm install: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        kubectl_ok(
-            &cp,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/interfaces.kwire.dev",
-                "crd/peers.kwire.dev",
-                "crd/routes.kwire.dev",
-                "crd/networks.kwire.dev",
-            ],
-        )?;
-        kubectl_ok(&cp, &["create", "namespace", namespace])?;
-        steps.done();
-
-        let lan = Lan::new()?;
-        let mut sandbox = Self {
-            cp,
-            namespace: namespace.to_string(),
-            nodes: BTreeMap::new(),
-            objects,
-            run_dir,
-            steps,
-            operator: None,
-            relay: None,
-            api_port,
-            _lan: lan,
-        };
-        sandbox.steps.start(&format!(
-            "{} node namespaces on a LAN, Node objects",
-            node_names.len()
-        ));
-        for (i, name) in node_names.iter().enumerate() {
-            let netns = Netns::new(
-                &name
-                    .chars()
-                    .filter(char::is_ascii_alphanumeric)
-                    .take(3)
-                    .collect::<String>(),
-            )?;
-            let address: IpAddr = format!("10.211.55.{}", 10 + i).parse()?;
-            sandbox._lan.attach(&netns, address, 24)?;
-            register_node(&sandbox.cp, name, address)?;
-            let log = sandbox.run_dir.join(format!("node-{name}.log"));
-            sandbox.nodes.insert(
-                name.clone(),
-                SandboxNode {
-                    netns,
-                    address,
-                    daemon: None,
-                    log,
-                },
-            );
-        }
-        sandbox.steps.done();
-
-        sandbox.steps.start("API relay into the node namespaces");
-        sandbox.start_relay()?;
-        for node in sandbox.nodes.values() {
-            start_inner_relay(node, &sandbox.run_dir, api_port)?;
-        }
-        sandbox.steps.done();
-
-        sandbox
-            .steps
-            .start("kwire-operator under its ServiceAccount");
-        let operator_kubeconfig = sandbox
-            .cp
-            .service_account_kubeconfig(SYSTEM_NAMESPACE, "kwire-operator")
-            .await?;
-        let log = std::fs::File::create(sandbox.run_dir.join("operator.log"))?;
-        sandbox.operator = Some(
-            Command::new(&operator_bin)
-                .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
-                .env("KUBECONFIG", &operator_kubeconfig)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("starting kwire-operator")?,
-        );
-        sandbox.steps.done();
-
-        sandbox
-            .steps
-            .start("kwire-node in each namespace under its ServiceAccount");
-        let node_kubeconfig = sandbox
-            .cp
-            .service_account_kubeconfig(SYSTEM_NAMESPACE, "kwire-node")
-            .await?;
-        let names: Vec<String> = sandbox.nodes.keys().cloned().collect();
-        for name in names {
-            sandbox.start_daemon(&name, &node_bin, &node_kubeconfig)?;
-        }
-        sandbox.steps.done();
-
-        sandbox
-            .steps
-            .start("kubectl apply --server-side the manifests");
-        for f in files {
-            kubectl_ok(
-                &sandbox.cp,
-                &[
-                    "apply",
-                    "--server-side",
-                    "-n",
-                    namespace,
-                    "-f",
-                    f.to_str().unwrap(),
-                ],
-            )?;
-        }
-        sandbox.steps.done();
-        Ok(sandbox)
+        Self::up_with(files, namespace, quiet, None).await
     }
 
     fn start_relay(&mut self) -> Result<()> {
@@ -458,12 +279,19 @@ impl Sandbox {
             .collect())
     }
 
-    /// Waits until every Interface, Peer and Route is Ready and every Peer Connected.
+    /// Waits until every Interface, Peer and Route is Ready and every Peer Connected (or
+    /// idle: configured, nothing sent yet).
     pub fn wait_ready(&self, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
             let mut pending = self.not_true("interfaces,peers,routes", "Ready")?;
-            pending.extend(self.not_true("peers", "Connected")?);
+            // A link without keepalive handshakes only once traffic flows ("Idle"): the
+            // pings that follow are that traffic.
+            pending.extend(
+                self.not_true("peers", "Connected")?
+                    .into_iter()
+                    .filter(|p| !p.contains(": Idle: ")),
+            );
             if pending.is_empty() {
                 return Ok(start.elapsed());
             }
@@ -688,5 +516,561 @@ impl Drop for Sandbox {
         if std::env::var_os("KWIRE_KEEP_RUN_DIR").is_none() {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
+    }
+}
+
+// Several sandboxes on one LAN: one cluster each (multi-cluster tests).
+
+impl Sandbox {
+    /// Like [`Sandbox::up`], but the node namespaces are plugged into `lan`, a LAN the caller
+    /// owns and may share with other sandboxes. Each sandbox is then one cluster (its own
+    /// control plane, chart, operator and node daemons) and the nodes of all of them reach
+    /// each other on the underlay, like the nodes of two clusters in one data centre.
+    ///
+    /// Node `i` of this sandbox (in name order) gets `10.211.55.<first_host + i>`: give each
+    /// sandbox a range of its own. Declare the LAN before the sandboxes so that it is dropped
+    /// after them; the sandbox's own LAN (which [`Sandbox::up`] uses) stays empty.
+    pub async fn up_on_lan(
+        files: &[PathBuf],
+        namespace: &str,
+        quiet: bool,
+        lan: &Lan,
+        first_host: u8,
+    ) -> Result<Self> {
+        Self::up_with(files, namespace, quiet, Some((lan, first_host))).await
+    }
+
+    /// The one way up: on `shared` (a LAN and the first host number) or on a LAN of its own.
+    async fn up_with(
+        files: &[PathBuf],
+        namespace: &str,
+        quiet: bool,
+        shared: Option<(&Lan, u8)>,
+    ) -> Result<Self> {
+        let first_host = shared.map_or(10, |(_, first)| first);
+
+        let mut steps = Steps::new(quiet);
+        let mut text = String::new();
+        for f in files {
+            text.push_str(
+                &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            );
+            text.push_str("\n---\n");
+        }
+        let objects = parse_manifests(&text)?;
+        let mut node_names: Vec<String> = objects
+            .iter()
+            .filter_map(|o| match o {
+                KwireObject::Interface(i) => Some(i.spec.node_name.to_string()),
+                _ => None,
+            })
+            .collect();
+        node_names.sort();
+        node_names.dedup();
+        ensure!(
+            !node_names.is_empty(),
+            "the manifests name no Interface, so no node"
+        );
+        ensure!(
+            first_host >= 1 && usize::from(first_host) + node_names.len() <= 255,
+            "10.211.55.{first_host} and the {} addresses after it are not all host addresses of 10.211.55.0/24",
+            node_names.len() - 1
+        );
+
+        steps.start("binaries (kwire-operator, kwire-node)");
+        let operator_bin = workspace_binary("kwire-operator")?;
+        let node_bin = workspace_binary("kwire-node")?;
+        steps.done();
+
+        // Made before the run folder, so that no error path leaks a folder.
+        let own_lan = match shared {
+            Some(_) => None,
+            None => Some(Lan::new()?),
+        };
+        // Unique per sandbox: tests run several at once in one process.
+        static SANDBOXES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SANDBOXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let run_dir =
+            std::env::temp_dir().join(format!("kwire-sandbox-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&run_dir)?;
+        steps.start("local control plane (etcd, kube-apiserver, controller-manager)");
+        let cp = match ControlPlane::start(run_dir.with_extension("control-plane")) {
+            Ok(cp) => cp,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(e);
+            }
+        };
+        // From here on the sandbox exists, and dropping it (on any error) removes the run
+        // folder, the processes, the namespaces and the control plane.
+        let mut sandbox = Self {
+            cp,
+            namespace: namespace.to_string(),
+            nodes: BTreeMap::new(),
+            objects,
+            run_dir,
+            steps,
+            operator: None,
+            relay: None,
+            api_port: 0,
+            _lan: own_lan,
+        };
+        let api_port: u16 = sandbox
+            .cp
+            .api_url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .ok_or_else(|| anyhow!("no port in {}", sandbox.cp.api_url()))?;
+        sandbox.api_port = api_port;
+        sandbox.steps.done();
+
+        sandbox
+            .steps
+            .start("helm install kwire (CRDs, RBAC, ServiceAccounts)");
+        let out = sandbox
+            .cp
+            .helm()
+            .args([
+                "install",
+                "kwire",
+                repo().join("charts/kwire").to_str().unwrap(),
+                "--namespace",
+                SYSTEM_NAMESPACE,
+                "--create-namespace",
+                "--wait=false",
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "helm install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        kubectl_ok(
+            &sandbox.cp,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/interfaces.kwire.dev",
+                "crd/peers.kwire.dev",
+                "crd/routes.kwire.dev",
+                "crd/networks.kwire.dev",
+            ],
+        )?;
+        kubectl_ok(&sandbox.cp, &["create", "namespace", namespace])?;
+        sandbox.steps.done();
+
+        sandbox.steps.start(&format!(
+            "{} node namespaces on the shared LAN, Node objects",
+            node_names.len()
+        ));
+        for (i, name) in node_names.iter().enumerate() {
+            let netns = Netns::new(
+                &name
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .take(3)
+                    .collect::<String>(),
+            )?;
+            let address: IpAddr = format!("10.211.55.{}", usize::from(first_host) + i).parse()?;
+            let lan = match shared {
+                Some((lan, _)) => lan,
+                None => sandbox
+                    ._lan
+                    .as_ref()
+                    .expect("a sandbox without a shared LAN has its own"),
+            };
+            lan.attach(&netns, address, 24)?;
+            register_node(&sandbox.cp, name, address)?;
+            let log = sandbox.run_dir.join(format!("node-{name}.log"));
+            sandbox.nodes.insert(
+                name.clone(),
+                SandboxNode {
+                    netns,
+                    address,
+                    daemon: None,
+                    log,
+                },
+            );
+        }
+        sandbox.steps.done();
+
+        sandbox.steps.start("API relay into the node namespaces");
+        sandbox.start_relay()?;
+        for node in sandbox.nodes.values() {
+            start_inner_relay(node, &sandbox.run_dir, api_port)?;
+        }
+        sandbox.steps.done();
+
+        sandbox
+            .steps
+            .start("kwire-operator under its ServiceAccount");
+        let operator_kubeconfig = sandbox
+            .cp
+            .service_account_kubeconfig(SYSTEM_NAMESPACE, "kwire-operator")
+            .await?;
+        let log = std::fs::File::create(sandbox.run_dir.join("operator.log"))?;
+        sandbox.operator = Some(
+            Command::new(&operator_bin)
+                .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
+                .env("KUBECONFIG", &operator_kubeconfig)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting kwire-operator")?,
+        );
+        sandbox.steps.done();
+
+        sandbox
+            .steps
+            .start("kwire-node in each namespace under its ServiceAccount");
+        let node_kubeconfig = sandbox
+            .cp
+            .service_account_kubeconfig(SYSTEM_NAMESPACE, "kwire-node")
+            .await?;
+        for name in &node_names {
+            sandbox.start_daemon(name, &node_bin, &node_kubeconfig)?;
+        }
+        sandbox.steps.done();
+
+        sandbox
+            .steps
+            .start("kubectl apply --server-side the manifests");
+        for f in files {
+            kubectl_ok(
+                &sandbox.cp,
+                &[
+                    "apply",
+                    "--server-side",
+                    "-n",
+                    namespace,
+                    "-f",
+                    f.to_str().unwrap(),
+                ],
+            )?;
+        }
+        sandbox.steps.done();
+        Ok(sandbox)
+    }
+
+    /// `kubectl apply --server-side -f -` of `yaml` into the sandbox namespace; returns
+    /// kubectl's output.
+    pub fn apply_yaml(&self, yaml: &str) -> Result<String> {
+        use std::io::Write as _;
+        let mut child = self
+            .cp
+            .kubectl()
+            .args(["apply", "--server-side", "-n", &self.namespace, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin for kubectl"))?
+            .write_all(yaml.as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// How a node daemon was started: enough to start it again the same way.
+#[derive(Debug, Clone)]
+pub struct DaemonCommand {
+    pub argv: Vec<std::ffi::OsString>,
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+}
+
+// Added for the node daemon's end-to-end tests (tests/tests/node_e2e.rs).
+impl Sandbox {
+    /// The command line and environment of the running daemon of `name` (from /proc).
+    pub fn daemon_command(&self, name: &str) -> Result<DaemonCommand> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let node = self
+            .nodes
+            .get(name)
+            .ok_or_else(|| anyhow!("no node {name}"))?;
+        let pid = node
+            .daemon
+            .as_ref()
+            .ok_or_else(|| anyhow!("the daemon of {name} is not running"))?
+            .id();
+        let split = |bytes: Vec<u8>| -> Vec<std::ffi::OsString> {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| std::ffi::OsStr::from_bytes(s).to_os_string())
+                .collect()
+        };
+        let argv = split(std::fs::read(format!("/proc/{pid}/cmdline"))?);
+        ensure!(!argv.is_empty(), "no command line for PID {pid}");
+        let env = split(std::fs::read(format!("/proc/{pid}/environ"))?)
+            .into_iter()
+            .filter_map(|kv| {
+                let bytes = kv.as_bytes();
+                let eq = bytes.iter().position(|b| *b == b'=')?;
+                Some((
+                    std::ffi::OsStr::from_bytes(&bytes[..eq]).to_os_string(),
+                    std::ffi::OsStr::from_bytes(&bytes[eq + 1..]).to_os_string(),
+                ))
+            })
+            .collect();
+        Ok(DaemonCommand { argv, env })
+    }
+
+    /// Starts the daemon of `name` again with `command` (see [`Sandbox::daemon_command`]),
+    /// e.g. after [`Sandbox::kill_daemon`], like a restarted DaemonSet pod that mounts the
+    /// host's `/run/wireguard`: it runs in the mount namespace of the node's surviving
+    /// wireguard-go processes, so it finds their UAPI sockets and can adopt their devices.
+    /// ([`Sandbox::start_daemon`] gives every run a fresh, empty `/run/wireguard`.) The log
+    /// is appended to.
+    pub fn respawn_daemon(&mut self, name: &str, command: &DaemonCommand) -> Result<()> {
+        let node = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("no node {name}"))?;
+        ensure!(
+            node.daemon.is_none(),
+            "the daemon of {name} is still running"
+        );
+        let holder = node.netns.pids_named("wireguard-go").into_iter().next();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let mut cmd = Command::new("nsenter");
+        match holder {
+            Some(pid) => cmd.arg(format!("--mount=/proc/{pid}/ns/mnt")),
+            // No wireguard-go left to adopt: a private, empty /run/wireguard as at start.
+            None => bail!("no wireguard-go runs on node {name}: use start_daemon"),
+        };
+        cmd.arg(format!("--net=/var/run/netns/{}", node.netns.name()))
+            .arg("--")
+            .args(&command.argv)
+            .env_clear()
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        node.daemon = Some(cmd.spawn().context("starting the daemon with nsenter")?);
+        Ok(())
+    }
+
+    /// Like [`Sandbox::disconnect_api`], and also ends the connections already relayed:
+    /// socat serves each connection in a forked child, which outlives the listener, so
+    /// without this the daemons' open watch connections would go on working.
+    pub fn disconnect_api_and_connections(&mut self) {
+        let Some(listener) = self.relay.as_ref().map(Child::id) else {
+            return;
+        };
+        // Stopped, the listener forks no new child while its children are collected.
+        let _ = Command::new("kill")
+            .args(["-STOP", &listener.to_string()])
+            .status();
+        let children = child_pids(listener);
+        self.disconnect_api();
+        for pid in children {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// The PIDs whose parent is `parent`.
+fn child_pids(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            // /proc/PID/stat: "pid (comm) state ppid …"; comm may contain spaces.
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u32>()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+// Operator control for the operator's end-to-end tests (tests/tests/operator_e2e.rs):
+// restart the sandbox's operator, stop it, and run more replicas (leader election).
+
+/// An extra `kwire-operator` process started by [`Sandbox::spawn_operator`]; killed when
+/// dropped.
+pub struct OperatorProcess {
+    pub name: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl OperatorProcess {
+    /// The process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills it the hard way (SIGKILL, like a crashed pod): no Lease release, nothing.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Where it serves `/metrics`, from the line it logs at start.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        operator_metrics_addr(&self.log)
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// The `/metrics` address an operator logged in `log` (the last one: logs are appended).
+pub fn operator_metrics_addr(log: &Path) -> Option<std::net::SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .filter(|l| l.contains("serving /healthz"))
+        .find_map(|l| {
+            let at = l.find("addr")? + 4;
+            l[at..]
+                .trim_start_matches(|c: char| !c.is_ascii_digit())
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// `GET http://<addr>/metrics` of an operator, as text.
+pub fn operator_metrics(addr: std::net::SocketAddr) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .ok_or_else(|| anyhow!("no HTTP body from {addr}"))?;
+    Ok(body)
+}
+
+/// The sum of every sample of `metric` (all label sets) in a metrics text whose labels
+/// contain every one of `labels` (`key="value"`).
+pub fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name_labels, value) = l.rsplit_once(' ')?;
+            let name = name_labels.split('{').next()?;
+            (name == metric && labels.iter().all(|want| name_labels.contains(want)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .fold(0.0, |a, b| a + b)
+}
+
+impl Sandbox {
+    /// The log file of the sandbox's own operator.
+    pub fn operator_log(&self) -> PathBuf {
+        self.run_dir.join("operator.log")
+    }
+
+    /// Where the sandbox's own operator serves `/metrics` (it listens on a free port).
+    pub fn operator_metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        operator_metrics_addr(&self.operator_log())
+    }
+
+    /// Stops the sandbox's own operator (SIGKILL); [`Sandbox::restart_operator`] starts it
+    /// again.
+    pub fn stop_operator(&mut self) -> Result<()> {
+        if let Some(mut child) = self.operator.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Kills the sandbox's own operator and starts it again as it was started, appending
+    /// to its log.
+    pub async fn restart_operator(&mut self) -> Result<()> {
+        self.stop_operator()?;
+        let kubeconfig = self
+            .cp
+            .service_account_kubeconfig(SYSTEM_NAMESPACE, "kwire-operator")
+            .await?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.operator_log())?;
+        self.operator = Some(
+            Command::new(workspace_binary("kwire-operator")?)
+                .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
+                .env("KUBECONFIG", &kubeconfig)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting kwire-operator")?,
+        );
+        Ok(())
+    }
+
+    /// Starts one more `kwire-operator` under the chart's ServiceAccount with `args` (plus a
+    /// free metrics port and text logs), logging to `operator-<name>.log` in the run folder.
+    pub async fn spawn_operator(&self, name: &str, args: &[&str]) -> Result<OperatorProcess> {
+        let kubeconfig = self
+            .cp
+            .service_account_kubeconfig(SYSTEM_NAMESPACE, "kwire-operator")
+            .await?;
+        let log = self.run_dir.join(format!("operator-{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(workspace_binary("kwire-operator")?)
+            .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting kwire-operator {name}"))?;
+        Ok(OperatorProcess {
+            name: name.to_string(),
+            log,
+            child: Some(child),
+        })
     }
 }

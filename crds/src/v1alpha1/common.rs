@@ -55,4 +55,7 @@ pub mod condition {
     pub const KEY_READY: &str = "KeyReady";
     pub const ADDRESS_ALLOCATED: &str = "AddressAllocated";
     pub const TOPOLOGY_VALID: &str = "TopologyValid";
+    /// On a Peer to an external peer: the local Interface's key was rotated and the far
+    /// side, which kwire cannot configure, has not been seen using the new key yet.
+    pub const ROTATION_PENDING: &str = "RotationPending";
 }

@@ -31,6 +31,7 @@ pub const DEFAULT_LISTEN_PORT: u16 = 51820;
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Rotation","type":"string","priority":1,"jsonPath":".status.keyRotation.phase","description":"Phase of the latest key rotation"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -86,6 +87,55 @@ pub struct InterfaceSpec {
     /// kwire validates it and never modifies it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key_secret_ref: Option<SecretKeyRef>,
+
+    /// Replace the generated key on a schedule. Only for keys the operator generates
+    /// (`keyMode: Secret` without `privateKeySecretRef`). A rotation can also be asked for at
+    /// any time with the annotation `kwire.dev/rotate-key` (any new value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<KeyRotation>,
+}
+
+/// The annotation that asks the operator for a key rotation now: every new value starts
+/// one (e.g. `kubectl annotate interface a-wg0 kwire.dev/rotate-key="$(date +%s)" --overwrite`).
+pub const ROTATE_KEY_ANNOTATION: &str = "kwire.dev/rotate-key";
+
+/// When the operator replaces an Interface's generated key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotation {
+    /// How long a key is used before it is replaced, in hours, minutes and seconds
+    /// (`720h` is 30 days, `1h30m`); at least `1m`. Counted from the creation of the key.
+    #[schemars(length(min = 2, max = 32))]
+    pub every: String,
+}
+
+impl KeyRotation {
+    /// `every` as a duration; `None` when it does not parse (the API server rejects those).
+    pub fn period(&self) -> Option<std::time::Duration> {
+        parse_period(&self.every)
+    }
+}
+
+/// Parses a duration written as the API accepts it: one or more `<digits><h|m|s>`.
+pub fn parse_period(text: &str) -> Option<std::time::Duration> {
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        let n: u64 = digits.parse().ok()?;
+        digits.clear();
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    (digits.is_empty() && !text.is_empty()).then(|| std::time::Duration::from_secs(total))
 }
 
 fn default_listen_port() -> u16 {
@@ -145,6 +195,61 @@ pub struct InterfaceStatus {
     /// What the node daemon sees on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceStatus>,
+    /// Key rotations: which key is in use, the one before it, and where a rotation stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<KeyRotationStatus>,
+}
+
+/// Where a key rotation stands. Fingerprints are the first characters of public keys
+/// (as the `Key` column and `wg show` print them); nothing of a private key is shown.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotationStatus {
+    /// The latest rotation's step: `Announced`, `Switched` or `Completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<KeyRotationPhase>,
+    /// The key the device is told to use (`status.privateKeySecret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_fingerprint: Option<String>,
+    /// The key before the latest rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_fingerprint: Option<String>,
+    /// While `Announced`: the key the peers are switching to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fingerprint: Option<String>,
+    /// When the latest rotation began (its new key was announced to the peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// While `Announced`: when every in-cluster Peer was first seen carrying the new key.
+    /// The device switches a moment later, once the far ends' node daemons have applied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers_updated_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>,
+    /// When the device was last switched to a new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When `spec.keyRotation.every` rotates the key next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// What started the latest rotation: `Scheduled` (`spec.keyRotation.every`) or
+    /// `Requested` (the `kwire.dev/rotate-key` annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// The value of the `kwire.dev/rotate-key` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+}
+
+/// The steps of a key rotation, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum KeyRotationPhase {
+    /// A new key exists and its public key is published (`status.publicKey`): the far ends of
+    /// in-cluster links switch to it first, while the device still uses the previous key.
+    Announced,
+    /// Every in-cluster Peer carries the new public key; the device is told to use the new
+    /// private key (`status.privateKeySecret`).
+    Switched,
+    /// The node daemon reports the new key on the device.
+    Completed,
 }
 
 /// The device as the node daemon observes it.
@@ -196,6 +301,21 @@ pub(crate) const RULES: &[(&[&str], CelRule)] = &[
         .at(".privateKeySecretRef"),
     ),
     (
+        &["spec"],
+        CelRule::new(
+            "!has(self.keyRotation) || (!has(self.privateKeySecretRef) && (!has(self.keyMode) || self.keyMode == 'Secret'))",
+            "spec.keyRotation rotates keys the operator generates: it cannot be used with spec.privateKeySecretRef (replace the key in your Secret instead) or keyMode NodeLocal",
+        )
+        .at(".keyRotation"),
+    ),
+    (
+        &["spec", "keyRotation", "every"],
+        CelRule::new(
+            "self.matches('^([0-9]{1,6}[hms])+$') && duration(self) >= duration('1m')",
+            "must be a duration of at least 1m in hours, minutes and seconds, e.g. 720h (30 days) or 1h30m",
+        ),
+    ),
+    (
         &["spec", "nodeName"],
         CelRule::new(
             "self == oldSelf",
@@ -211,3 +331,20 @@ pub(crate) const RULES: &[(&[&str], CelRule)] = &[
         .at(".spec.deviceName"),
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::parse_period;
+    use std::time::Duration;
+
+    #[test]
+    fn rotation_periods_parse_as_the_api_server_accepts_them() {
+        assert_eq!(parse_period("720h"), Some(Duration::from_secs(720 * 3600)));
+        assert_eq!(parse_period("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_period("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_period("1m1s"), Some(Duration::from_secs(61)));
+        for bad in ["", "h", "10", "1d", "1.5h", "-1h", "1 h"] {
+            assert_eq!(parse_period(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use super::desired::{ObjectKey, PeerSide, Translation};
 use crate::model::{LinkKind, ObservedNode, Ownership};
 use crate::plan::Conflict;
+use crate::run::StepFailure;
 
 /// After this long without a new handshake WireGuard rejects the session's keys
 /// (`REJECT_AFTER_TIME`), so the link is no longer connected.
@@ -62,7 +63,7 @@ pub struct ReportInput<'a> {
     pub translation: &'a Translation,
     pub observed: Option<&'a ObservedNode>,
     pub conflicts: &'a [Conflict],
-    pub errors: &'a [String],
+    pub errors: &'a [StepFailure],
     pub now: SystemTime,
     /// When each peer entry was first configured by this daemon (for the handshake grace).
     pub configured_since: &'a BTreeMap<ObjectKey, SystemTime>,
@@ -105,7 +106,6 @@ fn timestamp(t: SystemTime) -> String {
 impl StatusReport {
     pub fn build(input: &ReportInput<'_>) -> Self {
         let mut report = Self::default();
-        let failed = !input.errors.is_empty();
         for (key, seen) in input.interfaces {
             let device = input.translation.devices.get(key);
             let observed = device.and_then(|d| input.observed.and_then(|o| o.devices.get(d)));
@@ -114,37 +114,44 @@ impl StatusReport {
                     |c| matches!(c, Conflict::InterfaceNameTaken { device, .. } if device == d),
                 )
             });
-            let (ready, reason, message) = if let Some(problem) =
-                input.translation.interface_problems.get(key)
-            {
-                (false, problem.reason, problem.message.clone())
-            } else if let Some(c) = conflict {
-                (
-                    false,
-                    condition::CONFLICT,
-                    format!(
-                        "{c}: kwire leaves a device it did not create alone; choose another spec.deviceName or remove that device"
-                    ),
-                )
-            } else if observed.is_none() {
-                (
-                    false,
-                    "Pending",
-                    "the device is not configured yet".to_string(),
-                )
-            } else if failed {
-                (false, "ApplyFailed", input.errors.join("; "))
-            } else {
-                (
-                    true,
-                    "Configured",
-                    format!(
-                        "device {} is configured on node {}",
-                        device.map(ToString::to_string).unwrap_or_default(),
-                        input.node
-                    ),
-                )
-            };
+            // The failed steps of this device (route steps belong to their Route),
+            // and node-wide ones, which concern every device.
+            let failures: Vec<&StepFailure> = input
+                .errors
+                .iter()
+                .filter(|f| {
+                    f.route.is_none() && (f.device.is_none() || f.device.as_ref() == device)
+                })
+                .collect();
+            let (ready, reason, message) =
+                if let Some(problem) = input.translation.interface_problems.get(key) {
+                    (false, problem.reason, problem.message.clone())
+                } else if let Some(c) = conflict {
+                    (
+                        false,
+                        condition::CONFLICT,
+                        format!("{c} (kwire never changes a link it did not create)"),
+                    )
+                } else if observed.is_none() {
+                    (
+                        false,
+                        "Pending",
+                        "the device is not configured yet".to_string(),
+                    )
+                } else if let Some(first) = failures.first() {
+                    let messages: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
+                    (false, first.reason, messages.join("; "))
+                } else {
+                    (
+                        true,
+                        "Configured",
+                        format!(
+                            "device {} is configured on node {}",
+                            device.map(ToString::to_string).unwrap_or_default(),
+                            input.node
+                        ),
+                    )
+                };
             let wireguard = observed.and_then(|o| o.wireguard.as_ref());
             let significant = json!({
                 "conditions": [condition_json(seen, condition::READY, ready, reason, &message, input.now)],
@@ -192,8 +199,12 @@ impl StatusReport {
                         ),
                     };
                     let since = input.configured_since.get(key).copied();
-                    let (connected, c_reason, c_message) =
-                        connectivity(stats.as_ref().and_then(|s| s.handshake), since, input.now);
+                    let (connected, c_reason, c_message) = connectivity(
+                        stats.as_ref().and_then(|s| s.handshake),
+                        stats.as_ref().map(|s| s.tx),
+                        since,
+                        input.now,
+                    );
                     let significant = json!({
                         "conditions": [
                             condition_json(seen, condition::READY, ready, reason, &message, input.now),
@@ -244,6 +255,10 @@ impl StatusReport {
                         | Conflict::RouteDeviceUnavailable { key, .. } => key == route,
                         Conflict::InterfaceNameTaken { .. } => false,
                     });
+                    let failure = input
+                        .errors
+                        .iter()
+                        .find(|f| f.route.as_ref() == Some(route));
                     let installed = input.observed.is_some_and(|o| {
                         o.routes.iter().any(|(id, r)| {
                             id.table == route.table
@@ -251,18 +266,19 @@ impl StatusReport {
                                 && r.ownership == Ownership::Owned
                         })
                     });
-                    Some(match conflict {
-                        Some(c) => (
+                    Some(match (conflict, failure) {
+                        (Some(c), _) => (
                             false,
                             c.reason(),
                             format!("{c}: kwire never replaces a route it did not create"),
                         ),
-                        None if installed => (
+                        (None, Some(f)) => (false, f.reason, f.message.clone()),
+                        (None, None) if installed => (
                             true,
                             "Installed",
                             format!("installed on node {}", input.node),
                         ),
-                        None => (
+                        (None, None) => (
                             false,
                             "Pending",
                             "the route is not installed yet".to_string(),
@@ -310,9 +326,10 @@ fn peer_stats(input: &ReportInput<'_>, key: &ObjectKey) -> Option<Stats> {
     })
 }
 
-/// The `Connected` condition from the latest handshake.
+/// The `Connected` condition from the latest handshake and the bytes sent to the peer.
 pub fn connectivity(
     handshake: Option<SystemTime>,
+    sent: Option<u64>,
     configured_since: Option<SystemTime>,
     now: SystemTime,
 ) -> (bool, &'static str, String) {
@@ -346,6 +363,13 @@ pub fn connectivity(
                     false,
                     "Connecting",
                     "waiting for the first handshake".to_string(),
+                )
+            } else if sent == Some(0) {
+                // WireGuard only shakes hands when it has something to send.
+                (
+                    false,
+                    "Idle",
+                    "nothing was sent to the peer yet, so no handshake was attempted: send traffic, or set spec.persistentKeepalive to keep the link up".to_string(),
                 )
             } else {
                 (
@@ -471,14 +495,14 @@ mod tests {
 
     #[test]
     fn a_handshake_within_reject_after_time_is_connected() {
-        let (ok, reason, _) = connectivity(Some(at(0)), Some(at(0)), at(179));
+        let (ok, reason, _) = connectivity(Some(at(0)), Some(1), Some(at(0)), at(179));
         assert!(ok);
         assert_eq!(reason, "Connected");
     }
 
     #[test]
     fn a_handshake_older_than_reject_after_time_is_stale() {
-        let (ok, reason, message) = connectivity(Some(at(0)), Some(at(0)), at(181));
+        let (ok, reason, message) = connectivity(Some(at(0)), Some(1), Some(at(0)), at(181));
         assert!(!ok);
         assert_eq!(reason, "Stale");
         assert!(message.contains("181s"));
@@ -486,17 +510,109 @@ mod tests {
 
     #[test]
     fn no_handshake_is_connecting_then_never_handshaked() {
-        assert_eq!(connectivity(None, Some(at(0)), at(30)).1, "Connecting");
-        let (ok, reason, message) = connectivity(None, Some(at(0)), at(61));
+        assert_eq!(
+            connectivity(None, Some(148), Some(at(0)), at(30)).1,
+            "Connecting"
+        );
+        let (ok, reason, message) = connectivity(None, Some(148), Some(at(0)), at(61));
         assert!(!ok);
         assert_eq!(reason, "NeverHandshaked");
         assert!(message.contains("endpoint"));
     }
 
     #[test]
+    fn a_peer_nothing_was_sent_to_is_idle_rather_than_unreachable() {
+        assert_eq!(
+            connectivity(None, Some(0), Some(at(0)), at(30)).1,
+            "Connecting"
+        );
+        let (ok, reason, message) = connectivity(None, Some(0), Some(at(0)), at(61));
+        assert!(!ok);
+        assert_eq!(reason, "Idle");
+        assert!(message.contains("persistentKeepalive"), "{message}");
+    }
+
+    #[test]
     fn nulls_are_dropped_so_a_patch_never_claims_an_absent_field() {
         let v = strip_nulls(json!({"a": null, "b": {"c": null, "d": 1}, "e": [{"f": null}]}));
         assert_eq!(v, json!({"b": {"d": 1}, "e": [{}]}));
+    }
+
+    #[test]
+    fn a_failed_step_marks_only_its_own_interface_and_route() {
+        use crate::model::{DesiredDevice, DesiredNode, IfaceName, RouteKey};
+        let key = |n: &str| ("ns".to_string(), n.to_string());
+        let dev = |n: &str| IfaceName::new(n).unwrap();
+        let mut translation = Translation::default();
+        translation.devices.insert(key("good"), dev("wg0"));
+        translation.devices.insert(key("busy"), dev("wg1"));
+        let route = RouteKey::new(254, "10.9.0.0/24".parse().unwrap());
+        translation.route_keys.insert(key("r"), route);
+        let mut desired = DesiredNode::default();
+        for (name, owner) in [("wg0", "ns/good"), ("wg1", "ns/busy")] {
+            desired.devices.insert(
+                dev(name),
+                DesiredDevice {
+                    owner: owner.parse().unwrap(),
+                    private_key: crate::model::PrivateKey::from_bytes([1; 32]),
+                    listen_port: Some(1),
+                    addresses: Default::default(),
+                    mtu: None,
+                    peers: Default::default(),
+                    forwarding: false,
+                },
+            );
+        }
+        let observed = crate::sim::converged(&desired);
+        let errors = vec![
+            StepFailure {
+                device: Some(dev("wg1")),
+                route: None,
+                reason: "ListenPortInUse",
+                message: "~ wg1: set listen port 1: configuring WireGuard failed: Address in use"
+                    .into(),
+            },
+            StepFailure {
+                device: Some(dev("wg0")),
+                route: Some(route),
+                reason: "KernelRefused",
+                message: "+ route 10.9.0.0/24: Network unreachable".into(),
+            },
+        ];
+        let seen: BTreeMap<ObjectKey, Seen> = [key("good"), key("busy")]
+            .into_iter()
+            .map(|k| (k, Seen::default()))
+            .collect();
+        let routes: BTreeMap<ObjectKey, Seen> = [(key("r"), Seen::default())].into();
+        let report = StatusReport::build(&ReportInput {
+            node: "n1",
+            translation: &translation,
+            observed: Some(&observed),
+            conflicts: &[],
+            errors: &errors,
+            now: at(0),
+            configured_since: &BTreeMap::new(),
+            interfaces: &seen,
+            peers: &BTreeMap::new(),
+            routes: &routes,
+        });
+        let ready = |s: &ObjectStatus| s.significant["conditions"][0].clone();
+        let good = ready(&report.interfaces[&key("good")]);
+        assert_eq!(
+            (good["status"].as_str(), good["reason"].as_str()),
+            (Some("True"), Some("Configured"))
+        );
+        let busy = ready(&report.interfaces[&key("busy")]);
+        assert_eq!(
+            (busy["status"].as_str(), busy["reason"].as_str()),
+            (Some("False"), Some("ListenPortInUse"))
+        );
+        assert!(busy["message"].as_str().unwrap().contains("Address in use"));
+        let r = &report.routes[&key("r")].significant["conditions"][0];
+        assert_eq!(
+            (r["status"].as_str(), r["reason"].as_str()),
+            (Some("False"), Some("KernelRefused"))
+        );
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //!
 //! Guarantees: nothing is published before every reflector has listed once (a partial view
 //! is never taken for "delete everything"); while the API server is unreachable the stores
-//! keep the last complete view, so the node keeps its state.
+//! keep the last complete view, and a key whose Secret cannot be read right now is the key
+//! last read from it, so the node keeps its state. Only a Secret that is really gone (or
+//! holds no usable key) makes its Interface `KeyUnavailable`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
@@ -31,6 +33,9 @@ pub const PRIVATE_KEY_DATA: &str = "privateKey";
 /// The data key of a pre-shared key.
 pub const PRESHARED_KEY_DATA: &str = "presharedKey";
 
+/// A key's place: namespace, Secret, data key.
+type KeyPlace = (String, String, String);
+
 /// The reflectors of one node.
 #[derive(Clone)]
 pub struct Source {
@@ -40,6 +45,8 @@ pub struct Source {
     routes: Store<Route>,
     changed: Arc<Notify>,
     key_dir: PathBuf,
+    /// The last key read from each (namespace, Secret, data key), for API outages.
+    last_keys: Arc<Mutex<BTreeMap<KeyPlace, [u8; 32]>>>,
 }
 
 impl Source {
@@ -79,6 +86,7 @@ impl Source {
             routes,
             changed,
             key_dir,
+            last_keys: Arc::default(),
         }
     }
 
@@ -223,22 +231,62 @@ impl Source {
             reason: "KeyUnavailable",
             message: format!("cannot use key {data_key:?} of Secret {ns}/{name}: {why}"),
         };
-        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
+        let id = (ns.to_string(), name.to_string(), data_key.to_string());
+        let secret = match Api::<Secret>::namespaced(self.client.clone(), ns)
             .get_opt(name)
             .await
-            .map_err(|e| unavailable(format!("reading it failed ({e})")))?
-            .ok_or_else(|| unavailable("the Secret does not exist".into()))?;
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(data_key))
-            .ok_or_else(|| unavailable("the Secret has no such key".into()))?;
-        decode_key(&value.0).ok_or_else(|| {
-            unavailable(
-                "the value is not a WireGuard key (32 bytes, base64 as printed by wg genkey)"
-                    .into(),
-            )
-        })
+        {
+            Ok(Some(secret)) => secret,
+            Ok(None) => {
+                self.forget_key(&id);
+                return Err(unavailable("the Secret does not exist".into()));
+            }
+            Err(e) => {
+                // An outage or a hiccup of the API server: keep using what was read last.
+                if let Some(key) = self.remembered_key(&id) {
+                    tracing::debug!(namespace = %ns, secret = %name, error = %e, "reading the Secret failed; using the key read before");
+                    return Ok(key);
+                }
+                return Err(unavailable(format!("reading it failed ({e})")));
+            }
+        };
+        let value = secret.data.as_ref().and_then(|d| d.get(data_key));
+        let key = value.and_then(|v| decode_key(&v.0));
+        match (value, key) {
+            (_, Some(key)) => {
+                self.last_keys
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, key);
+                Ok(key)
+            }
+            (None, None) => {
+                self.forget_key(&id);
+                Err(unavailable("the Secret has no such key".into()))
+            }
+            (Some(_), None) => {
+                self.forget_key(&id);
+                Err(unavailable(
+                    "the value is not a WireGuard key (32 bytes, base64 as printed by wg genkey)"
+                        .into(),
+                ))
+            }
+        }
+    }
+
+    fn remembered_key(&self, id: &KeyPlace) -> Option<[u8; 32]> {
+        self.last_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    fn forget_key(&self, id: &KeyPlace) {
+        self.last_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 }
 

@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkWireguard, RouteMessageBuilder};
@@ -23,7 +23,7 @@ use crate::backend::WireguardBackend;
 use crate::model::{IfaceName, LinkKind, ObservedNode, RouteId};
 use crate::observe::{ObserveError, forwarding_path, observe_kernel};
 use crate::ownership::{StateFile, StateFileError, device_alias, route_protocol};
-use crate::plan::{ForwardingScope, RouteTarget, Step};
+use crate::plan::{ForwardingScope, Step};
 use crate::run::KernelEvent;
 use crate::userspace::{Supervisor, socket_answers};
 
@@ -152,16 +152,26 @@ impl KernelDataplane {
         }
     }
 
-    async fn configure_wireguard(&mut self, step: &Step) -> Result<(), DataplaneError> {
-        let Some(name) = step.device().cloned() else {
+    /// Sends WireGuard steps of one device as one request.
+    async fn configure_wireguard(&mut self, steps: &[Step]) -> Result<(), DataplaneError> {
+        let Some(name) = steps.first().and_then(Step::device).cloned() else {
             return Ok(());
         };
         let backend = self.wireguard_backend(&name).await?;
-        let iface = crate::observe::wg_interface_name(&name).map_err(DataplaneError::Wireguard)?;
-        let step = step.clone();
+        let steps = steps.to_vec();
         self.writes += 1;
-        tokio::task::spawn_blocking(move || wireguard_update(&step).apply(&iface, backend))
-            .await
+        let result = match backend {
+            Backend::Userspace => {
+                tokio::task::spawn_blocking(move || crate::uapi::set(&name, &steps)).await
+            }
+            _ => {
+                let iface =
+                    crate::observe::wg_interface_name(&name).map_err(DataplaneError::Wireguard)?;
+                tokio::task::spawn_blocking(move || wireguard_update(&steps).apply(&iface, backend))
+                    .await
+            }
+        };
+        result
             .map_err(|e| DataplaneError::Wireguard(io::Error::other(e.to_string())))?
             .map_err(DataplaneError::Wireguard)
     }
@@ -262,47 +272,76 @@ impl KernelDataplane {
         }
     }
 
-    async fn route(
+    /// The request for a route step; `indices` caches link indices within one batch.
+    async fn route_request(
         &mut self,
-        id: &RouteId,
-        target: &RouteTarget,
-        replace: bool,
-    ) -> Result<(), DataplaneError> {
-        let index = self.index(&target.device).await?;
-        let mut builder =
-            route_builder(id)?
-                .output_interface(index)
-                .scope(if target.via.is_some() {
-                    RouteScope::Universe
-                } else {
-                    RouteScope::Link
-                });
-        if let Some(via) = target.via {
-            builder = builder
-                .gateway(via)
-                .map_err(|e| DataplaneError::Kernel(e.to_string()))?;
-        }
-        self.writes += 1;
-        let request = self.handle.route().add(builder.build());
-        if replace {
-            request.replace().execute().await.map_err(kernel_err)
-        } else {
-            tolerate(request.execute().await, &[EEXIST])
+        step: &Step,
+        indices: &mut BTreeMap<IfaceName, u32>,
+    ) -> Result<RouteRequest, DataplaneError> {
+        match step {
+            Step::AddRoute { id, route } | Step::ReplaceRoute { id, route } => {
+                let index = match indices.get(&route.device) {
+                    Some(i) => *i,
+                    None => {
+                        let i = self.index(&route.device).await?;
+                        indices.insert(route.device.clone(), i);
+                        i
+                    }
+                };
+                let mut builder =
+                    route_builder(id)?
+                        .output_interface(index)
+                        .scope(if route.via.is_some() {
+                            RouteScope::Universe
+                        } else {
+                            RouteScope::Link
+                        });
+                if let Some(via) = route.via {
+                    builder = builder
+                        .gateway(via)
+                        .map_err(|e| DataplaneError::Kernel(e.to_string()))?;
+                }
+                Ok(RouteRequest::Add {
+                    message: builder.build(),
+                    replace: matches!(step, Step::ReplaceRoute { .. }),
+                })
+            }
+            Step::RemoveRoute { id, .. } => {
+                // Scope "nowhere" and type "unspec" match any route, like `ip route
+                // del`; the protocol makes the kernel skip every route that is not kwire's.
+                Ok(RouteRequest::Remove(
+                    route_builder(id)?
+                        .scope(RouteScope::NoWhere)
+                        .kind(RouteType::Unspec)
+                        .build(),
+                ))
+            }
+            other => Err(DataplaneError::Kernel(format!(
+                "{} is not a route step",
+                other.kind()
+            ))),
         }
     }
 
-    async fn remove_route(&mut self, id: &RouteId) -> Result<(), DataplaneError> {
-        // Scope "nowhere" and type "unspec" match any route, like `ip route
-        // del`; the protocol makes the kernel skip every route that is not kwire's.
-        let msg = route_builder(id)?
-            .scope(RouteScope::NoWhere)
-            .kind(RouteType::Unspec)
-            .build();
-        self.writes += 1;
-        tolerate(
-            self.handle.route().del(msg).execute().await,
-            &[ESRCH, ENOENT],
-        )
+    /// Route steps, pipelined: up to [`ROUTE_PIPELINE_DEPTH`] requests in flight.
+    async fn routes(&mut self, steps: &[Step]) -> Vec<Result<(), DataplaneError>> {
+        let mut indices = BTreeMap::new();
+        let mut requests = Vec::with_capacity(steps.len());
+        for step in steps {
+            let request = self.route_request(step, &mut indices).await;
+            if request.is_ok() {
+                self.writes += 1;
+            }
+            requests.push(request);
+        }
+        let handle = self.handle.clone();
+        futures::stream::iter(requests.into_iter().map(|request| {
+            let handle = handle.clone();
+            async move { request?.send(handle).await }
+        }))
+        .buffered(ROUTE_PIPELINE_DEPTH)
+        .collect()
+        .await
     }
 
     fn enable_forwarding(&mut self, step: &Step) -> Result<(), DataplaneError> {
@@ -338,37 +377,77 @@ fn key(bytes: &[u8; 32]) -> Key {
     Key(*bytes)
 }
 
-/// The wireguard-control request for one WireGuard step.
-fn wireguard_update(step: &Step) -> DeviceUpdate {
-    let update = DeviceUpdate::new();
-    match step {
-        Step::SetPrivateKey { key: k, .. } => update.set_private_key(key(k.expose_secret())),
-        Step::SetListenPort { port, .. } => update.set_listen_port(*port),
-        Step::RemovePeer { peer, .. } => update.remove_peer_by_key(&key(peer.as_bytes())),
-        Step::UpsertPeer { peer, change, .. } => {
-            let mut p = PeerConfigBuilder::new(&key(peer.as_bytes()));
-            if let Some(endpoint) = change.endpoint {
-                p = p.set_endpoint(endpoint);
-            }
-            if let Some(ips) = &change.allowed_ips {
-                p = p.replace_allowed_ips();
-                for ip in ips {
-                    p = p.add_allowed_ip(ip.addr(), ip.prefix_len());
+/// The wireguard-control request for WireGuard steps of one device.
+fn wireguard_update(steps: &[Step]) -> DeviceUpdate {
+    let mut update = DeviceUpdate::new();
+    for step in steps {
+        update = match step {
+            Step::SetPrivateKey { key: k, .. } => update.set_private_key(key(k.expose_secret())),
+            Step::SetListenPort { port, .. } => update.set_listen_port(*port),
+            Step::RemovePeer { peer, .. } => update.remove_peer_by_key(&key(peer.as_bytes())),
+            Step::UpsertPeer { peer, change, .. } => {
+                let mut p = PeerConfigBuilder::new(&key(peer.as_bytes()));
+                if let Some(endpoint) = change.endpoint {
+                    p = p.set_endpoint(endpoint);
                 }
+                if let Some(ips) = &change.allowed_ips {
+                    p = p.replace_allowed_ips();
+                    for ip in ips {
+                        p = p.add_allowed_ip(ip.addr(), ip.prefix_len());
+                    }
+                }
+                if let Some(k) = change.persistent_keepalive {
+                    p = p.set_persistent_keepalive_interval(k);
+                }
+                match &change.preshared_key {
+                    Some(Some(psk)) => p = p.set_preshared_key(key(psk.expose_secret())),
+                    Some(None) => p = p.unset_preshared_key(),
+                    None => {}
+                }
+                update.add_peer(p)
             }
-            if let Some(k) = change.persistent_keepalive {
-                p = p.set_persistent_keepalive_interval(k);
-            }
-            match &change.preshared_key {
-                Some(Some(psk)) => p = p.set_preshared_key(key(psk.expose_secret())),
-                Some(None) => p = p.unset_preshared_key(),
-                None => {}
-            }
-            update.add_peer(p)
+            _ => update,
+        };
+    }
+    update
+}
+
+/// A route request, ready to send.
+enum RouteRequest {
+    Add {
+        message: rtnetlink::packet_route::route::RouteMessage,
+        replace: bool,
+    },
+    Remove(rtnetlink::packet_route::route::RouteMessage),
+}
+
+impl RouteRequest {
+    async fn send(self, handle: rtnetlink::Handle) -> Result<(), DataplaneError> {
+        match self {
+            RouteRequest::Add {
+                message,
+                replace: true,
+            } => handle
+                .route()
+                .add(message)
+                .replace()
+                .execute()
+                .await
+                .map_err(kernel_err),
+            RouteRequest::Add {
+                message,
+                replace: false,
+            } => tolerate(handle.route().add(message).execute().await, &[EEXIST]),
+            RouteRequest::Remove(message) => tolerate(
+                handle.route().del(message).execute().await,
+                &[ESRCH, ENOENT],
+            ),
         }
-        _ => update,
     }
 }
+
+/// How many route requests are in flight at once.
+const ROUTE_PIPELINE_DEPTH: usize = 128;
 
 impl Dataplane for KernelDataplane {
     async fn observe(&mut self) -> Result<ObservedNode, ObserveError> {
@@ -401,15 +480,39 @@ impl Dataplane for KernelDataplane {
             Step::SetPrivateKey { .. }
             | Step::SetListenPort { .. }
             | Step::UpsertPeer { .. }
-            | Step::RemovePeer { .. } => self.configure_wireguard(step).await,
+            | Step::RemovePeer { .. } => self.configure_wireguard(std::slice::from_ref(step)).await,
             Step::AddAddress { device, address } => self.address(device, address, true).await,
             Step::RemoveAddress { device, address } => self.address(device, address, false).await,
-            Step::AddRoute { id, route } => self.route(id, route, false).await,
-            Step::ReplaceRoute { id, route } => self.route(id, route, true).await,
-            Step::RemoveRoute { id, .. } => self.remove_route(id).await,
+            Step::AddRoute { .. } | Step::ReplaceRoute { .. } | Step::RemoveRoute { .. } => self
+                .routes(std::slice::from_ref(step))
+                .await
+                .pop()
+                .unwrap_or(Ok(())),
             Step::EnableForwarding { .. } => self.enable_forwarding(step),
             Step::DeleteDevice { device } => self.delete_device(device).await,
         }
+    }
+
+    async fn execute_wireguard(&mut self, steps: &[Step]) -> Result<(), (usize, DataplaneError)> {
+        match self.configure_wireguard(steps).await {
+            Ok(()) => Ok(()),
+            Err(e) if steps.len() == 1 => Err((0, e)),
+            Err(e) => {
+                // Find the step that failed: the request may have been applied up to
+                // it; every step is idempotent, so the ones before are simply repeated.
+                tracing::debug!(error = %e, steps = steps.len(), "a batched WireGuard request failed; retrying step by step");
+                for (i, step) in steps.iter().enumerate() {
+                    self.configure_wireguard(std::slice::from_ref(step))
+                        .await
+                        .map_err(|e| (i, e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn execute_routes(&mut self, steps: &[Step]) -> Vec<Result<(), DataplaneError>> {
+        self.routes(steps).await
     }
 
     fn writes(&self) -> u64 {

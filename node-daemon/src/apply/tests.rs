@@ -70,3 +70,87 @@ async fn failure_messages_do_not_contain_private_keys() {
     // sk(1) is 32 bytes of 0x01: base64 "AQEB…".
     assert!(!text.contains("AQEBAQEB"), "{text}");
 }
+
+/// Counts the calls [`apply`] makes, and forwards them to a [`RecordingDataplane`].
+struct Counting {
+    inner: RecordingDataplane,
+    singles: usize,
+    wireguard_batches: Vec<usize>,
+    route_batches: Vec<usize>,
+}
+
+impl Dataplane for Counting {
+    async fn observe(&mut self) -> Result<ObservedNode, crate::observe::ObserveError> {
+        self.inner.observe().await
+    }
+    async fn execute(&mut self, step: &Step) -> Result<(), DataplaneError> {
+        self.singles += 1;
+        self.inner.execute(step).await
+    }
+    async fn execute_wireguard(&mut self, steps: &[Step]) -> Result<(), (usize, DataplaneError)> {
+        self.wireguard_batches.push(steps.len());
+        self.inner.execute_wireguard(steps).await
+    }
+    async fn execute_routes(&mut self, steps: &[Step]) -> Vec<Result<(), DataplaneError>> {
+        self.route_batches.push(steps.len());
+        self.inner.execute_routes(steps).await
+    }
+    fn writes(&self) -> u64 {
+        self.inner.writes()
+    }
+}
+
+#[tokio::test]
+async fn wireguard_steps_of_a_device_and_consecutive_routes_go_out_as_one_batch_each() {
+    let mut device = DesiredDevice::test("a/x").with_address("10.1.0.1/24");
+    for n in 2..=101 {
+        device = device.with_peer(pk(n), peer(&[&format!("10.1.{n}.0/24")]));
+    }
+    let mut d = DesiredNode::default().with_device("wg0", device);
+    for n in 0..50 {
+        d = d.with_route(&format!("10.200.{n}.0/24"), "wg0", None, None);
+    }
+    let mut dp = Counting {
+        inner: RecordingDataplane::new(ObservedNode::default()),
+        singles: 0,
+        wireguard_batches: Vec::new(),
+        route_batches: Vec::new(),
+    };
+    let report = apply(&plan(&d, &ObservedNode::default()), &mut dp).await;
+    assert!(report.is_success());
+    // key + 100 peers in one request; 50 routes in one pipelined batch.
+    assert_eq!(dp.wireguard_batches, vec![101]);
+    assert_eq!(dp.route_batches, vec![50]);
+    // create, mark, address, up
+    assert_eq!(dp.singles, 4);
+    assert_eq!(report.applied, 4 + 101 + 50);
+}
+
+#[tokio::test]
+async fn a_failure_inside_a_wireguard_batch_applies_the_steps_before_it_and_skips_the_rest() {
+    let d = DesiredNode::default().with_device(
+        "wg0",
+        DesiredDevice::test("a/x")
+            .with_port(51820)
+            .with_address("10.1.0.1/24")
+            .with_peer(pk(2), peer(&["10.1.0.2/32"])),
+    );
+    let mut dp = RecordingDataplane::new(ObservedNode::default());
+    dp.fail_when(1, |s| matches!(s, Step::SetListenPort { .. }));
+    let report = apply(&plan(&d, &ObservedNode::default()), &mut dp).await;
+    assert_eq!(report.errors.len(), 1);
+    assert!(
+        report.errors[0].step.contains("set listen port"),
+        "{}",
+        report.errors[0]
+    );
+    let state = dp.state();
+    let wg = state.devices[&name("wg0")].wireguard.as_ref().unwrap();
+    assert!(
+        wg.private_key.is_some(),
+        "the key, before the port, was applied"
+    );
+    assert!(wg.peers.is_empty(), "the peer, after the port, was not");
+    // peer, address, up
+    assert_eq!(report.skipped, 3);
+}

@@ -15,7 +15,7 @@ use super::*;
 use crate::fixtures::*;
 use crate::model::*;
 use crate::ownership::ROUTE_PROTOCOL;
-use crate::sim::{apply_step, converged};
+use crate::sim::{apply_step, apply_steps, converged};
 
 const DEVICES: [&str; 3] = ["wg0", "wg1", "wg2"];
 
@@ -358,6 +358,17 @@ proptest! {
         let again = plan(&d, &after);
         prop_assert!(again.steps.is_empty(), "replan not empty:\n{}", again);
         prop_assert_eq!(again.conflicts, p.conflicts);
+    }
+
+    #[test]
+    fn replaying_a_whole_plan_at_once_equals_replaying_it_step_by_step(
+        d in desired_node(), o in observed_node()
+    ) {
+        let p = plan(&d, &o);
+        let one_by_one = simulate(&o, &p)?;
+        let mut at_once = o.clone();
+        prop_assert!(apply_steps(&mut at_once, &p.steps).is_ok());
+        prop_assert_eq!(at_once, one_by_one);
     }
 
     #[test]

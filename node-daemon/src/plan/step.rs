@@ -106,6 +106,16 @@ impl Step {
         }
     }
 
+    /// The kwire identity (table, destination) of the route a route step is about.
+    pub fn route_key(&self) -> Option<RouteKey> {
+        match self {
+            Step::AddRoute { id, .. }
+            | Step::ReplaceRoute { id, .. }
+            | Step::RemoveRoute { id, .. } => Some(RouteKey::new(id.table, id.destination)),
+            _ => None,
+        }
+    }
+
     /// A short name of the kind of step, for metrics and reports.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -21,7 +21,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant as StdInstant, SystemTime};
 
 use futures::StreamExt;
 use rtnetlink::packet_core::NetlinkPayload;
@@ -30,9 +30,9 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::apply::{ApplyReport, Dataplane, apply};
+use crate::apply::{ApplyError, ApplyReport, Dataplane, apply};
 use crate::metrics::Metrics;
-use crate::model::{DesiredNode, IfaceName, ObservedNode};
+use crate::model::{DesiredNode, IfaceName, ObservedNode, RouteKey};
 use crate::observe::ObserveError;
 use crate::ownership::route_protocol;
 use crate::plan::{Conflict, Plan, plan};
@@ -91,8 +91,37 @@ pub struct NodeStatus {
     pub observed: Option<Arc<ObservedNode>>,
     pub observed_at: Option<SystemTime>,
     pub conflicts: Vec<Conflict>,
-    /// Redacted messages of the steps that failed in the last reconcile.
-    pub errors: Vec<String>,
+    /// The steps that failed in the last reconcile.
+    pub errors: Vec<StepFailure>,
+}
+
+/// A step that failed, for the status of the object it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFailure {
+    /// The device the step was for (`None`: node-wide, e.g. `all` forwarding).
+    pub device: Option<IfaceName>,
+    /// The route, for route steps: the failure belongs to the Route object.
+    pub route: Option<RouteKey>,
+    /// A condition reason, e.g. `ListenPortInUse`.
+    pub reason: &'static str,
+    /// The step, the error and a hint; redacted like every step display.
+    pub message: String,
+}
+
+impl From<&ApplyError> for StepFailure {
+    fn from(e: &ApplyError) -> Self {
+        let mut message = e.to_string();
+        if let Some(hint) = e.source.hint() {
+            message.push_str(": ");
+            message.push_str(hint);
+        }
+        Self {
+            device: e.device.clone(),
+            route: e.route,
+            reason: e.source.reason(),
+            message,
+        }
+    }
 }
 
 /// Observe/plan/apply against one dataplane, remembering the state after the
@@ -122,6 +151,10 @@ impl<D: Dataplane> Reconciler<D> {
         &mut self.dataplane
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Status updates after every reconcile.
     pub fn subscribe(&self) -> watch::Receiver<NodeStatus> {
         self.status.subscribe()
@@ -135,6 +168,7 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// Full path: observe, plan, apply.
     pub async fn reconcile_full(&mut self, desired: &DesiredNode) -> Result<Outcome, ObserveError> {
+        let began = StdInstant::now();
         let observed = match self.dataplane.observe().await {
             Ok(o) => o,
             Err(e) => {
@@ -146,7 +180,7 @@ impl<D: Dataplane> Reconciler<D> {
         self.metrics.reconciles_full.fetch_add(1, Relaxed);
         let snapshot = Arc::new(observed.clone());
         Ok(self
-            .plan_and_apply(desired, observed, Mode::Full, Some(snapshot))
+            .plan_and_apply(desired, observed, Mode::Full, Some(snapshot), began)
             .await)
     }
 
@@ -159,7 +193,9 @@ impl<D: Dataplane> Reconciler<D> {
         match self.last.take() {
             Some(last) => {
                 self.metrics.reconciles_delta.fetch_add(1, Relaxed);
-                Ok(self.plan_and_apply(desired, last, Mode::Delta, None).await)
+                Ok(self
+                    .plan_and_apply(desired, last, Mode::Delta, None, StdInstant::now())
+                    .await)
             }
             None => self.reconcile_full(desired).await,
         }
@@ -171,6 +207,7 @@ impl<D: Dataplane> Reconciler<D> {
         mut state: ObservedNode,
         mode: Mode,
         snapshot: Option<Arc<ObservedNode>>,
+        began: StdInstant,
     ) -> Outcome {
         let plan = plan(desired, &state);
         for conflict in &plan.conflicts {
@@ -190,6 +227,20 @@ impl<D: Dataplane> Reconciler<D> {
         self.metrics
             .apply_errors
             .fetch_add(report.errors.len() as u64, Relaxed);
+        self.metrics
+            .last_reconcile_writes
+            .store(report.writes, Relaxed);
+        self.metrics
+            .last_reconcile_errors
+            .store(report.errors.len() as u64, Relaxed);
+        self.metrics
+            .last_reconcile_micros
+            .store(began.elapsed().as_micros() as u64, Relaxed);
+        self.metrics.ready.store(true, Relaxed);
+        if let Some(snapshot) = &snapshot {
+            self.metrics
+                .set_observed(snapshot.clone(), SystemTime::now());
+        }
         tracing::info!(
             mode = ?mode,
             steps = plan.steps.len(),
@@ -201,15 +252,13 @@ impl<D: Dataplane> Reconciler<D> {
         );
         // Remember the state only when every step is known to have landed.
         self.last = if report.is_success() {
-            plan.steps
-                .iter()
-                .try_for_each(|s| sim::apply_step(&mut state, s))
+            sim::apply_steps(&mut state, &plan.steps)
                 .ok()
                 .map(|()| state)
         } else {
             None
         };
-        let errors = report.errors.iter().map(ToString::to_string).collect();
+        let errors = report.errors.iter().map(StepFailure::from).collect();
         let conflicts = plan.conflicts.clone();
         self.status.send_modify(|s| {
             if let Some(snapshot) = snapshot {
@@ -255,7 +304,11 @@ pub async fn run<D: Dataplane>(
     let mut desired_open = true;
     let mut events_open = true;
 
+    reconciler.metrics.set_stall_after(
+        (config.resync_period * 3).max(Duration::from_secs(60)) + config.max_retry,
+    );
     loop {
+        reconciler.metrics.beat();
         let current = desired.borrow_and_update().clone();
         if let Some(want) = current.as_ref().filter(|_| need_full || dirty) {
             let result = if need_full {

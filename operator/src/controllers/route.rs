@@ -13,7 +13,7 @@ use super::{condition_events, finish, namespace};
 use crate::context::{Context, EventSpec};
 use crate::error::Error;
 use crate::status::{apply_status, merge_conditions, needs_patch};
-use crate::topology::{self, Finding, ObjectKind, condition_for};
+use crate::topology::{Finding, ObjectKind, condition_for};
 use crate::world::ns_of;
 
 pub const CONTROLLER: &str = "route";
@@ -49,7 +49,7 @@ pub fn plan_route(
 pub async fn reconcile(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action, Error> {
     let result = async {
         let ns = namespace(route.as_ref(), "Route")?;
-        let findings = topology::check(&ctx.stores.world());
+        let findings = ctx.findings.get();
         let (status, events) = plan_route(&route, &findings, &ctx.clock.now());
         let patch = needs_patch(route.status.as_ref(), &status);
         if patch {
@@ -89,7 +89,7 @@ mod tests {
             vec![route("r", "a", "10.5.0.0/16", None)],
             None,
         );
-        let findings = topology::check(&w);
+        let findings = crate::topology::check(&w);
         let now = Time(Timestamp::UNIX_EPOCH);
         let (status, events) = plan_route(&w.routes[0], &findings, &now);
         assert_eq!(status.conditions.len(), 1);

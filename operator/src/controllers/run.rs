@@ -11,11 +11,17 @@
 //!
 //! Nothing is reconciled before every store has completed its first list: planning from a
 //! partial view could release addresses of Interfaces not listed yet.
+//!
+//! Topology findings span the whole world, so they are not computed per reconcile: one
+//! task recomputes them after changes (coalesced over [`FINDINGS_DEBOUNCE`]) and enqueues
+//! every object whose findings changed; reconciles read the latest ones from the context.
+//! Triggers ([`triggers`]) therefore only follow direct data dependencies.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc::{UnboundedSender, unbounded};
@@ -29,13 +35,15 @@ use kube::runtime::{WatchStreamExt, applier, watcher};
 use kube::{Client, Resource, ResourceExt};
 use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 
-use super::triggers::{Changed, Key, triggers};
+use super::triggers::{Changed, Key, Triggers, triggers};
 use super::{error_policy, interface, network, peer, route};
 use crate::context::{Config, Context, Events, Stores};
 use crate::metrics::Metrics;
 use crate::secrets::managed_selector;
 use crate::status::SystemClock;
+use crate::topology::{self, Finding, ObjectKind};
 
 /// How the operator runs.
 #[derive(Clone, Debug, Default)]
@@ -94,6 +102,10 @@ where
     (reader, stream)
 }
 
+/// How long the findings task waits for more changes before recomputing.
+pub const FINDINGS_DEBOUNCE: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
 struct Queues {
     networks: UnboundedSender<ObjectRef<Network>>,
     interfaces: UnboundedSender<ObjectRef<Interface>>,
@@ -119,10 +131,10 @@ fn object<K>(event: &watcher::Event<K>) -> Option<(&K, bool)> {
     }
 }
 
-/// Routes one change to the queues. Objects of an initial list only enqueue themselves
-/// (everything is listed, so everything gets reconciled); later changes enqueue their
-/// relations too.
-fn route_change(change: &Change, stores: &Stores, queues: &Queues) {
+/// What one change asks for: the objects to reconcile, and whether topology findings may
+/// change. Objects of an initial list only ask for themselves (everything is listed, so
+/// everything gets reconciled); later changes ask for their relations too.
+fn route_change(change: &Change, stores: &Stores) -> (Triggers, bool) {
     let changed = match change {
         Change::Network(e) => object(e).map(|(o, init)| (Changed::Network(o), init)),
         Change::Interface(e) => object(e).map(|(o, init)| (Changed::Interface(o), init)),
@@ -137,25 +149,114 @@ fn route_change(change: &Change, stores: &Stores, queues: &Queues) {
         Change::Secret(e) => object(e).map(|(o, init)| (Changed::Secret(&o.metadata), init)),
     };
     let Some((changed, init)) = changed else {
-        return;
+        return (Triggers::default(), false);
     };
-    if init {
-        match changed {
-            Changed::Network(o) => send(&queues.networks, &self_key(o)),
-            Changed::Interface(o) => send(&queues.interfaces, &self_key(o)),
-            Changed::Peer(o) => send(&queues.peers, &self_key(o)),
-            Changed::Route(o) => send(&queues.routes, &self_key(o)),
-            Changed::Node(_) | Changed::Secret(_) => {}
-        }
-        return;
+    let topology = !matches!(changed, Changed::Secret(_));
+    if !init {
+        return (triggers(changed, &stores.world()), topology);
     }
-    let t = triggers(changed, &stores.world());
-    t.networks.iter().for_each(|k| send(&queues.networks, k));
-    t.interfaces
-        .iter()
-        .for_each(|k| send(&queues.interfaces, k));
-    t.peers.iter().for_each(|k| send(&queues.peers, k));
-    t.routes.iter().for_each(|k| send(&queues.routes, k));
+    let mut t = Triggers::default();
+    match changed {
+        Changed::Network(o) => {
+            t.networks.insert(self_key(o));
+        }
+        Changed::Interface(o) => {
+            t.interfaces.insert(self_key(o));
+        }
+        Changed::Peer(o) => {
+            t.peers.insert(self_key(o));
+        }
+        Changed::Route(o) => {
+            t.routes.insert(self_key(o));
+        }
+        Changed::Node(_) | Changed::Secret(_) => {}
+    }
+    (t, topology)
+}
+
+/// Reconcile requests gathered for at most [`COALESCE`]: each object is requested once per
+/// window however many changes touched it, and never later than the window's end. (The
+/// applier's own debounce would postpone an object as long as requests keep coming, which
+/// starves a Network whose Interfaces keep changing.)
+#[derive(Default)]
+struct Coalescer {
+    pending: Mutex<Triggers>,
+    wake: Notify,
+}
+
+/// How long reconcile requests are gathered before they are sent.
+pub const COALESCE: Duration = Duration::from_millis(100);
+
+impl Coalescer {
+    fn add(&self, t: Triggers) {
+        if t == Triggers::default() {
+            return;
+        }
+        let mut pending = self.pending.lock().expect("coalescer lock");
+        pending.networks.extend(t.networks);
+        pending.interfaces.extend(t.interfaces);
+        pending.peers.extend(t.peers);
+        pending.routes.extend(t.routes);
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    async fn flush_into(&self, queues: Queues) {
+        loop {
+            self.wake.notified().await;
+            tokio::time::sleep(COALESCE).await;
+            let t = std::mem::take(&mut *self.pending.lock().expect("coalescer lock"));
+            t.networks.iter().for_each(|k| send(&queues.networks, k));
+            t.interfaces
+                .iter()
+                .for_each(|k| send(&queues.interfaces, k));
+            t.peers.iter().for_each(|k| send(&queues.peers, k));
+            t.routes.iter().for_each(|k| send(&queues.routes, k));
+        }
+    }
+}
+
+/// The objects whose findings differ between `old` and `new` (both sorted, as
+/// [`topology::check`] returns them).
+pub fn changed_findings(old: &[Finding], new: &[Finding]) -> BTreeSet<(ObjectKind, Key)> {
+    fn by_object(findings: &[Finding]) -> BTreeMap<(ObjectKind, Key), Vec<&Finding>> {
+        let mut out: BTreeMap<(ObjectKind, Key), Vec<&Finding>> = BTreeMap::new();
+        for f in findings {
+            out.entry((f.kind, (f.namespace.clone(), f.name.clone())))
+                .or_default()
+                .push(f);
+        }
+        out
+    }
+    let (old, new) = (by_object(old), by_object(new));
+    old.keys()
+        .chain(new.keys())
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// Keeps `ctx.findings` current: recomputes them after changes and reconciles the objects
+/// whose findings changed.
+async fn keep_findings(ctx: Arc<Context>, changed: Arc<Notify>, queues: Queues) {
+    loop {
+        changed.notified().await;
+        tokio::time::sleep(FINDINGS_DEBOUNCE).await;
+        let world = ctx.stores.world();
+        let Ok(new) = tokio::task::spawn_blocking(move || topology::check(&world)).await else {
+            return;
+        };
+        ctx.metrics.topology_checks.inc();
+        let old = ctx.findings.replace(new);
+        let new = ctx.findings.get();
+        for (kind, key) in changed_findings(&old, &new) {
+            match kind {
+                ObjectKind::Interface => send(&queues.interfaces, &key),
+                ObjectKind::Peer => send(&queues.peers, &key),
+                ObjectKind::Route => send(&queues.routes, &key),
+            }
+        }
+    }
 }
 
 fn log_result<K: Resource, E: std::fmt::Display>(
@@ -205,15 +306,21 @@ pub async fn run(
     let (nodes, s5) = reflect(Api::<Node>::all(client.clone()), all, |e| {
         Change::Node(Box::new(e))
     });
+    // `Api<PartialObjectMeta<_>>` makes metadata-only requests: key material never
+    // crosses this watch.
     let secrets: Api<PartialObjectMeta<Secret>> = match ns {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let s6 = watcher(
-        secrets,
-        watcher::Config::default().labels(&managed_selector()),
+    let (secrets_store, secrets_writer) = reflector::store();
+    let s6 = reflector::reflector(
+        secrets_writer,
+        watcher(
+            secrets,
+            watcher::Config::default().labels(&managed_selector()),
+        )
+        .default_backoff(),
     )
-    .default_backoff()
     .map(|e| e.map(|e| Change::Secret(Box::new(e))))
     .boxed();
     let stores = Stores {
@@ -222,6 +329,7 @@ pub async fn run(
         peers,
         routes,
         nodes,
+        secrets: secrets_store,
     };
 
     let (net_tx, net_rx) = unbounded();
@@ -235,11 +343,25 @@ pub async fn run(
         routes: route_tx,
     };
     let router_stores = stores.clone();
+    let world_changed = Arc::new(Notify::new());
+    let router_changed = world_changed.clone();
+    let findings_queues = queues.clone();
+    let coalescer = Arc::new(Coalescer::default());
+    let flusher = tokio::spawn({
+        let coalescer = coalescer.clone();
+        async move { coalescer.flush_into(queues).await }
+    });
     let router = tokio::spawn(async move {
         let mut changes = futures::stream::select_all([s1, s2, s3, s4, s5, s6]);
         while let Some(change) = changes.next().await {
             match change {
-                Ok(change) => route_change(&change, &router_stores, &queues),
+                Ok(change) => {
+                    let (requests, topology) = route_change(&change, &router_stores);
+                    coalescer.add(requests);
+                    if topology {
+                        router_changed.notify_one();
+                    }
+                }
                 Err(error) => tracing::warn!(%error, "watch failed; retrying with backoff"),
             }
         }
@@ -268,9 +390,17 @@ pub async fn run(
         Events::Kube(recorder),
         metrics,
     ));
-    let config = kube::runtime::controller::Config::default()
-        .debounce(Duration::from_millis(200))
-        .concurrency(4);
+    // The first findings before the first reconcile, so that no object is called valid
+    // only to be called invalid a moment later.
+    let world = stores.world();
+    let first = tokio::task::spawn_blocking(move || topology::check(&world))
+        .await
+        .unwrap_or_default();
+    ctx.metrics.topology_checks.inc();
+    ctx.findings.replace(first);
+    let findings_task = tokio::spawn(keep_findings(ctx.clone(), world_changed, findings_queues));
+    // No debounce here: the coalescer gathers requests (see `Coalescer`).
+    let config = kube::runtime::controller::Config::default().concurrency(4);
     let networks = applier(
         |o, c| Box::pin(network::reconcile(o, c)),
         error_policy::<Network>,
@@ -316,6 +446,50 @@ pub async fn run(
         () = shutdown => tracing::info!("shutting down"),
     }
     router.abort();
+    flusher.abort();
+    findings_task.abort();
     ready.store(false, Ordering::SeqCst);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(kind: ObjectKind, name: &str, reason: &'static str) -> Finding {
+        Finding {
+            kind,
+            namespace: "ns".into(),
+            name: name.into(),
+            condition_type: "TopologyValid",
+            reason,
+            message: format!("{name} {reason}"),
+        }
+    }
+
+    #[test]
+    fn only_objects_whose_findings_changed_are_reconciled_again() {
+        let old = vec![
+            finding(ObjectKind::Interface, "gone", "A"),
+            finding(ObjectKind::Peer, "changed", "A"),
+            finding(ObjectKind::Route, "same", "A"),
+        ];
+        let new = vec![
+            finding(ObjectKind::Interface, "new", "A"),
+            finding(ObjectKind::Peer, "changed", "B"),
+            finding(ObjectKind::Route, "same", "A"),
+        ];
+        let changed = changed_findings(&old, &new);
+        let names: Vec<(ObjectKind, &str)> =
+            changed.iter().map(|(k, (_, n))| (*k, n.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                (ObjectKind::Interface, "gone"),
+                (ObjectKind::Interface, "new"),
+                (ObjectKind::Peer, "changed"),
+            ]
+        );
+        assert!(changed_findings(&new, &new).is_empty());
+    }
 }

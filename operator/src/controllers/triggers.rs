@@ -1,6 +1,10 @@
 //! Which objects to reconcile when something changes: a pure function of the change and
-//! the world. The relations are the direct ones (references, shared nodes, shared
-//! Interfaces); anything further is caught by the periodic resync.
+//! the world. Only direct data dependencies are followed (an Interface's key, addresses
+//! and endpoint feed the Peers that link it, a Network's allocations feed its Interfaces,
+//! a Peer's resolved keys feed a key rotation of its ends, a Node's address feeds the
+//! endpoints of its Interfaces). Topology findings, which can tie any object to any other,
+//! are recomputed by one task that reconciles exactly the objects whose findings changed
+//! (see [`super::run`]); anything else is caught by the periodic resync.
 
 use std::collections::BTreeSet;
 
@@ -40,47 +44,19 @@ fn key(ns: &str, name: &str) -> Key {
 }
 
 impl Triggers {
-    fn interface_and_neighbours(&mut self, world: &World, interface: &Interface) {
-        let ns = ns_of(interface);
-        let name = interface.name_any();
-        let node = interface.spec.node_name.as_str();
-        self.interfaces.insert(key(&ns, &name));
-        for n in interface.spec.networks.iter().flatten() {
-            self.networks.insert(key(&ns, n.name.as_str()));
-        }
-        // Interfaces sharing the node: ports, device names, overlaps, relays.
-        let on_node: BTreeSet<Key> = world
-            .interfaces_on_node(node)
-            .map(|i| key(&ns_of(i.as_ref()), &i.name_any()))
-            .collect();
-        self.interfaces.extend(on_node.iter().cloned());
-        // Peers touching this Interface or its node, and what they link to.
+    /// Peers that link one of `interfaces` (as local or remote end).
+    fn peers_of(&mut self, world: &World, interfaces: &BTreeSet<Key>) {
         for p in &world.peers {
-            let pns = ns_of(p.as_ref());
-            let local = key(&pns, p.spec.interface.as_str());
+            let ns = ns_of(p.as_ref());
+            let local = key(&ns, p.spec.interface.as_str());
             let remote = p
                 .spec
                 .remote
                 .interface
                 .as_ref()
-                .map(|r| key(&pns, r.as_str()));
-            let touches = |k: &Key| *k == key(&ns, &name) || on_node.contains(k);
-            if touches(&local) || remote.as_ref().is_some_and(touches) {
-                self.peers.insert(key(&pns, &p.name_any()));
-                self.interfaces.insert(local.clone());
-                if let Some(remote) = remote {
-                    self.interfaces.insert(remote);
-                }
-            }
-        }
-        self.routes_on_interfaces(world);
-    }
-
-    fn routes_on_interfaces(&mut self, world: &World) {
-        for r in &world.routes {
-            let on = key(&ns_of(r.as_ref()), r.spec.interface.as_str());
-            if self.interfaces.contains(&on) {
-                self.routes.insert(key(&ns_of(r.as_ref()), &r.name_any()));
+                .map(|r| key(&ns, r.as_str()));
+            if interfaces.contains(&local) || remote.is_some_and(|r| interfaces.contains(&r)) {
+                self.peers.insert(key(&ns, &p.name_any()));
             }
         }
     }
@@ -112,43 +88,37 @@ pub fn triggers(changed: Changed<'_>, world: &World) -> Triggers {
                 }
             }
         }
-        Changed::Interface(i) => t.interface_and_neighbours(world, i),
+        Changed::Interface(i) => {
+            // Its own status (rotation), its Networks (allocation), the Peers that link it
+            // (keys, addresses, endpoint).
+            let ns = ns_of(i);
+            let me = key(&ns, &i.name_any());
+            t.interfaces.insert(me.clone());
+            for n in i.spec.networks.iter().flatten() {
+                t.networks.insert(key(&ns, n.name.as_str()));
+            }
+            t.peers_of(world, &BTreeSet::from([me]));
+        }
         Changed::Peer(p) => {
+            // Itself, and its ends: a key rotation waits for the Peers to carry the new key.
             let ns = ns_of(p);
             t.peers.insert(key(&ns, &p.name_any()));
-            let ends: Vec<String> = std::iter::once(p.spec.interface.to_string())
-                .chain(p.spec.remote.interface.iter().map(ToString::to_string))
-                .collect();
-            for end in &ends {
-                if let Some(i) = world.interface(&ns, end) {
-                    for n in world.interfaces_on_node(i.spec.node_name.as_str()) {
-                        t.interfaces.insert(key(&ns_of(n.as_ref()), &n.name_any()));
-                    }
-                }
-                t.interfaces.insert(key(&ns, end));
+            t.interfaces.insert(key(&ns, p.spec.interface.as_str()));
+            if let Some(remote) = &p.spec.remote.interface {
+                t.interfaces.insert(key(&ns, remote.as_str()));
             }
-            // Peers sharing an Interface with this one: overlaps and duplicates.
-            for other in &world.peers {
-                if ns_of(other.as_ref()) != ns {
-                    continue;
-                }
-                let shares = std::iter::once(other.spec.interface.as_str())
-                    .chain(other.spec.remote.interface.as_ref().map(|r| r.as_str()))
-                    .any(|e| ends.iter().any(|x| x == e));
-                if shares {
-                    t.peers.insert(key(&ns, &other.name_any()));
-                }
-            }
-            t.routes_on_interfaces(world);
         }
         Changed::Route(r) => {
             t.routes.insert(key(&ns_of(r), &r.name_any()));
         }
         Changed::Node(node) => {
-            let on_node: Vec<_> = world.interfaces_on_node(node).cloned().collect();
-            for i in on_node {
-                t.interface_and_neighbours(world, &i);
-            }
+            // Endpoints: the Interfaces on the node and the Peers that link them.
+            let on_node: BTreeSet<Key> = world
+                .interfaces_on_node(node)
+                .map(|i| key(&ns_of(i.as_ref()), &i.name_any()))
+                .collect();
+            t.peers_of(world, &on_node);
+            t.interfaces.extend(on_node);
         }
         Changed::Secret(meta) => {
             let ns = meta.namespace.clone().unwrap_or_default();
@@ -194,26 +164,18 @@ mod tests {
     }
 
     #[test]
-    fn an_interface_change_reaches_its_networks_node_neighbours_peers_and_routes() {
+    fn an_interface_change_reaches_itself_its_networks_and_the_peers_that_link_it() {
         let w = relay();
         let b = w.interface("", "b-wg0-server").unwrap().clone();
         let t = triggers(Changed::Interface(&b), &w);
         assert_eq!(names(&t.networks), ["link-ab"]);
-        assert_eq!(
-            names(&t.interfaces),
-            [
-                "a-wg0-client",
-                "b-wg0-server",
-                "b-wg1-client",
-                "c-wg0-server"
-            ]
-        );
-        assert_eq!(names(&t.peers), ["a-to-b", "b-to-c"]);
-        assert_eq!(names(&t.routes), ["a-to-c-network", "c-to-a-network"]);
+        assert_eq!(names(&t.interfaces), ["b-wg0-server"]);
+        assert_eq!(names(&t.peers), ["a-to-b"]);
+        assert!(t.routes.is_empty(), "topology is the findings task's job");
     }
 
     #[test]
-    fn a_peer_change_reaches_both_ends_their_nodes_and_peers_sharing_an_end() {
+    fn a_peer_change_reaches_itself_and_both_ends() {
         let w = relay();
         let p = w
             .peers
@@ -223,11 +185,8 @@ mod tests {
             .clone();
         let t = triggers(Changed::Peer(&p), &w);
         assert_eq!(names(&t.peers), ["a-to-b"]);
-        assert_eq!(
-            names(&t.interfaces),
-            ["a-wg0-client", "b-wg0-server", "b-wg1-client"]
-        );
-        assert_eq!(names(&t.routes), ["a-to-c-network"]);
+        assert_eq!(names(&t.interfaces), ["a-wg0-client", "b-wg0-server"]);
+        assert!(t.routes.is_empty() && t.networks.is_empty());
     }
 
     #[test]
@@ -239,11 +198,11 @@ mod tests {
     }
 
     #[test]
-    fn a_node_change_reaches_the_interfaces_on_it() {
+    fn a_node_change_reaches_the_interfaces_on_it_and_the_peers_that_link_them() {
         let w = relay();
         let t = triggers(Changed::Node("c"), &w);
-        assert!(t.interfaces.contains(&key("", "c-wg0-server")));
-        assert!(t.peers.contains(&key("", "b-to-c")));
+        assert_eq!(names(&t.interfaces), ["c-wg0-server"]);
+        assert_eq!(names(&t.peers), ["b-to-c"]);
     }
 
     #[test]

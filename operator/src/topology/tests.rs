@@ -52,17 +52,24 @@ fn every_example_manifest_has_no_findings() {
             "external-peer.yaml",
             include_str!("../../../examples/external-peer.yaml"),
         ),
+        ("dual-stack.yaml", DUAL_STACK),
     ] {
         let found = findings(&objects(text));
         assert!(found.is_empty(), "{file}: {found:#?}");
     }
 }
 
+const DUAL_STACK: &str = include_str!("../../../examples/dual-stack.yaml");
+
 #[test]
-fn the_dual_stack_example_routes_a_v6_network_that_its_peer_does_not_allow() {
-    // examples/dual-stack.yaml routes fd00:30::/64 into east-wg0, but Peer east-west keeps
-    // the default AllowedIPs (west's addresses only), so WireGuard would drop those packets.
-    let found = findings(&objects(include_str!("../../../examples/dual-stack.yaml")));
+fn without_its_allowed_ips_the_dual_stack_example_routes_a_v6_network_its_peer_drops() {
+    // examples/dual-stack.yaml routes fd00:30::/64 into east-wg0; with the default
+    // AllowedIPs (west's addresses only) on Peer east-west, WireGuard would drop those packets.
+    let found = findings(&edit(
+        objects(DUAL_STACK),
+        "east-west",
+        json!({"allowedIPs": null}),
+    ));
     let route = about(&found, ObjectKind::Route, "east-to-west-v6-services");
     assert_eq!(route.len(), 1, "{found:#?}");
     assert!(

@@ -3,25 +3,28 @@
 //! `KeyReady`, `AddressAllocated` and `TopologyValid` conditions.
 
 mod plan;
+pub mod rotation;
 #[cfg(test)]
 mod tests;
 
 pub use plan::{InterfacePlan, KeyObservation, plan_interface};
+pub use rotation::{GeneratedKeys, KeySecret, OldKeySecret};
 
 use std::sync::Arc;
 
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use kwire_crds::v1alpha1::{Interface, KeyMode};
 
 use super::{apply_secret, finish, get_secret, namespace};
-use crate::context::Context;
+use crate::context::{Context, EventSpec};
 use crate::error::Error;
 use crate::keys::PrivateKey;
+use crate::reasons;
 use crate::secrets::{PRIVATE_KEY_DATA, private_key_secret_name};
 use crate::status::{apply_status, needs_patch};
-use crate::topology;
 
 pub const CONTROLLER: &str = "interface";
 
@@ -42,22 +45,78 @@ pub async fn observe_key(interface: &Interface, ctx: &Context) -> Result<KeyObse
             name,
         });
     }
-    let name = private_key_secret_name(&interface.name_any());
-    let secret = get_secret(ctx, &ns, &name).await?;
-    let fresh = match secret {
-        Some(_) => None,
-        None => Some(PrivateKey::generate().map_err(|source| Error::GenerateKey {
-            kind: "Interface",
-            namespace: ns.clone(),
-            name: interface.name_any(),
-            source: Box::new(source),
-        })?),
+    let name = interface.name_any();
+    let listed = ctx.stores.key_secrets(&ns, &name);
+    // Key Secrets are immutable: one already read at this resourceVersion is not read again.
+    let read_listed = |meta: Arc<PartialObjectMeta<Secret>>, generation: u32| {
+        let ns = ns.clone();
+        async move {
+            let uid = meta.metadata.uid.clone().unwrap_or_default();
+            let version = meta.metadata.resource_version.clone().unwrap_or_default();
+            if let Some(hit) = ctx.key_cache.get(&uid, &version) {
+                return Ok::<_, Error>(Some(hit));
+            }
+            let read = get_secret(ctx, &ns, &meta.name_any())
+                .await?
+                .map(|secret| KeySecret::read(generation, secret));
+            if let Some(key) = &read {
+                let live = || ctx.stores.secrets.state().len();
+                ctx.key_cache.put(key, live);
+            }
+            Ok(read)
+        }
     };
-    Ok(KeyObservation::Generated {
-        name,
-        secret,
-        fresh,
-    })
+    let newest = match listed.last() {
+        Some((generation, meta)) => match read_listed(meta.clone(), *generation).await? {
+            Some(found) => Some(found),
+            // Deleted since the store saw it: look again once the store has caught up.
+            None => {
+                return Err(Error::StaleStore {
+                    kind: "Secret",
+                    namespace: ns.clone(),
+                    name: meta.name_any(),
+                });
+            }
+        },
+        // No key Secret known: the first one may exist without being ours (a name
+        // conflict to report), or the store may not show it yet.
+        None => get_secret(ctx, &ns, &private_key_secret_name(&name))
+            .await?
+            .map(|secret| KeySecret::read(0, secret)),
+    };
+    let newest_generation = newest.as_ref().map(|k| k.generation);
+    let named = interface
+        .status
+        .as_ref()
+        .and_then(|s| s.private_key_secret.clone());
+    let mut in_use = None;
+    let mut older = Vec::new();
+    for (generation, meta) in &listed {
+        if Some(*generation) == newest_generation {
+            continue;
+        }
+        if named.as_deref() == meta.metadata.name.as_deref() {
+            in_use = read_listed(meta.clone(), *generation).await?;
+        } else {
+            older.push(OldKeySecret {
+                generation: *generation,
+                name: meta.name_any(),
+                uid: meta.metadata.uid.clone().unwrap_or_default(),
+            });
+        }
+    }
+    let fresh = PrivateKey::generate().map_err(|source| Error::GenerateKey {
+        kind: "Interface",
+        namespace: ns.clone(),
+        name: name.clone(),
+        source: Box::new(source),
+    })?;
+    Ok(KeyObservation::Generated(GeneratedKeys {
+        newest,
+        in_use,
+        older,
+        fresh: Some(fresh),
+    }))
 }
 
 /// Secrets first, then status, then Events.
@@ -85,6 +144,42 @@ pub async fn apply_interface(
     for event in plan.events {
         ctx.events.publish(&reference, event).await;
     }
+    // Replaced keys go last, once the status no longer names them.
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    for old in &plan.delete {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(old.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match secrets.delete(&old.name, &params).await {
+            Ok(_) => {
+                ctx.events
+                    .publish(
+                        &reference,
+                        EventSpec::normal(
+                            reasons::EVENT_OLD_KEY_DELETED,
+                            "DeleteKeySecret",
+                            format!(
+                                "deleted Secret {}, which held a key this Interface no longer uses",
+                                old.name
+                            ),
+                        ),
+                    )
+                    .await;
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(source) => {
+                return Err(Error::DeleteSecret {
+                    namespace: ns.clone(),
+                    name: old.name.clone(),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
     Ok(())
 }
 
@@ -93,10 +188,16 @@ pub async fn reconcile(interface: Arc<Interface>, ctx: Arc<Context>) -> Result<A
     let result = async {
         let key = observe_key(&interface, &ctx).await?;
         let world = ctx.stores.world();
-        let findings = topology::check(&world);
+        let findings = ctx.findings.get();
         let plan = plan_interface(&interface, &world, key, &findings, &ctx.clock.now());
+        let requeue = plan
+            .requeue
+            .map_or(ctx.config.resync, |r| r.min(ctx.config.resync));
         apply_interface(&interface, plan, &ctx).await?;
-        Ok(Action::requeue(ctx.config.resync))
+        // A scheduled rotation is due on the second: wake up just after it.
+        Ok(Action::requeue(
+            requeue + std::time::Duration::from_millis(100),
+        ))
     }
     .await;
     finish(CONTROLLER, interface.as_ref(), &ctx, result)

@@ -1,25 +1,32 @@
 //! The Interface plan: key, addresses, endpoint, topology; pure.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kwire_crds::v1alpha1::{Interface, InterfaceStatus, condition};
+use kwire_crds::v1alpha1::{
+    Interface, InterfaceStatus, KeyRotationStatus, ROTATE_KEY_ANNOTATION, condition,
+};
 
+use super::rotation::{GeneratedKeys, KeyPlan, OldKeySecret, plan_generated, rotation_request};
 use crate::context::EventSpec;
 use crate::controllers::{SecretAction, condition_events};
 use crate::ipam;
-use crate::keys::{PrivateKey, PublicKey};
+use crate::keys::PublicKey;
 use crate::reasons;
 use crate::resolve::interface_endpoint;
-use crate::secrets::{
-    self, LABEL_INTERFACE, PRIVATE_KEY_SECRET_TYPE, ReadProblem, owned_by, owner_reference,
-};
+use crate::secrets::{self, ReadProblem};
 use crate::status::{DesiredCondition, merge_conditions};
 use crate::topology::{Finding, ObjectKind, condition_for};
 use crate::world::{World, ns_of};
 
 /// What the Interface controller observed about the private key.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per reconcile, never stored in bulk"
+)]
 pub enum KeyObservation {
     /// `keyMode: NodeLocal`: the key never leaves the node; the operator touches nothing.
     NodeLocal,
@@ -29,42 +36,58 @@ pub enum KeyObservation {
         data_key: String,
         secret: Option<Secret>,
     },
-    /// The operator's Secret. `fresh` is a newly generated key, present exactly when the
-    /// Secret does not exist.
-    Generated {
-        name: String,
-        secret: Option<Secret>,
-        fresh: Option<PrivateKey>,
-    },
+    /// The operator's Secrets (see [`super::rotation`]).
+    Generated(GeneratedKeys),
 }
 
 /// What to do for one Interface.
 #[derive(Debug)]
 pub struct InterfacePlan {
+    /// A Secret to create or adopt, before the status is written.
     pub secret: SecretAction,
     /// The operator's part of the status.
     pub status: InterfaceStatus,
     pub events: Vec<EventSpec>,
+    /// Secrets of replaced keys to delete, after the status is written.
+    pub delete: Vec<OldKeySecret>,
+    /// Look again this soon rather than at the next resync (rotations).
+    pub requeue: Option<Duration>,
 }
 
-struct KeyPlan {
-    condition: DesiredCondition,
-    public_key: Option<PublicKey>,
-    secret_name: Option<String>,
-    action: SecretAction,
-    events: Vec<EventSpec>,
+/// Keys the operator does not make cannot be rotated by it: an Event says so, once per
+/// value of the request annotation.
+fn unsupported_rotation(interface: &Interface, key: &mut KeyPlan, mode: &str) {
+    let previous = interface
+        .status
+        .as_ref()
+        .and_then(|s| s.key_rotation.as_ref())
+        .and_then(|r| r.last_request.clone());
+    let Some(request) = rotation_request(interface) else {
+        key.rotation = previous.map(|last| KeyRotationStatus {
+            last_request: Some(last),
+            ..KeyRotationStatus::default()
+        });
+        return;
+    };
+    if previous.as_deref() != Some(request) {
+        key.events.push(EventSpec::warning(
+            reasons::EVENT_KEY_ROTATION_UNSUPPORTED,
+            "RotateKey",
+            format!(
+                "annotation {ROTATE_KEY_ANNOTATION} asks for a key rotation, but {mode}: kwire only rotates keys it generates"
+            ),
+        ));
+    }
+    key.rotation = Some(KeyRotationStatus {
+        last_request: Some(request.to_string()),
+        ..KeyRotationStatus::default()
+    });
 }
 
-fn key_plan(interface: &Interface, key: KeyObservation) -> KeyPlan {
+fn key_plan(interface: &Interface, world: &World, key: KeyObservation, now: &Time) -> KeyPlan {
     let name = interface.name_any();
     let ns = ns_of(interface);
-    let failed = |reason: &str, message: String| KeyPlan {
-        condition: DesiredCondition::failed(condition::KEY_READY, reason, message),
-        public_key: None,
-        secret_name: None,
-        action: SecretAction::None,
-        events: Vec::new(),
-    };
+    let failed = KeyPlan::failed;
     match key {
         KeyObservation::NodeLocal => {
             let node = &interface.spec.node_name;
@@ -74,7 +97,7 @@ fn key_plan(interface: &Interface, key: KeyObservation) -> KeyPlan {
                 .and_then(|s| s.device.as_ref())
                 .and_then(|d| d.public_key.as_deref())
                 .and_then(|k| PublicKey::from_base64(k).ok());
-            match reported {
+            let mut plan = match reported {
                 Some(public_key) => KeyPlan {
                     condition: DesiredCondition::ok(
                         condition::KEY_READY,
@@ -84,9 +107,7 @@ fn key_plan(interface: &Interface, key: KeyObservation) -> KeyPlan {
                         ),
                     ),
                     public_key: Some(public_key),
-                    secret_name: None,
-                    action: SecretAction::None,
-                    events: Vec::new(),
+                    ..failed("", String::new())
                 },
                 None => failed(
                     reasons::KEY_NODE_LOCAL_PENDING,
@@ -94,145 +115,63 @@ fn key_plan(interface: &Interface, key: KeyObservation) -> KeyPlan {
                         "keyMode is NodeLocal: waiting for the node daemon on node {node} to generate the key and report its public key in status.device.publicKey; check that the daemon runs on {node}"
                     ),
                 ),
-            }
+            };
+            unsupported_rotation(
+                interface,
+                &mut plan,
+                "the key is node-local (keyMode NodeLocal)",
+            );
+            plan
         }
         KeyObservation::UserSecret {
             name: secret_name,
             data_key,
             secret,
         } => {
-            let Some(secret) = secret else {
-                return failed(
+            let mut plan = match secret {
+                None => failed(
                     reasons::KEY_SECRET_NOT_FOUND,
                     format!(
                         "Secret {secret_name} named in spec.privateKeySecretRef of Interface {name} does not exist in namespace {ns}: create it, e.g. kubectl create secret generic {secret_name} -n {ns} --from-literal={data_key}=\"$(wg genkey)\""
                     ),
-                );
-            };
-            match secrets::read_private_key(&secret, &data_key) {
-                Ok(private) => KeyPlan {
-                    condition: DesiredCondition::ok(
-                        condition::KEY_READY,
-                        reasons::KEY_USER_SUPPLIED,
-                        format!(
-                            "the private key is the user-supplied one in Secret {secret_name}, key {data_key}"
-                        ),
-                    ),
-                    public_key: Some(private.public_key()),
-                    secret_name: Some(secret_name),
-                    action: SecretAction::None,
-                    events: Vec::new(),
-                },
-                Err(ReadProblem::Missing) => failed(
-                    reasons::KEY_SECRET_KEY_MISSING,
-                    format!(
-                        "Secret {secret_name} has no key {data_key}: add it (the output of wg genkey), or set spec.privateKeySecretRef.key to the key that holds the private key"
-                    ),
                 ),
-                Err(ReadProblem::Invalid(problem)) => failed(
-                    reasons::KEY_INVALID,
-                    format!(
-                        "the value of {data_key} in Secret {secret_name} {problem}: replace it with the output of wg genkey"
-                    ),
-                ),
-            }
-        }
-        KeyObservation::Generated {
-            name: secret_name,
-            secret,
-            fresh,
-        } => match (secret, fresh) {
-            (None, Some(fresh)) => {
-                let public_key = fresh.public_key();
-                KeyPlan {
-                    condition: DesiredCondition::ok(
-                        condition::KEY_READY,
-                        reasons::KEY_GENERATED,
-                        format!("generated a key pair; the private key is in Secret {secret_name}"),
-                    ),
-                    public_key: Some(public_key),
-                    secret_name: Some(secret_name.clone()),
-                    action: SecretAction::Create(Box::new(secrets::private_key_secret(
-                        interface, &fresh,
-                    ))),
-                    events: vec![EventSpec::normal(
-                        reasons::EVENT_KEY_GENERATED,
-                        "GenerateKey",
-                        format!(
-                            "generated a WireGuard key pair with public key {public_key}; the private key is in Secret {secret_name}"
-                        ),
-                    )],
-                }
-            }
-            (None, None) => failed(
-                reasons::KEY_PENDING,
-                format!("the key of Interface {name} is being generated"),
-            ),
-            (Some(secret), _) => {
-                if !secrets::is_generated_for(
-                    &secret,
-                    PRIVATE_KEY_SECRET_TYPE,
-                    LABEL_INTERFACE,
-                    &name,
-                ) {
-                    return failed(
-                        reasons::KEY_SECRET_NAME_CONFLICT,
-                        format!(
-                            "Secret {secret_name} exists but was not generated by kwire for Interface {name}, so kwire leaves it alone: delete or rename it to have a key generated, or set spec.privateKeySecretRef: {{name: {secret_name}}} to use the key it holds"
-                        ),
-                    );
-                }
-                match secrets::read_private_key(&secret, secrets::PRIVATE_KEY_DATA) {
-                    Ok(private) => {
-                        let uid = interface.metadata.uid.as_deref().unwrap_or_default();
-                        let adopt = !owned_by(&secret, uid);
-                        let (action, events) = match owner_reference(interface) {
-                            Some(owner) if adopt => (
-                                SecretAction::Adopt {
-                                    name: secret_name.clone(),
-                                    owner,
-                                },
-                                vec![EventSpec::normal(
-                                    reasons::EVENT_SECRET_ADOPTED,
-                                    "AdoptKeySecret",
-                                    format!(
-                                        "kept the key pair in Secret {secret_name}, left by an earlier Interface {name}"
-                                    ),
-                                )],
-                            ),
-                            _ => (SecretAction::None, Vec::new()),
-                        };
-                        KeyPlan {
-                            condition: DesiredCondition::ok(
-                                condition::KEY_READY,
-                                reasons::KEY_FROM_SECRET,
-                                format!("the private key is in Secret {secret_name}"),
-                            ),
-                            public_key: Some(private.public_key()),
-                            secret_name: Some(secret_name),
-                            action,
-                            events,
-                        }
-                    }
-                    Err(problem) => {
-                        let problem = match problem {
-                            ReadProblem::Missing => {
-                                format!("has no key {}", secrets::PRIVATE_KEY_DATA)
-                            }
-                            ReadProblem::Invalid(e) => {
-                                format!("holds a {} that {e}", secrets::PRIVATE_KEY_DATA)
-                            }
-                        };
-                        failed(
-                            reasons::KEY_INVALID,
+                Some(secret) => match secrets::read_private_key(&secret, &data_key) {
+                    Ok(private) => KeyPlan {
+                        condition: DesiredCondition::ok(
+                            condition::KEY_READY,
+                            reasons::KEY_USER_SUPPLIED,
                             format!(
-                                "Secret {secret_name} {problem}; kwire never regenerates an existing key: delete Secret {secret_name} to have a new key generated"
+                                "the private key is the user-supplied one in Secret {secret_name}, key {data_key}"
                             ),
-                        )
-                    }
-                }
-            }
-        },
+                        ),
+                        public_key: Some(private.public_key()),
+                        secret_name: Some(secret_name.clone()),
+                        ..failed("", String::new())
+                    },
+                    Err(ReadProblem::Missing) => failed(
+                        reasons::KEY_SECRET_KEY_MISSING,
+                        format!(
+                            "Secret {secret_name} has no key {data_key}: add it (the output of wg genkey), or set spec.privateKeySecretRef.key to the key that holds the private key"
+                        ),
+                    ),
+                    Err(ReadProblem::Invalid(problem)) => failed(
+                        reasons::KEY_INVALID,
+                        format!(
+                            "the value of {data_key} in Secret {secret_name} {problem}: replace it with the output of wg genkey"
+                        ),
+                    ),
+                },
+            };
+            unsupported_rotation(
+                interface,
+                &mut plan,
+                &format!(
+                    "the key is user-supplied (Secret {secret_name}; replace the key in it to rotate)"
+                ),
+            );
+            plan
+        }
+        KeyObservation::Generated(keys) => plan_generated(interface, world, keys, now),
     }
 }
 
@@ -316,7 +255,7 @@ pub fn plan_interface(
     findings: &[Finding],
     now: &Time,
 ) -> InterfacePlan {
-    let key = key_plan(interface, key);
+    let key = key_plan(interface, world, key, now);
     let (addresses, address_condition) = address_plan(interface, world);
     let topology = condition_for(
         findings,
@@ -335,6 +274,8 @@ pub fn plan_interface(
     events.extend(condition_events(previous, &desired));
     InterfacePlan {
         secret: key.action,
+        delete: key.delete,
+        requeue: key.requeue,
         status: InterfaceStatus {
             observed_generation: generation,
             conditions: merge_conditions(previous, &desired, generation, now),
@@ -344,6 +285,7 @@ pub fn plan_interface(
             addresses,
             endpoint: interface_endpoint(interface, world).ok(),
             device: None,
+            key_rotation: key.rotation,
         },
         events,
     }

@@ -38,11 +38,11 @@ fn key() -> PrivateKey {
 }
 
 fn generated(secret: Option<Secret>, fresh: Option<PrivateKey>) -> KeyObservation {
-    KeyObservation::Generated {
-        name: "a-wg0-private-key".into(),
-        secret,
+    KeyObservation::Generated(GeneratedKeys {
+        newest: secret.map(|secret| KeySecret::read(0, secret)),
         fresh,
-    }
+        ..GeneratedKeys::default()
+    })
 }
 
 fn user_secret(data: &[(&str, &str)]) -> Secret {
@@ -417,4 +417,425 @@ fn planning_again_from_the_written_status_needs_no_patch_even_later() {
             .all(|c| c.observed_generation == Some(1))
     );
     let _ = Status::True;
+}
+
+// Key rotation.
+
+const NEW_PRIVATE: &str = "YJ9zmoRhFMYJpn3OdmCZKBCjmeoOcbVztDbwUPSDVlY=";
+
+fn new_key() -> PrivateKey {
+    PrivateKey::from_base64(NEW_PRIVATE).unwrap()
+}
+
+fn key_secret(
+    iface: &kwire_crds::v1alpha1::Interface,
+    key: &PrivateKey,
+    generation: u32,
+    created: i64,
+    request: Option<&str>,
+) -> KeySecret {
+    let PlannedSecret(mut secret) =
+        crate::secrets::private_key_secret_at(iface, key, generation, request);
+    secret.metadata.creation_timestamp = Some(now(created));
+    secret.metadata.uid = Some(format!("secret-uid-{generation}"));
+    KeySecret::read(generation, secret)
+}
+
+fn annotated(
+    mut iface: kwire_crds::v1alpha1::Interface,
+    value: &str,
+) -> kwire_crds::v1alpha1::Interface {
+    iface
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            kwire_crds::v1alpha1::ROTATE_KEY_ANNOTATION.into(),
+            value.into(),
+        );
+    iface
+}
+
+fn rotation(plan: &InterfacePlan) -> kwire_crds::v1alpha1::KeyRotationStatus {
+    plan.status.key_rotation.clone().unwrap_or_default()
+}
+
+fn with_device_key(
+    mut iface: kwire_crds::v1alpha1::Interface,
+    key: &PrivateKey,
+) -> kwire_crds::v1alpha1::Interface {
+    iface.status.get_or_insert_with(Default::default).device =
+        Some(kwire_crds::v1alpha1::DeviceStatus {
+            public_key: Some(key.public_key().to_base64()),
+            ..Default::default()
+        });
+    iface
+}
+
+/// The seed's first link, with `a-wg0` on both sides of Peers: `a-to-b` (a local) and
+/// `b-to-a` would be a duplicate, so `c-to-a` (a remote) stands for the other direction.
+fn linked_world(
+    iface: &kwire_crds::v1alpha1::Interface,
+    a_key_seen_by_b: &str,
+    a_key_seen_by_c: &str,
+) -> World {
+    let mut to_b = peer("a-to-b", "a-wg0", "b-wg0");
+    to_b.status = Some(kwire_crds::v1alpha1::PeerStatus {
+        resolved: Some(kwire_crds::v1alpha1::ResolvedPeer {
+            local_public_key: Some(a_key_seen_by_b.into()),
+            public_key: Some(KEY_B.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut from_c = peer("c-to-a", "c-wg0", "a-wg0");
+    from_c.status = Some(kwire_crds::v1alpha1::PeerStatus {
+        resolved: Some(kwire_crds::v1alpha1::ResolvedPeer {
+            public_key: Some(a_key_seen_by_c.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    // An external peer never holds a rotation up.
+    let mut external = external_peer("laptop", "a-wg0", KEY_EXTERNAL, None);
+    external.status = Some(kwire_crds::v1alpha1::PeerStatus {
+        resolved: Some(kwire_crds::v1alpha1::ResolvedPeer {
+            local_public_key: Some(PUBLIC.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    world(
+        vec![],
+        vec![
+            iface.clone(),
+            interface("b-wg0", "b", &["10.0.0.2/24"]),
+            interface("c-wg0", "c", &["10.0.0.3/24"]),
+        ],
+        vec![to_b, from_c, external],
+        vec![],
+        Some(vec![
+            node("a", &["192.168.1.1"], &[]),
+            node("b", &["192.168.1.2"], &[]),
+            node("c", &["192.168.1.3"], &[]),
+        ]),
+    )
+}
+
+#[test]
+fn a_rotation_request_creates_the_next_key_and_announces_it_while_the_device_keeps_the_old_one() {
+    let iface = annotated(interface("a-wg0", "a", &["10.0.0.1/24"]), "monday");
+    let current = key_secret(&iface, &key(), 0, 100, None);
+    let plan = plan_interface(
+        &iface,
+        &linked_world(&iface, PUBLIC, PUBLIC),
+        KeyObservation::Generated(GeneratedKeys {
+            newest: Some(current),
+            fresh: Some(new_key()),
+            ..GeneratedKeys::default()
+        }),
+        &[],
+        &now(200),
+    );
+    let SecretAction::Create(planned) = &plan.secret else {
+        panic!("{:?}", plan.secret)
+    };
+    let PlannedSecret(secret) = planned.as_ref();
+    assert_eq!(secret.metadata.name.as_deref(), Some("a-wg0-private-key-1"));
+    assert_eq!(
+        secret.metadata.annotations.as_ref().unwrap()[crate::secrets::ANNOTATION_ROTATION_REQUEST],
+        "monday"
+    );
+    let new_public = new_key().public_key();
+    // Peers learn the new key; the device keeps the old one for now.
+    assert_eq!(plan.status.public_key, Some(new_public.to_base64()));
+    assert_eq!(
+        plan.status.private_key_secret.as_deref(),
+        Some("a-wg0-private-key")
+    );
+    let r = rotation(&plan);
+    assert_eq!(
+        r.phase,
+        Some(kwire_crds::v1alpha1::KeyRotationPhase::Announced)
+    );
+    assert_eq!(r.current_fingerprint.as_deref(), Some("d7n3aHWX"));
+    assert_eq!(r.next_fingerprint, Some(new_public.prefix()));
+    assert_eq!(r.trigger.as_deref(), Some(reasons::ROTATION_REQUESTED));
+    assert_eq!(r.last_request.as_deref(), Some("monday"));
+    assert_eq!(r.started_at, Some(now(200)));
+    assert_eq!(key_condition(&plan).1, reasons::KEY_ROTATING);
+    assert_eq!(plan.events[0].reason, reasons::EVENT_KEY_ROTATION_STARTED);
+    assert!(plan.requeue.is_some());
+    assert_no_private_key(&plan);
+    assert!(!format!("{plan:?}").contains(NEW_PRIVATE));
+}
+
+#[test]
+fn the_device_switches_only_once_every_in_cluster_peer_carries_the_new_key() {
+    let mut iface = annotated(interface("a-wg0", "a", &["10.0.0.1/24"]), "monday");
+    let new_public = new_key().public_key().to_base64();
+    iface.status = Some(kwire_crds::v1alpha1::InterfaceStatus {
+        public_key: Some(new_public.clone()),
+        private_key_secret: Some("a-wg0-private-key".into()),
+        key_rotation: Some(kwire_crds::v1alpha1::KeyRotationStatus {
+            phase: Some(kwire_crds::v1alpha1::KeyRotationPhase::Announced),
+            started_at: Some(now(200)),
+            trigger: Some(reasons::ROTATION_REQUESTED.into()),
+            last_request: Some("monday".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let owner = iface.clone();
+    let keys = || {
+        KeyObservation::Generated(GeneratedKeys {
+            newest: Some(key_secret(&owner, &new_key(), 1, 200, Some("monday"))),
+            in_use: Some(key_secret(&owner, &key(), 0, 100, None)),
+            fresh: Some(PrivateKey::generate().unwrap()),
+            ..GeneratedKeys::default()
+        })
+    };
+    // b still has the old key for a: wait.
+    let waiting = plan_interface(
+        &iface,
+        &linked_world(&iface, PUBLIC, &new_public),
+        keys(),
+        &[],
+        &now(201),
+    );
+    assert_eq!(waiting.secret, SecretAction::None);
+    assert_eq!(
+        waiting.status.private_key_secret.as_deref(),
+        Some("a-wg0-private-key")
+    );
+    assert_eq!(
+        waiting.status.public_key.as_deref(),
+        Some(new_public.as_str())
+    );
+    let (status, reason, message) = key_condition(&waiting);
+    assert_eq!((status, reason), ("True", reasons::KEY_ROTATING));
+    assert!(message.contains("Peers a-to-b carry"), "{message}");
+    assert!(!needs_patch(iface.status.as_ref(), &waiting.status) || waiting.events.is_empty());
+
+    // Both far ends carry it: the device waits a moment for their daemons, then switches.
+    let both = linked_world(&iface, &new_public, &new_public);
+    let settling = plan_interface(&iface, &both, keys(), &[], &now(202));
+    assert_eq!(
+        settling.status.private_key_secret.as_deref(),
+        Some("a-wg0-private-key")
+    );
+    let r = rotation(&settling);
+    assert_eq!(
+        r.phase,
+        Some(kwire_crds::v1alpha1::KeyRotationPhase::Announced)
+    );
+    assert_eq!(r.peers_updated_at.as_ref().map(|t| t.0), Some(now(202).0));
+    assert_eq!(settling.requeue, Some(super::rotation::SWITCH_SETTLE));
+    iface.status.as_mut().unwrap().key_rotation = Some(r);
+    let switched = plan_interface(&iface, &both, keys(), &[], &now(203));
+    assert_eq!(
+        switched.status.private_key_secret.as_deref(),
+        Some("a-wg0-private-key-1")
+    );
+    let r = rotation(&switched);
+    assert_eq!(
+        r.phase,
+        Some(kwire_crds::v1alpha1::KeyRotationPhase::Switched)
+    );
+    assert_eq!(r.previous_fingerprint.as_deref(), Some("d7n3aHWX"));
+    assert_eq!(r.current_fingerprint, Some(new_key().public_key().prefix()));
+    assert_eq!(r.next_fingerprint, None);
+    assert_eq!(r.peers_updated_at, None);
+    assert_eq!(r.rotated_at, Some(now(203)));
+    assert_eq!(r.started_at, Some(now(200)), "carried over");
+    assert_eq!(switched.events.len(), 1);
+    assert_eq!(switched.events[0].reason, reasons::EVENT_KEY_ROTATED);
+    assert!(
+        switched.delete.is_empty(),
+        "the old key stays until the device reports the new one"
+    );
+    assert_no_private_key(&switched);
+}
+
+#[test]
+fn a_rotation_completes_when_the_device_reports_the_new_key_and_then_old_keys_go() {
+    let iface = interface("a-wg0", "a", &["10.0.0.1/24"]);
+    let mut switched = iface.clone();
+    switched.status = Some(kwire_crds::v1alpha1::InterfaceStatus {
+        private_key_secret: Some("a-wg0-private-key-2".into()),
+        key_rotation: Some(kwire_crds::v1alpha1::KeyRotationStatus {
+            phase: Some(kwire_crds::v1alpha1::KeyRotationPhase::Switched),
+            rotated_at: Some(now(300)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let older = vec![
+        OldKeySecret {
+            generation: 0,
+            name: "a-wg0-private-key".into(),
+            uid: "u0".into(),
+        },
+        OldKeySecret {
+            generation: 1,
+            name: "a-wg0-private-key-1".into(),
+            uid: "u1".into(),
+        },
+    ];
+    let observe = || {
+        KeyObservation::Generated(GeneratedKeys {
+            newest: Some(key_secret(&iface, &new_key(), 2, 300, None)),
+            older: older.clone(),
+            fresh: Some(PrivateKey::generate().unwrap()),
+            ..GeneratedKeys::default()
+        })
+    };
+    // The device still reports the previous key: the key before it goes, the previous stays.
+    let still_old = with_device_key(switched.clone(), &key());
+    let plan = plan_interface(&still_old, &plain_world(vec![]), observe(), &[], &now(301));
+    assert_eq!(
+        rotation(&plan).phase,
+        Some(kwire_crds::v1alpha1::KeyRotationPhase::Switched)
+    );
+    let deleted: Vec<u32> = plan.delete.iter().map(|o| o.generation).collect();
+    assert_eq!(deleted, [0]);
+    // The device reports the new key: completed, and every older key goes.
+    let landed = with_device_key(switched, &new_key());
+    let plan = plan_interface(&landed, &plain_world(vec![]), observe(), &[], &now(330));
+    assert_eq!(
+        rotation(&plan).phase,
+        Some(kwire_crds::v1alpha1::KeyRotationPhase::Completed)
+    );
+    let deleted: Vec<u32> = plan.delete.iter().map(|o| o.generation).collect();
+    assert_eq!(deleted, [0, 1]);
+    assert_eq!(
+        plan.status.private_key_secret.as_deref(),
+        Some("a-wg0-private-key-2")
+    );
+}
+
+#[test]
+fn a_schedule_rotates_the_key_when_it_is_old_enough_and_says_when_next() {
+    let iface = patch_spec(
+        interface("a-wg0", "a", &["10.0.0.1/24"]),
+        json!({"keyRotation": {"every": "1h"}}),
+    );
+    let observe = || {
+        KeyObservation::Generated(GeneratedKeys {
+            newest: Some(key_secret(&iface, &key(), 0, 1000, None)),
+            fresh: Some(new_key()),
+            ..GeneratedKeys::default()
+        })
+    };
+    let early = plan_interface(
+        &iface,
+        &plain_world(vec![]),
+        observe(),
+        &[],
+        &now(1000 + 1800),
+    );
+    assert_eq!(early.secret, SecretAction::None);
+    assert_eq!(rotation(&early).next_rotation_at, Some(now(1000 + 3600)));
+    assert_eq!(early.requeue, Some(std::time::Duration::from_secs(1800)));
+    let due = plan_interface(
+        &iface,
+        &plain_world(vec![]),
+        observe(),
+        &[],
+        &now(1000 + 3600),
+    );
+    assert!(matches!(due.secret, SecretAction::Create(_)));
+    assert_eq!(
+        rotation(&due).trigger.as_deref(),
+        Some(reasons::ROTATION_SCHEDULED)
+    );
+}
+
+#[test]
+fn an_answered_request_or_a_device_still_on_an_older_key_starts_nothing() {
+    let iface = annotated(interface("a-wg0", "a", &["10.0.0.1/24"]), "monday");
+    let answered = key_secret(&iface, &new_key(), 1, 100, Some("monday"));
+    let plan = plan_interface(
+        &iface,
+        &plain_world(vec![]),
+        KeyObservation::Generated(GeneratedKeys {
+            newest: Some(answered),
+            fresh: Some(PrivateKey::generate().unwrap()),
+            ..GeneratedKeys::default()
+        }),
+        &[],
+        &now(200),
+    );
+    assert_eq!(plan.secret, SecretAction::None);
+    assert_eq!(
+        plan.status.public_key,
+        Some(new_key().public_key().to_base64())
+    );
+
+    // A new request while the daemon still reports the key before: wait for it to land.
+    let lagging = with_device_key(annotated(iface.clone(), "tuesday"), &key());
+    let plan = plan_interface(
+        &lagging,
+        &plain_world(vec![]),
+        KeyObservation::Generated(GeneratedKeys {
+            newest: Some(key_secret(&iface, &new_key(), 1, 100, Some("monday"))),
+            fresh: Some(PrivateKey::generate().unwrap()),
+            ..GeneratedKeys::default()
+        }),
+        &[],
+        &now(200),
+    );
+    assert_eq!(plan.secret, SecretAction::None);
+    assert!(plan.requeue.is_some());
+}
+
+#[test]
+fn a_rotation_planned_again_from_its_own_status_changes_nothing() {
+    let mut iface = annotated(interface("a-wg0", "a", &["10.0.0.1/24"]), "monday");
+    let w = plain_world(vec![]);
+    let observe = |iface: &kwire_crds::v1alpha1::Interface| {
+        KeyObservation::Generated(GeneratedKeys {
+            newest: Some(key_secret(iface, &new_key(), 1, 100, Some("monday"))),
+            fresh: Some(PrivateKey::generate().unwrap()),
+            ..GeneratedKeys::default()
+        })
+    };
+    let first = plan_interface(&iface, &w, observe(&iface), &[], &now(150));
+    iface.status = Some(first.status.clone());
+    let again = plan_interface(&iface, &w, observe(&iface), &[], &now(9000));
+    assert!(!needs_patch(iface.status.as_ref(), &again.status));
+    assert!(again.events.is_empty());
+}
+
+#[test]
+fn keys_kwire_does_not_make_cannot_be_rotated_and_an_event_says_so_once() {
+    let mut iface = annotated(
+        patch_spec(
+            interface("a-wg0", "a", &["10.0.0.1/24"]),
+            json!({"keyMode": "NodeLocal"}),
+        ),
+        "now",
+    );
+    let w = plain_world(vec![iface.clone()]);
+    let first = plan_interface(&iface, &w, KeyObservation::NodeLocal, &[], &now(1));
+    assert!(
+        first
+            .events
+            .iter()
+            .any(|e| e.warning && e.reason == reasons::EVENT_KEY_ROTATION_UNSUPPORTED)
+    );
+    assert_eq!(rotation(&first).last_request.as_deref(), Some("now"));
+    iface.status = Some(first.status);
+    let second = plan_interface(&iface, &w, KeyObservation::NodeLocal, &[], &now(2));
+    assert!(second.events.is_empty(), "{:?}", second.events);
+}
+
+#[test]
+fn a_read_key_secret_keeps_the_public_key_and_drops_the_private_one() {
+    let iface = interface("a-wg0", "a", &["10.0.0.1/24"]);
+    let PlannedSecret(secret) = private_key_secret(&iface, &key());
+    let read = KeySecret::read(0, secret);
+    assert_eq!(read.public_key, Ok(key().public_key()));
+    assert!(read.secret.data.is_none() && read.secret.string_data.is_none());
+    assert!(!format!("{read:?}").contains(PRIVATE));
 }

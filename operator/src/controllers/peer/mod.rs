@@ -21,7 +21,6 @@ use crate::error::Error;
 use crate::keys::PresharedKey;
 use crate::secrets::{PRESHARED_KEY_DATA, preshared_key_secret_name};
 use crate::status::{apply_status, needs_patch};
-use crate::topology;
 
 pub const CONTROLLER: &str = "peer";
 
@@ -71,8 +70,13 @@ pub async fn reconcile(peer: Arc<Peer>, ctx: Arc<Context>) -> Result<Action, Err
         let ns = namespace(peer.as_ref(), "Peer")?;
         let psk = observe_psk(&peer, &ctx).await?;
         let world = ctx.stores.world();
-        let findings = topology::check(&world);
-        let plan = plan_peer(&peer, &world, psk, &findings, &ctx.clock.now());
+        let findings = ctx.findings.get();
+        let mut plan = plan_peer(&peer, &world, psk, &findings, &ctx.clock.now());
+        if let Some(resolved) = plan.status.resolved.as_mut()
+            && resolved.persistent_keepalive.is_none()
+        {
+            resolved.persistent_keepalive = ctx.config.default_keepalive;
+        }
         apply_secret(&ctx, &ns, &plan.secret).await?;
         let patch = needs_patch(peer.status.as_ref(), &plan.status);
         if patch {

@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kwire_crds::v1alpha1::{Peer, PeerStatus};
+use kwire_crds::v1alpha1::{KeyRotationPhase, Peer, PeerStatus, condition};
 
 use crate::context::EventSpec;
 use crate::controllers::{SecretAction, condition_events};
@@ -13,7 +13,7 @@ use crate::resolve::{PskState, resolve_peer};
 use crate::secrets::{
     self, LABEL_PEER, PRESHARED_KEY_SECRET_TYPE, ReadProblem, owned_by, owner_reference,
 };
-use crate::status::merge_conditions;
+use crate::status::{DesiredCondition, merge_conditions};
 use crate::topology::{Finding, ObjectKind, condition_for};
 use crate::world::{World, ns_of};
 
@@ -149,6 +149,71 @@ fn psk_plan(peer: &Peer, psk: PskObservation) -> (PskState, SecretAction, Vec<Ev
     }
 }
 
+/// For a Peer to an external peer: whether the far side, which kwire cannot configure,
+/// still has to learn the local Interface's new key. `None` until that Interface's key has
+/// been rotated at least once.
+pub fn rotation_pending(peer: &Peer, world: &World) -> Option<DesiredCondition> {
+    let external = peer.spec.remote.public_key.as_ref()?;
+    let local = world.interface(&ns_of(peer), peer.spec.interface.as_str())?;
+    let status = local.status.as_ref()?;
+    let rotation = status.key_rotation.as_ref()?;
+    let name = local.name_any();
+    let new_key = status.public_key.as_deref().unwrap_or("?");
+    let device = local.device_name();
+    let endpoint = status.endpoint.as_deref().unwrap_or("<its endpoint>");
+    let allowed = status.addresses.first().map_or_else(
+        || "<its address>".to_string(),
+        |a| {
+            a.parse::<ipnet::IpNet>()
+                .map(|n| crate::world::host_prefix(n.addr()).to_string())
+                .unwrap_or_else(|_| a.clone())
+        },
+    );
+    let instructions = |old: &str| {
+        format!(
+            "kwire cannot configure the external peer {} (Peer {}): on it, replace the peer whose public key starts with {old} by {new_key}, e.g. wg set <its device> peer {new_key} endpoint {endpoint} allowed-ips {allowed}, then remove the old one",
+            external.prefix(),
+            peer.name_any()
+        )
+    };
+    match rotation.phase? {
+        KeyRotationPhase::Announced => Some(DesiredCondition::ok(
+            condition::ROTATION_PENDING,
+            reasons::EXTERNAL_PEER_NOT_UPDATED,
+            format!(
+                "Interface {name} (device {device}) is replacing its key; its new public key is {new_key}: {}",
+                instructions(rotation.current_fingerprint.as_deref().unwrap_or("?"))
+            ),
+        )),
+        KeyRotationPhase::Switched | KeyRotationPhase::Completed => {
+            let rotated = rotation.rotated_at.as_ref()?;
+            let handshake = peer
+                .status
+                .as_ref()
+                .and_then(|s| s.latest_handshake.as_ref());
+            match handshake {
+                Some(h) if h.0 >= rotated.0 => Some(DesiredCondition::failed(
+                    condition::ROTATION_PENDING,
+                    reasons::HANDSHAKE_WITH_NEW_KEY,
+                    format!(
+                        "the handshake at {} came after the key rotation of Interface {name} at {}: the external peer uses the new key",
+                        h.0, rotated.0
+                    ),
+                )),
+                _ => Some(DesiredCondition::ok(
+                    condition::ROTATION_PENDING,
+                    reasons::EXTERNAL_PEER_NOT_UPDATED,
+                    format!(
+                        "Interface {name} (device {device}) rotated its key at {}, and no handshake with the external peer has happened since: {}",
+                        rotated.0,
+                        instructions(rotation.previous_fingerprint.as_deref().unwrap_or("?"))
+                    ),
+                )),
+            }
+        }
+    }
+}
+
 /// Plans one Peer.
 pub fn plan_peer(
     peer: &Peer,
@@ -160,13 +225,26 @@ pub fn plan_peer(
     let (psk_state, secret, mut events) = psk_plan(peer, psk);
     let resolution = resolve_peer(peer, world, &psk_state);
     let topology = condition_for(findings, ObjectKind::Peer, &ns_of(peer), &peer.name_any());
-    let desired = [resolution.condition, topology];
     let previous = peer
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
+    let mut desired = vec![resolution.condition, topology];
     events.extend(condition_events(previous, &desired));
+    if let Some(pending) = rotation_pending(peer, world) {
+        let was_pending = previous
+            .iter()
+            .any(|c| c.type_ == condition::ROTATION_PENDING && c.status == "True");
+        if pending.is_true() && !was_pending {
+            events.push(EventSpec::warning(
+                reasons::EVENT_ROTATION_PENDING,
+                "RotateKey",
+                pending.message.clone(),
+            ));
+        }
+        desired.push(pending);
+    }
     let generation = peer.metadata.generation;
     PeerPlan {
         secret,

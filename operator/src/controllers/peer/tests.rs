@@ -172,3 +172,103 @@ fn replanning_an_unchanged_peer_needs_no_patch() {
     let second = plan_peer(&p, &pair(), PskObservation::None, &[], &now(77));
     assert!(!needs_patch(p.status.as_ref(), &second.status));
 }
+
+fn rotated_world(phase: kwire_crds::v1alpha1::KeyRotationPhase) -> World {
+    let mut a = with_key(interface("a", "node-a", &["10.1.0.1/24"]), KEY_A);
+    let status = a.status.as_mut().unwrap();
+    status.endpoint = Some("192.168.0.1:51820".into());
+    status.addresses = vec!["10.1.0.1/24".into()];
+    status.key_rotation = Some(kwire_crds::v1alpha1::KeyRotationStatus {
+        phase: Some(phase),
+        current_fingerprint: Some(KEY_A[..8].into()),
+        previous_fingerprint: Some("OLDKEY00".into()),
+        rotated_at: Some(now(100)),
+        ..Default::default()
+    });
+    world(
+        vec![],
+        vec![a],
+        vec![],
+        vec![],
+        Some(vec![node("node-a", &["192.168.0.1"], &[])]),
+    )
+}
+
+#[test]
+fn an_external_peer_is_rotation_pending_until_a_handshake_after_the_rotation() {
+    use kwire_crds::v1alpha1::KeyRotationPhase;
+    let mut p = external_peer("laptop", "a", KEY_EXTERNAL, None);
+    let w = rotated_world(KeyRotationPhase::Switched);
+    let plan = plan_peer(&p, &w, PskObservation::None, &[], &now(101));
+    assert_eq!(
+        condition(&plan, "RotationPending"),
+        ("True", reasons::EXTERNAL_PEER_NOT_UPDATED)
+    );
+    let message = &plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RotationPending")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("OLDKEY00") && message.contains(KEY_A),
+        "{message}"
+    );
+    assert!(message.contains("allowed-ips 10.1.0.1/32"), "{message}");
+    let warnings: Vec<_> = plan
+        .events
+        .iter()
+        .filter(|e| e.reason == reasons::EVENT_ROTATION_PENDING)
+        .collect();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].warning);
+    // Once: the condition is already True.
+    p.status = Some(plan.status.clone());
+    let again = plan_peer(&p, &w, PskObservation::None, &[], &now(102));
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    // A handshake before the rotation does not count; one after it clears the condition,
+    // without a warning.
+    p.status.as_mut().unwrap().latest_handshake = Some(now(90));
+    let before = plan_peer(&p, &w, PskObservation::None, &[], &now(103));
+    assert_eq!(condition(&before, "RotationPending").0, "True");
+    p.status.as_mut().unwrap().latest_handshake = Some(now(120));
+    let after = plan_peer(&p, &w, PskObservation::None, &[], &now(121));
+    assert_eq!(
+        condition(&after, "RotationPending"),
+        ("False", reasons::HANDSHAKE_WITH_NEW_KEY)
+    );
+    assert!(after.events.is_empty(), "{:?}", after.events);
+}
+
+#[test]
+fn in_cluster_peers_and_never_rotated_interfaces_have_no_rotation_condition() {
+    let internal = plan_peer(
+        &peer("a-b", "a", "b"),
+        &pair(),
+        PskObservation::None,
+        &[],
+        &now(1),
+    );
+    assert!(
+        internal
+            .status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "RotationPending")
+    );
+    let external = plan_peer(
+        &external_peer("laptop", "a", KEY_EXTERNAL, None),
+        &pair(),
+        PskObservation::None,
+        &[],
+        &now(1),
+    );
+    assert!(
+        external
+            .status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "RotationPending")
+    );
+}

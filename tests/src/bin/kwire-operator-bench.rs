@@ -1,0 +1,570 @@
+//! `kwire-operator-bench`: the operator's cold start at scale, on the local control plane.
+//!
+//! Creates Nodes, one Network and N Interfaces with K Peers each (no node daemons: only the
+//! operator's work is measured), then starts `kwire-operator` under the chart's
+//! ServiceAccount and measures:
+//! - the time until every Interface has a key and an address and every Peer is resolved;
+//! - the API requests it made (its `kwire_operator_api_requests_total`, cross-checked with
+//!   the API server's `apiserver_request_total` for the status patches only it sends);
+//! - the writes it makes during a following resync in which nothing changed (goal: zero).
+//!
+//! The reference, measured in the same run on the same API server: creating the objects
+//! from a plain client, which is about the write volume the operator has to make.
+//!
+//! ```sh
+//! cargo build --workspace --bins
+//! ./target/debug/kwire-operator-bench --interfaces 1000 --peers-per-interface 5
+//! ```
+//!
+//! It prints a table (Markdown, for docs/performance.md); it asserts nothing about time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use clap::Parser;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kwire_crds::v1alpha1::{Interface, Network, Peer};
+use kwire_tests::control_plane::ControlPlane;
+use kwire_tests::sandbox::{
+    SYSTEM_NAMESPACE, metric_sum, operator_metrics, operator_metrics_addr, workspace_binary,
+};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+#[derive(Parser)]
+#[command(
+    name = "kwire-operator-bench",
+    about = "Cold start of kwire-operator at scale"
+)]
+struct Args {
+    #[arg(long, default_value_t = 1000)]
+    interfaces: u32,
+    /// Peers per Interface (each links it to another Interface on another node).
+    #[arg(long, default_value_t = 5)]
+    peers_per_interface: u32,
+    /// Interfaces per node.
+    #[arg(long, default_value_t = 10)]
+    per_node: u32,
+    /// The operator's --resync-seconds (the no-op resync is measured over one period).
+    #[arg(long, default_value_t = 30)]
+    resync_seconds: u64,
+    /// Concurrent requests when creating the objects.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Give up after this long.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// The operator binary (default: target/release/kwire-operator if built, else debug).
+    #[arg(long)]
+    operator: Option<PathBuf>,
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The PIDs of the control plane's processes, from its `pids` file.
+fn control_plane_pids(cp: &ControlPlane) -> Vec<(String, u32)> {
+    std::fs::read_to_string(cp.run_dir().join("pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (name, pid) = l.split_once(' ')?;
+            Some((name.to_string(), pid.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn control_plane_cpu(cp: &ControlPlane) -> BTreeMap<String, f64> {
+    control_plane_pids(cp)
+        .into_iter()
+        .filter_map(|(name, pid)| Some((name, cpu_seconds(pid)?)))
+        .collect()
+}
+
+const NS: &str = "bench";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Kills the operator when the benchmark ends, however it ends.
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `make(i)` for `0..n` with at most `concurrency` in flight; returns the time taken.
+async fn create_all<F, Fut>(n: u32, concurrency: usize, make: F) -> Result<Duration>
+where
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = gate.clone().acquire_owned().await?;
+        let fut = make(i);
+        tasks.spawn(async move {
+            let result = fut.await;
+            drop(permit);
+            result
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(start.elapsed())
+}
+
+fn interface_name(i: u32) -> String {
+    format!("if-{i:04}")
+}
+
+/// The Interfaces linked to Interface `i`: `i + d` for a few strides, never on its own node,
+/// each unordered pair once.
+fn partners(i: u32, n: u32, k: u32) -> Vec<u32> {
+    (1..=k).map(|s| (i + s * 37) % n).collect()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn requests_table(metrics: &str) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("kwire_operator_api_requests_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let field = |key: &str| {
+            labels
+                .split(&format!("{key}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        *out.entry((field("verb"), field("resource"))).or_insert(0.0) +=
+            value.parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+fn is_write(verb: &str) -> bool {
+    matches!(verb, "create" | "update" | "patch" | "delete")
+}
+
+async fn progress(interfaces: &Api<Interface>, peers: &Api<Peer>) -> Result<(usize, usize)> {
+    let cached = ListParams::default().match_any();
+    let ready_ifs = interfaces
+        .list(&cached)
+        .await?
+        .items
+        .iter()
+        .filter(|i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.public_key.is_some() && !s.addresses.is_empty())
+        })
+        .count();
+    let resolved = peers
+        .list(&cached)
+        .await?
+        .items
+        .iter()
+        .filter(|p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Resolved" && c.status == "True")
+            })
+        })
+        .count();
+    Ok((ready_ifs, resolved))
+}
+
+fn apiserver_status_patches(cp: &ControlPlane) -> Result<f64> {
+    let out = cp.kubectl().args(["get", "--raw", "/metrics"]).output()?;
+    ensure!(out.status.success(), "kubectl get --raw /metrics failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0.0;
+    for resource in ["interfaces", "peers", "networks"] {
+        total += metric_sum(
+            &text,
+            "apiserver_request_total",
+            &[
+                "verb=\"APPLY\"",
+                &format!("resource=\"{resource}\""),
+                "subresource=\"status\"",
+                "group=\"kwire.dev\"",
+            ],
+        );
+    }
+    Ok(total)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let n = args.interfaces;
+    let k = args.peers_per_interface;
+    ensure!(
+        k * 37 < n / 2,
+        "too many peers per interface for {n} interfaces"
+    );
+    ensure!(
+        n / args.per_node <= 1000,
+        "at most 1000 Interfaces per Network (/22): raise --per-node"
+    );
+    let nodes = n.div_ceil(args.per_node);
+    let release = repo().join("target/release/kwire-operator");
+    let operator_bin = match &args.operator {
+        Some(path) => path.clone(),
+        None if release.exists() => release,
+        None => workspace_binary("kwire-operator")?,
+    };
+    eprintln!("operator binary: {}", operator_bin.display());
+    let run_dir = std::env::temp_dir().join(format!("kwire-operator-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)?;
+    let result = bench(&args, n, k, nodes, &operator_bin, &run_dir).await;
+    let _ = std::fs::remove_dir_all(&run_dir);
+    result
+}
+
+async fn bench(
+    args: &Args,
+    n: u32,
+    k: u32,
+    nodes: u32,
+    operator_bin: &Path,
+    run_dir: &Path,
+) -> Result<()> {
+    eprintln!("starting the control plane");
+    let cp = ControlPlane::start(run_dir.with_extension("control-plane"))?;
+    let out = cp
+        .helm()
+        .args(["install", "kwire"])
+        .arg(repo().join("charts/kwire"))
+        .args([
+            "--namespace",
+            SYSTEM_NAMESPACE,
+            "--create-namespace",
+            "--wait=false",
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cp
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/interfaces.kwire.dev",
+            "crd/peers.kwire.dev",
+            "crd/networks.kwire.dev",
+            "crd/routes.kwire.dev",
+        ])
+        .output()?;
+    ensure!(out.status.success(), "CRDs not established");
+    let client = cp.client().await?;
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
+        )
+        .await?;
+
+    eprintln!(
+        "creating {nodes} Nodes, 1 Network, {n} Interfaces, {} Peers",
+        n * k
+    );
+    let node_api = Api::<Node>::all(client.clone());
+    let t_nodes = create_all(nodes, args.concurrency, |i| {
+        let api = node_api.clone();
+        async move {
+            let name = format!("node-{i:03}");
+            api.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": name}}))?)
+                .await?;
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"addresses": [{"type": "InternalIP", "address": format!("10.200.{}.{}", i / 250, i % 250 + 1)}]}})),
+            )
+            .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    // One Network per device index: the Interfaces of a node are in disjoint networks.
+    for j in 0..args.per_node {
+        Api::<Network>::namespaced(client.clone(), NS)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "kwire.dev/v1alpha1", "kind": "Network",
+                    "metadata": {"name": format!("net-{j}")},
+                    "spec": {"cidr": format!("10.64.{}.0/{}", j * 4, 22)}
+                }))?,
+            )
+            .await?;
+    }
+    let if_api = Api::<Interface>::namespaced(client.clone(), NS);
+    let per_node = args.per_node;
+    let t_ifs = create_all(n, args.concurrency, |i| {
+        let api = if_api.clone();
+        async move {
+            let obj: Interface = serde_json::from_value(json!({
+                "apiVersion": "kwire.dev/v1alpha1", "kind": "Interface",
+                "metadata": {"name": interface_name(i)},
+                "spec": {
+                    "nodeName": format!("node-{:03}", i / per_node),
+                    "deviceName": format!("wg{}", i % per_node),
+                    "listenPort": 51820 + i % per_node,
+                    "networks": [{"name": format!("net-{}", i % per_node)}],
+                }
+            }))?;
+            api.create(&PostParams::default(), &obj).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let peer_api = Api::<Peer>::namespaced(client.clone(), NS);
+    let t_peers = create_all(n * k, args.concurrency, |j| {
+        let api = peer_api.clone();
+        async move {
+            let (i, s) = (j / k, j % k);
+            let remote = partners(i, n, k)[s as usize];
+            let obj: Peer = serde_json::from_value(json!({
+                "apiVersion": "kwire.dev/v1alpha1", "kind": "Peer",
+                "metadata": {"name": format!("p-{i:04}-{remote:04}")},
+                "spec": {
+                    "interface": interface_name(i),
+                    "remote": {"interface": interface_name(remote)},
+                    "persistentKeepalive": 25,
+                }
+            }))?;
+            api.create(&PostParams::default(), &obj).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let created = n + n * k + nodes + per_node;
+    let t_create = t_nodes + t_ifs + t_peers;
+    eprintln!(
+        "created {created} objects in {:.1}s ({:.0}/s)",
+        t_create.as_secs_f64(),
+        f64::from(created) / t_create.as_secs_f64()
+    );
+
+    // Cold start.
+    let kubeconfig = cp
+        .service_account_kubeconfig(SYSTEM_NAMESPACE, "kwire-operator")
+        .await?;
+    let log = run_dir.join("operator.log");
+    let before_patches = apiserver_status_patches(&cp)?;
+    let cp_cpu_before = control_plane_cpu(&cp);
+    let started = Instant::now();
+    let log_file = std::fs::File::create(&log)?;
+    let operator = Operator(
+        Command::new(operator_bin)
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "text",
+                "--resync-seconds",
+            ])
+            .arg(args.resync_seconds.to_string())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn,kwire_operator::http=info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting kwire-operator")?,
+    );
+    let pid = operator.0.id();
+    let mut last = (0, 0);
+    let mut first_resolved = None;
+    let (done, metrics_done) = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = progress(&if_api, &peer_api).await?;
+        if now.1 > 0 && first_resolved.is_none() {
+            first_resolved = Some(started.elapsed());
+        }
+        if now != last {
+            eprintln!(
+                "  {:>6.1}s  Interfaces with key and address {:>5}/{n}  Peers resolved {:>5}/{}",
+                started.elapsed().as_secs_f64(),
+                now.0,
+                now.1,
+                n * k
+            );
+            last = now;
+        }
+        if now == (n as usize, (n * k) as usize) {
+            let addr = operator_metrics_addr(&log)
+                .ok_or_else(|| anyhow!("no metrics address in {}", log.display()))?;
+            break (started.elapsed(), operator_metrics(addr)?);
+        }
+        if started.elapsed() > args.timeout {
+            bail!("not converged after {}s", args.timeout.as_secs());
+        }
+    };
+    let addr = operator_metrics_addr(&log).ok_or_else(|| anyhow!("no metrics address"))?;
+    let rss_cold = rss_kib(pid);
+    let operator_cpu = cpu_seconds(pid).unwrap_or_default();
+    let cp_cpu: Vec<String> = control_plane_cpu(&cp)
+        .into_iter()
+        .map(|(name, after)| {
+            format!(
+                "{name} {:.0} s",
+                after - cp_cpu_before.get(&name).copied().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    let topology_checks = metric_sum(&metrics_done, "kwire_operator_topology_checks_total", &[]);
+    let reconciles_cold = metric_sum(&metrics_done, "kwire_operator_reconciles_total", &[]);
+    let apiserver_patches = apiserver_status_patches(&cp)? - before_patches;
+
+    // Let the triggers of the cold start settle, then measure one resync period.
+    let settle = Instant::now();
+    let mut previous = metric_sum(
+        &operator_metrics(addr)?,
+        "kwire_operator_reconciles_total",
+        &[],
+    );
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = metric_sum(
+            &operator_metrics(addr)?,
+            "kwire_operator_reconciles_total",
+            &[],
+        );
+        if now == previous || settle.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        previous = now;
+    }
+    let quiet_start = operator_metrics(addr)?;
+    let window = Duration::from_secs(args.resync_seconds + args.resync_seconds / 2 + 5);
+    eprintln!("measuring a no-op resync over {}s", window.as_secs());
+    tokio::time::sleep(window).await;
+    let quiet_end = operator_metrics(addr)?;
+    let rss_after = rss_kib(pid);
+    drop(operator);
+
+    // The table.
+    let cold = requests_table(&metrics_done);
+    let (start_q, end_q) = (requests_table(&quiet_start), requests_table(&quiet_end));
+    let reconciles_resync = metric_sum(&quiet_end, "kwire_operator_reconciles_total", &[])
+        - metric_sum(&quiet_start, "kwire_operator_reconciles_total", &[]);
+    let mut writes_resync = 0.0;
+    let mut reads_resync = 0.0;
+    for (key, end) in &end_q {
+        let delta = end - start_q.get(key).copied().unwrap_or(0.0);
+        if is_write(&key.0) {
+            writes_resync += delta;
+        } else {
+            reads_resync += delta;
+        }
+    }
+    let total_cold: f64 = cold.values().sum();
+    let writes_cold: f64 = cold
+        .iter()
+        .filter(|(k, _)| is_write(&k.0))
+        .map(|(_, v)| v)
+        .sum();
+    let objects = f64::from(n + n * k + args.per_node);
+    println!(
+        "\n### Cold start: {n} Interfaces, {} Peers, {} Networks, {nodes} Nodes (no node daemons)\n",
+        n * k,
+        args.per_node
+    );
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| reference: a plain client creating the {created} objects ({} in flight) | {:.1} s ({:.0} objects/s) |",
+        args.concurrency,
+        t_create.as_secs_f64(),
+        f64::from(created) / t_create.as_secs_f64()
+    );
+    println!(
+        "| operator start → first Peer resolved | {:.1} s |",
+        first_resolved.unwrap_or_default().as_secs_f64()
+    );
+    println!(
+        "| operator start → every Interface keyed and addressed, every Peer resolved | **{:.1} s** |",
+        done.as_secs_f64()
+    );
+    println!(
+        "| CPU used meanwhile: operator / control plane | {operator_cpu:.0} s / {} |",
+        cp_cpu.join(", ")
+    );
+    println!(
+        "| reconciles / whole-world topology checks until then | {reconciles_cold:.0} / {topology_checks:.0} |"
+    );
+    println!(
+        "| API requests until then (operator's count) | {total_cold:.0} ({:.2} per object), of which writes {writes_cold:.0} |",
+        total_cold / objects
+    );
+    println!(
+        "| status applies seen by the API server (`apiserver_request_total`, kwire.dev …/status) | {apiserver_patches:.0} |"
+    );
+    println!(
+        "| operator peak memory (VmHWM) after the cold start / after the resync | {} / {} MiB |",
+        rss_cold.map_or("?".into(), |r| format!("{:.0}", r as f64 / 1024.0)),
+        rss_after.map_or("?".into(), |r| format!("{:.0}", r as f64 / 1024.0))
+    );
+    println!(
+        "| no-op resync ({} s period, {:.0} s window): reconciles | {reconciles_resync:.0} |",
+        args.resync_seconds,
+        window.as_secs_f64()
+    );
+    println!("| no-op resync: API writes (goal 0) | **{writes_resync:.0}** |");
+    println!("| no-op resync: API reads | {reads_resync:.0} |");
+    println!("\nRequests of the cold start by verb and resource:\n");
+    println!("| verb | resource | requests |\n|---|---|---|");
+    for ((verb, resource), count) in &cold {
+        println!("| {verb} | {resource} | {count:.0} |");
+    }
+    if writes_resync > 0.0 {
+        println!("\nWrites during the no-op resync:\n");
+        for (key, end) in &end_q {
+            let delta = end - start_q.get(key).copied().unwrap_or(0.0);
+            if is_write(&key.0) && delta > 0.0 {
+                println!("- {} {}: {delta:.0}", key.0, key.1);
+            }
+        }
+    }
+    Ok(())
+}
