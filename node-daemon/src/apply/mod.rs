@@ -254,6 +254,7 @@ pub async fn apply<D: Dataplane>(plan: &Plan, dataplane: &mut D) -> ApplyReport 
                         }
                     }
                     Err((failed_at, error)) => {
+                        let failed_at = failed_at.min(group.len() - 1);
                         for step in &group[..failed_at] {
                             run.record(step, Ok(()), verbose);
                         }
