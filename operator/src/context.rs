@@ -2,6 +2,7 @@
 //! where Events go, metrics, and the configuration.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,11 +31,56 @@ pub struct Stores {
     pub nodes: Store<Node>,
     /// The metadata of the Secrets the operator made (label `app.kubernetes.io/managed-by`).
     pub secrets: Store<PartialObjectMeta<Secret>>,
+    version: Arc<AtomicU64>,
+    cached: Arc<Mutex<Option<CachedWorld>>>,
 }
 
+/// A built [`World`] and the store version it was built from.
+type CachedWorld = (u64, Arc<World>);
+
 impl Stores {
-    /// A snapshot for the planners.
-    pub fn world(&self) -> World {
+    /// The stores, with a world cache that [`Stores::changed`] invalidates.
+    pub fn new(
+        networks: Store<Network>,
+        interfaces: Store<Interface>,
+        peers: Store<Peer>,
+        routes: Store<Route>,
+        nodes: Store<Node>,
+        secrets: Store<PartialObjectMeta<Secret>>,
+    ) -> Self {
+        Stores {
+            networks,
+            interfaces,
+            peers,
+            routes,
+            nodes,
+            secrets,
+            version: Arc::new(AtomicU64::new(0)),
+            cached: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Records that a store changed (call after the store was written): the next
+    /// [`Stores::world`] is built anew.
+    pub fn changed(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A snapshot for the planners: built once per change of the stores and shared by the
+    /// reconciles in between (it is immutable).
+    pub fn world(&self) -> Arc<World> {
+        let version = self.version.load(Ordering::SeqCst);
+        if let Some((v, world)) = self.cached.lock().expect("world cache lock").as_ref()
+            && *v == version
+        {
+            return world.clone();
+        }
+        let world = Arc::new(self.build_world());
+        *self.cached.lock().expect("world cache lock") = Some((version, world.clone()));
+        world
+    }
+
+    fn build_world(&self) -> World {
         World::new(
             self.networks.state(),
             self.interfaces.state(),

@@ -85,6 +85,9 @@ pub struct World {
     /// Addresses the allocator would give Interfaces that have none recorded yet, by
     /// (namespace, holder UID); computed on first use.
     predicted: OnceLock<BTreeMap<(String, String), Vec<IpNet>>>,
+    /// The Peers that link each Interface (as local or remote end), by (namespace, name);
+    /// computed on first use.
+    peer_index: OnceLock<BTreeMap<(String, String), Vec<usize>>>,
 }
 
 /// The namespace of an object, `""` for objects read from files without one.
@@ -128,6 +131,7 @@ impl World {
             network_index,
             node_index,
             predicted: OnceLock::new(),
+            peer_index: OnceLock::new(),
         }
     }
 
@@ -193,6 +197,34 @@ impl World {
             .get(&(ns_of(interface), ipam::holder_uid(interface)))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The Peers that link Interface `namespace/name`, as its local or its remote end.
+    pub fn peers_linking<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = &'a Arc<Peer>> + 'a {
+        self.peer_index
+            .get_or_init(|| {
+                let mut index: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+                for (i, p) in self.peers.iter().enumerate() {
+                    let ns = ns_of(p.as_ref());
+                    let local = p.spec.interface.to_string();
+                    let remote = p.spec.remote.interface.as_ref().map(ToString::to_string);
+                    if remote.as_deref() != Some(local.as_str())
+                        && let Some(remote) = remote
+                    {
+                        index.entry((ns.clone(), remote)).or_default().push(i);
+                    }
+                    index.entry((ns, local)).or_default().push(i);
+                }
+                index
+            })
+            .get(&(namespace.to_string(), name.to_string()))
+            .into_iter()
+            .flatten()
+            .map(|i| &self.peers[*i])
     }
 
     /// Interfaces on one node, of every namespace.

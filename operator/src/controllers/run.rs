@@ -20,12 +20,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc::{UnboundedSender, unbounded};
-use futures::{Stream, StreamExt, stream::BoxStream};
+use futures::{FutureExt, Stream, StreamExt, stream::BoxStream};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, PartialObjectMeta};
@@ -44,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::secrets::managed_selector;
 use crate::status::SystemClock;
 use crate::topology::{self, Finding, ObjectKind};
+use crate::world::World;
 
 /// How the operator runs.
 #[derive(Clone, Debug, Default)]
@@ -103,7 +104,7 @@ where
 }
 
 /// How long the findings task waits for more changes before recomputing.
-pub const FINDINGS_DEBOUNCE: Duration = Duration::from_millis(250);
+pub const FINDINGS_DEBOUNCE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 struct Queues {
@@ -131,10 +132,10 @@ fn object<K>(event: &watcher::Event<K>) -> Option<(&K, bool)> {
     }
 }
 
-/// What one change asks for: the objects to reconcile, and whether topology findings may
-/// change. Objects of an initial list only ask for themselves (everything is listed, so
-/// everything gets reconciled); later changes ask for their relations too.
-fn route_change(change: &Change, stores: &Stores) -> (Triggers, bool) {
+/// What one change asks for: the objects to reconcile. Objects of an initial list only ask
+/// for themselves (everything is listed, so everything gets reconciled); later changes ask
+/// for their relations too, looked up in `world` (called at most once per batch).
+fn route_change(change: &Change, world: &mut impl FnMut() -> Arc<World>) -> Triggers {
     let changed = match change {
         Change::Network(e) => object(e).map(|(o, init)| (Changed::Network(o), init)),
         Change::Interface(e) => object(e).map(|(o, init)| (Changed::Interface(o), init)),
@@ -149,11 +150,10 @@ fn route_change(change: &Change, stores: &Stores) -> (Triggers, bool) {
         Change::Secret(e) => object(e).map(|(o, init)| (Changed::Secret(&o.metadata), init)),
     };
     let Some((changed, init)) = changed else {
-        return (Triggers::default(), false);
+        return Triggers::default();
     };
-    let topology = !matches!(changed, Changed::Secret(_));
     if !init {
-        return (triggers(changed, &stores.world()), topology);
+        return triggers(changed, &world());
     }
     let mut t = Triggers::default();
     match changed {
@@ -171,48 +171,54 @@ fn route_change(change: &Change, stores: &Stores) -> (Triggers, bool) {
         }
         Changed::Node(_) | Changed::Secret(_) => {}
     }
-    (t, topology)
+    t
 }
 
-/// Reconcile requests gathered for at most [`COALESCE`]: each object is requested once per
-/// window however many changes touched it, and never later than the window's end. (The
-/// applier's own debounce would postpone an object as long as requests keep coming, which
-/// starves a Network whose Interfaces keep changing.)
-#[derive(Default)]
-struct Coalescer {
-    pending: Mutex<Triggers>,
-    wake: Notify,
-}
-
-/// How long reconcile requests are gathered before they are sent.
+/// How long changes are gathered before they are routed: each object is requested once
+/// per window however many changes touched it, and never later than the window's end.
+/// (The applier's own debounce would postpone an object as long as requests keep coming,
+/// which starves a Network whose Interfaces keep changing.)
 pub const COALESCE: Duration = Duration::from_millis(100);
 
-impl Coalescer {
-    fn add(&self, t: Triggers) {
-        if t == Triggers::default() {
-            return;
-        }
-        let mut pending = self.pending.lock().expect("coalescer lock");
-        pending.networks.extend(t.networks);
-        pending.interfaces.extend(t.interfaces);
-        pending.peers.extend(t.peers);
-        pending.routes.extend(t.routes);
-        drop(pending);
-        self.wake.notify_one();
+/// Routes a batch of changes: one world for all of them, and each object requested once
+/// however many changes touched it.
+fn route_batch(
+    batch: Vec<Result<Change, watcher::Error>>,
+    stores: &Stores,
+    queues: &Queues,
+    world_changed: &Notify,
+) {
+    // Every event of these watches has changed a store (an initial list replaces it whole
+    // at its end): the next world is built anew, and findings may change.
+    let topology = batch
+        .iter()
+        .any(|c| matches!(c, Ok(c) if !matches!(c, Change::Secret(_))));
+    if topology {
+        stores.changed();
     }
-
-    async fn flush_into(&self, queues: Queues) {
-        loop {
-            self.wake.notified().await;
-            tokio::time::sleep(COALESCE).await;
-            let t = std::mem::take(&mut *self.pending.lock().expect("coalescer lock"));
-            t.networks.iter().for_each(|k| send(&queues.networks, k));
-            t.interfaces
-                .iter()
-                .for_each(|k| send(&queues.interfaces, k));
-            t.peers.iter().for_each(|k| send(&queues.peers, k));
-            t.routes.iter().for_each(|k| send(&queues.routes, k));
+    let mut cached: Option<Arc<World>> = None;
+    let mut world = || cached.get_or_insert_with(|| stores.world()).clone();
+    let mut all = Triggers::default();
+    for change in batch {
+        match change {
+            Ok(change) => {
+                let t = route_change(&change, &mut world);
+                all.networks.extend(t.networks);
+                all.interfaces.extend(t.interfaces);
+                all.peers.extend(t.peers);
+                all.routes.extend(t.routes);
+            }
+            Err(error) => tracing::warn!(%error, "watch failed; retrying with backoff"),
         }
+    }
+    all.networks.iter().for_each(|k| send(&queues.networks, k));
+    all.interfaces
+        .iter()
+        .for_each(|k| send(&queues.interfaces, k));
+    all.peers.iter().for_each(|k| send(&queues.peers, k));
+    all.routes.iter().for_each(|k| send(&queues.routes, k));
+    if topology {
+        world_changed.notify_one();
     }
 }
 
@@ -323,14 +329,7 @@ pub async fn run(
     )
     .map(|e| e.map(|e| Change::Secret(Box::new(e))))
     .boxed();
-    let stores = Stores {
-        networks,
-        interfaces,
-        peers,
-        routes,
-        nodes,
-        secrets: secrets_store,
-    };
+    let stores = Stores::new(networks, interfaces, peers, routes, nodes, secrets_store);
 
     let (net_tx, net_rx) = unbounded();
     let (if_tx, if_rx) = unbounded();
@@ -346,24 +345,14 @@ pub async fn run(
     let world_changed = Arc::new(Notify::new());
     let router_changed = world_changed.clone();
     let findings_queues = queues.clone();
-    let coalescer = Arc::new(Coalescer::default());
-    let flusher = tokio::spawn({
-        let coalescer = coalescer.clone();
-        async move { coalescer.flush_into(queues).await }
-    });
     let router = tokio::spawn(async move {
-        let mut changes = futures::stream::select_all([s1, s2, s3, s4, s5, s6]);
-        while let Some(change) = changes.next().await {
-            match change {
-                Ok(change) => {
-                    let (requests, topology) = route_change(&change, &router_stores);
-                    coalescer.add(requests);
-                    if topology {
-                        router_changed.notify_one();
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "watch failed; retrying with backoff"),
+        let mut batches = futures::stream::select_all([s1, s2, s3, s4, s5, s6]).ready_chunks(1024);
+        while let Some(mut batch) = batches.next().await {
+            tokio::time::sleep(COALESCE).await;
+            while let Some(Some(more)) = batches.next().now_or_never() {
+                batch.extend(more);
             }
+            route_batch(batch, &router_stores, &queues, &router_changed);
         }
     });
 
@@ -399,7 +388,7 @@ pub async fn run(
     ctx.metrics.topology_checks.inc();
     ctx.findings.replace(first);
     let findings_task = tokio::spawn(keep_findings(ctx.clone(), world_changed, findings_queues));
-    // No debounce here: the coalescer gathers requests (see `Coalescer`).
+    // No debounce here: the router gathers requests (see `COALESCE`).
     let config = kube::runtime::controller::Config::default().concurrency(4);
     let networks = applier(
         |o, c| Box::pin(network::reconcile(o, c)),
@@ -446,7 +435,6 @@ pub async fn run(
         () = shutdown => tracing::info!("shutting down"),
     }
     router.abort();
-    flusher.abort();
     findings_task.abort();
     ready.store(false, Ordering::SeqCst);
     Ok(())

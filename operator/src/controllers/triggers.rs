@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
+use kwire_crds::v1alpha1::{Interface, KeyRotationPhase, Network, Peer, Route};
 
 use crate::world::{World, ns_of};
 
@@ -46,17 +46,9 @@ fn key(ns: &str, name: &str) -> Key {
 impl Triggers {
     /// Peers that link one of `interfaces` (as local or remote end).
     fn peers_of(&mut self, world: &World, interfaces: &BTreeSet<Key>) {
-        for p in &world.peers {
-            let ns = ns_of(p.as_ref());
-            let local = key(&ns, p.spec.interface.as_str());
-            let remote = p
-                .spec
-                .remote
-                .interface
-                .as_ref()
-                .map(|r| key(&ns, r.as_str()));
-            if interfaces.contains(&local) || remote.is_some_and(|r| interfaces.contains(&r)) {
-                self.peers.insert(key(&ns, &p.name_any()));
+        for (ns, name) in interfaces {
+            for p in world.peers_linking(ns, name) {
+                self.peers.insert(key(ns, &p.name_any()));
             }
         }
     }
@@ -100,12 +92,22 @@ pub fn triggers(changed: Changed<'_>, world: &World) -> Triggers {
             t.peers_of(world, &BTreeSet::from([me]));
         }
         Changed::Peer(p) => {
-            // Itself, and its ends: a key rotation waits for the Peers to carry the new key.
+            // Itself, and its ends while they rotate a key: a rotation waits for the Peers
+            // to carry the new key.
             let ns = ns_of(p);
             t.peers.insert(key(&ns, &p.name_any()));
-            t.interfaces.insert(key(&ns, p.spec.interface.as_str()));
-            if let Some(remote) = &p.spec.remote.interface {
-                t.interfaces.insert(key(&ns, remote.as_str()));
+            let ends = std::iter::once(p.spec.interface.as_str())
+                .chain(p.spec.remote.interface.as_ref().map(|r| r.as_str()));
+            for end in ends {
+                let rotating = world.interface(&ns, end).is_some_and(|i| {
+                    i.status
+                        .as_ref()
+                        .and_then(|s| s.key_rotation.as_ref())
+                        .is_some_and(|r| r.phase == Some(KeyRotationPhase::Announced))
+                });
+                if rotating {
+                    t.interfaces.insert(key(&ns, end));
+                }
             }
         }
         Changed::Route(r) => {
@@ -175,8 +177,10 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_change_reaches_itself_and_both_ends() {
-        let w = relay();
+    fn a_peer_change_reaches_itself_and_the_ends_that_rotate_a_key() {
+        let objects =
+            parse_manifests(include_str!("../../../examples/seed/relay-networks.yaml")).unwrap();
+        let mut w = World::from_manifests(&objects);
         let p = w
             .peers
             .iter()
@@ -185,8 +189,29 @@ mod tests {
             .clone();
         let t = triggers(Changed::Peer(&p), &w);
         assert_eq!(names(&t.peers), ["a-to-b"]);
-        assert_eq!(names(&t.interfaces), ["a-wg0-client", "b-wg0-server"]);
-        assert!(t.routes.is_empty() && t.networks.is_empty());
+        assert!(t.interfaces.is_empty() && t.routes.is_empty() && t.networks.is_empty());
+        // b rotates its key: it waits for this Peer to carry the new one.
+        let mut interfaces = w.interfaces.clone();
+        for i in &mut interfaces {
+            if i.name_any() == "b-wg0-server" {
+                let mut b = Interface::clone(i);
+                b.status.get_or_insert_with(Default::default).key_rotation =
+                    Some(kwire_crds::v1alpha1::KeyRotationStatus {
+                        phase: Some(KeyRotationPhase::Announced),
+                        ..Default::default()
+                    });
+                *i = std::sync::Arc::new(b);
+            }
+        }
+        w = World::new(
+            w.networks.clone(),
+            interfaces,
+            w.peers.clone(),
+            w.routes.clone(),
+            None,
+        );
+        let t = triggers(Changed::Peer(&p), &w);
+        assert_eq!(names(&t.interfaces), ["b-wg0-server"]);
     }
 
     #[test]

@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     per_node: u32,
     /// The operator's --resync-seconds (the no-op resync is measured over one period).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
     /// Concurrent requests when creating the objects.
     #[arg(long, default_value_t = 16)]
@@ -174,6 +174,43 @@ fn requests_table(metrics: &str) -> BTreeMap<(String, String), f64> {
             value.parse::<f64>().unwrap_or(0.0);
     }
     out
+}
+
+fn start_operator(bin: &Path, kubeconfig: &Path, resync: u64, log: &Path) -> Result<Operator> {
+    let log_file = std::fs::File::create(log)?;
+    Ok(Operator(
+        Command::new(bin)
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "text",
+                "--resync-seconds",
+            ])
+            .arg(resync.to_string())
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "warn,kwire_operator::http=info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting kwire-operator")?,
+    ))
+}
+
+/// Waits until the operator's reconcile counter stops moving for 3 s; returns its metrics.
+async fn wait_quiet(addr: std::net::SocketAddr, at_most: Duration) -> Result<String> {
+    let start = Instant::now();
+    let mut previous = operator_metrics(addr)?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = operator_metrics(addr)?;
+        let count = |m: &str| metric_sum(m, "kwire_operator_reconciles_total", &[]);
+        if count(&now) == count(&previous) || start.elapsed() > at_most {
+            return Ok(now);
+        }
+        previous = now;
+    }
 }
 
 fn is_write(verb: &str) -> bool {
@@ -394,25 +431,7 @@ async fn bench(
     let before_patches = apiserver_status_patches(&cp)?;
     let cp_cpu_before = control_plane_cpu(&cp);
     let started = Instant::now();
-    let log_file = std::fs::File::create(&log)?;
-    let operator = Operator(
-        Command::new(operator_bin)
-            .args([
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "text",
-                "--resync-seconds",
-            ])
-            .arg(args.resync_seconds.to_string())
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "warn,kwire_operator::http=info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .context("starting kwire-operator")?,
-    );
+    let operator = start_operator(operator_bin, &kubeconfig, args.resync_seconds, &log)?;
     let pid = operator.0.id();
     let mut last = (0, 0);
     let mut first_resolved = None;
@@ -458,31 +477,55 @@ async fn bench(
     let apiserver_patches = apiserver_status_patches(&cp)? - before_patches;
 
     // Let the triggers of the cold start settle, then measure one resync period.
-    let settle = Instant::now();
-    let mut previous = metric_sum(
-        &operator_metrics(addr)?,
-        "kwire_operator_reconciles_total",
-        &[],
-    );
-    loop {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let now = metric_sum(
-            &operator_metrics(addr)?,
-            "kwire_operator_reconciles_total",
-            &[],
-        );
-        if now == previous || settle.elapsed() > Duration::from_secs(120) {
-            break;
-        }
-        previous = now;
-    }
+    wait_quiet(addr, Duration::from_secs(120)).await?;
     let quiet_start = operator_metrics(addr)?;
-    let window = Duration::from_secs(args.resync_seconds + args.resync_seconds / 2 + 5);
+    let window = Duration::from_secs(args.resync_seconds + args.resync_seconds / 10 + 10);
     eprintln!("measuring a no-op resync over {}s", window.as_secs());
     tokio::time::sleep(window).await;
     let quiet_end = operator_metrics(addr)?;
     let rss_after = rss_kib(pid);
     drop(operator);
+
+    // A restart: every object listed and reconciled again, nothing to change.
+    let log2 = run_dir.join("operator-restarted.log");
+    let restarted = Instant::now();
+    let operator = start_operator(operator_bin, &kubeconfig, args.resync_seconds, &log2)?;
+    let objects_total = f64::from(n + n * k + args.per_node);
+    let addr2 = loop {
+        if let Some(a) = operator_metrics_addr(&log2) {
+            break a;
+        }
+        ensure!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "the restarted operator logs no metrics address"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let restart_done = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let m = operator_metrics(addr2)?;
+        if metric_sum(&m, "kwire_operator_reconciles_total", &[]) >= objects_total {
+            break restarted.elapsed();
+        }
+        ensure!(
+            restarted.elapsed() < args.timeout,
+            "the restarted operator did not reconcile everything"
+        );
+    };
+    let after_restart = wait_quiet(addr2, Duration::from_secs(120)).await?;
+    drop(operator);
+    let restart_requests = requests_table(&after_restart);
+    let restart_writes: f64 = restart_requests
+        .iter()
+        .filter(|(k, _)| is_write(&k.0))
+        .map(|(_, v)| v)
+        .sum();
+    let restart_reads: f64 = restart_requests
+        .iter()
+        .filter(|(k, _)| !is_write(&k.0))
+        .map(|(_, v)| v)
+        .sum();
+    let restart_reconciles = metric_sum(&after_restart, "kwire_operator_reconciles_total", &[]);
 
     // The table.
     let cold = requests_table(&metrics_done);
@@ -552,6 +595,12 @@ async fn bench(
     );
     println!("| no-op resync: API writes (goal 0) | **{writes_resync:.0}** |");
     println!("| no-op resync: API reads | {reads_resync:.0} |");
+    println!(
+        "| restart: every object reconciled again after | {:.1} s ({restart_reconciles:.0} reconciles) |",
+        restart_done.as_secs_f64()
+    );
+    println!("| restart: API writes (goal 0) | **{restart_writes:.0}** |");
+    println!("| restart: API reads (lists and watches included) | {restart_reads:.0} |");
     println!("\nRequests of the cold start by verb and resource:\n");
     println!("| verb | resource | requests |\n|---|---|---|");
     for ((verb, resource), count) in &cold {

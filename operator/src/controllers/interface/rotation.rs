@@ -216,9 +216,8 @@ fn peers_not_carrying(interface: &Interface, world: &World, key: &PublicKey) -> 
     let name = interface.name_any();
     let key = key.to_base64();
     let mut waiting: Vec<String> = world
-        .peers
-        .iter()
-        .filter(|p| ns_of(p.as_ref()) == ns && p.metadata.deletion_timestamp.is_none())
+        .peers_linking(&ns, &name)
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
             let resolved = p.status.as_ref().and_then(|s| s.resolved.as_ref());
             let stale = |k: Option<&String>| k.is_some_and(|k| *k != key);
