@@ -515,16 +515,15 @@ async fn bench(
     let after_restart = wait_quiet(addr2, Duration::from_secs(120)).await?;
     drop(operator);
     let restart_requests = requests_table(&after_restart);
+    // A fold from 0.0, not `sum()`: f64's empty sum is -0.0, which prints as "-0".
     let restart_writes: f64 = restart_requests
         .iter()
         .filter(|(k, _)| is_write(&k.0))
-        .map(|(_, v)| v)
-        .sum();
+        .fold(0.0, |sum, (_, v)| sum + v);
     let restart_reads: f64 = restart_requests
         .iter()
         .filter(|(k, _)| !is_write(&k.0))
-        .map(|(_, v)| v)
-        .sum();
+        .fold(0.0, |sum, (_, v)| sum + v);
     let restart_reconciles = metric_sum(&after_restart, "kwire_operator_reconciles_total", &[]);
 
     // The table.
@@ -546,8 +545,7 @@ async fn bench(
     let writes_cold: f64 = cold
         .iter()
         .filter(|(k, _)| is_write(&k.0))
-        .map(|(_, v)| v)
-        .sum();
+        .fold(0.0, |sum, (_, v)| sum + v);
     let objects = f64::from(n + n * k + args.per_node);
     println!(
         "\n### Cold start: {n} Interfaces, {} Peers, {} Networks, {nodes} Nodes (no node daemons)\n",
