@@ -116,4 +116,20 @@ pub(crate) const RULES: &[(&[&str], CelRule)] = &[
             "spec.cidr is immutable while addresses are allocated from it: create a new Network instead",
         ),
     ),
+    (
+        &["spec", "prefixLength"],
+        CelRule::new(
+            "self == oldSelf",
+            "spec.prefixLength is immutable while addresses are allocated from it: create a new Network instead",
+        ),
+    ),
+    // The rules above only run when both versions have the field; this one stops a Network
+    // from trading one kind of subnet for the other, which would move every address in it.
+    (
+        &["spec"],
+        CelRule::new(
+            "has(self.cidr) == has(oldSelf.cidr)",
+            "a Network cannot switch between spec.cidr and spec.prefixLength: create a new Network instead",
+        ),
+    ),
 ];

@@ -225,6 +225,14 @@ pub(crate) const RULES: &[(&[&str], CelRule)] = &[
         .at(".remoteAllowedIPs"),
     ),
     (
+        &["spec"],
+        CelRule::new(
+            "!has(self.remote.interface) || self.remote.interface != self.interface",
+            "spec.remote.interface names this Peer's own Interface (spec.interface): a Peer links two different Interfaces",
+        )
+        .at(".remote.interface"),
+    ),
+    (
         &["spec", "interface"],
         CelRule::new(
             "self == oldSelf",
