@@ -21,7 +21,10 @@ use crate::offline::{Offline, resolve_offline};
 use crate::showconf::{self, Showconf};
 use crate::status;
 use crate::table::Tone;
-use crate::{Cli, ColourChoice, Command, ScopeArgs, ShowconfOutput, StatusOutput, lint, plan};
+use crate::{
+    Cli, ColourChoice, Command, SandboxCommand, ScopeArgs, ShowconfOutput, StatusOutput, lint,
+    plan, sandbox,
+};
 
 pub(crate) fn run(cli: Cli, cmd: &mut clap::Command) -> Result<ExitCode> {
     let target = Target {
@@ -90,6 +93,28 @@ pub(crate) fn run(cli: Cli, cmd: &mut clap::Command) -> Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sandbox { command } => match command {
+            SandboxCommand::Up {
+                files,
+                namespace,
+                check,
+                timeout,
+            } => sandbox::up(sandbox::UpArgs {
+                files,
+                namespace,
+                check,
+                timeout,
+            }),
+            SandboxCommand::Down {
+                ids,
+                force,
+                dry_run,
+            } => sandbox::down(sandbox::DownArgs {
+                ids,
+                force,
+                dry_run,
+            }),
+        },
         Command::Completions { shell } => {
             let name = cmd.get_bin_name().unwrap_or("kwire").replace(' ', "-");
             clap_complete::generate(shell, cmd, name, &mut std::io::stdout());

@@ -3,7 +3,9 @@
 //!
 //! Offline, on manifest files: `lint` (the API server's schema and the operator's topology
 //! checks), `plan` (the node daemon's own planner), `graph`, `showconf -f`. Against a
-//! cluster (any kubeconfig): `status`, `showconf`, `graph`.
+//! cluster (any kubeconfig): `status`, `showconf`, `graph`. On this machine, no cluster
+//! needed: `sandbox up` runs a topology end to end, `sandbox down` removes what a crashed
+//! one left.
 //!
 //! Every command's rendering is a pure function in its module, tested with fixtures;
 //! [`run`] only reads files or the API and prints.
@@ -14,6 +16,7 @@ pub mod lint;
 pub mod manifests;
 pub mod offline;
 pub mod plan;
+pub mod sandbox;
 pub mod showconf;
 pub mod status;
 pub mod table;
@@ -23,6 +26,7 @@ mod commands;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
@@ -34,9 +38,11 @@ Examples:
   kwire showconf laptop -n edge > laptop.conf
   kwire graph -n seed --format mermaid
   kubectl kwire status -A
+  sudo kwire sandbox up -f examples/seed/relay.yaml --check
 
-Offline commands (lint, plan, graph -f, showconf -f) need no cluster. The others use the
-kubeconfig kubectl would use (KUBECONFIG, ~/.kube/config, or --kubeconfig/--context).";
+Offline commands (lint, plan, graph -f, showconf -f) need no cluster; `sandbox` brings its
+own. The others use the kubeconfig kubectl would use (KUBECONFIG, ~/.kube/config, or
+--kubeconfig/--context).";
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -208,6 +214,27 @@ cluster, links show their Connected reason and Interfaces that are not Ready the
         format: graph::Format,
     },
 
+    /// Run a topology end to end on this machine, no cluster needed
+    ///
+    /// A local control plane, the chart installed with helm, a network namespace and a node
+    /// daemon per node, the manifests applied, pings through every link and route. Needs root.
+    #[command(after_help = "\
+Examples:
+  sudo kwire sandbox up -f examples/seed/relay.yaml --namespace seed          # stays up until Ctrl-C
+  sudo kwire sandbox up -f examples/seed/relay.yaml --namespace seed --check  # verify, tear down, exit code
+  sudo kwire sandbox up -f examples/sandbox/hub-and-spoke-external.yaml
+  sudo kwire sandbox down                # what crashed sandboxes left behind
+  sudo kwire sandbox down --id 4242-0 --dry-run
+
+Each sandbox keeps a record of everything it makes in /run/kwire-sandbox/<id>.json
+(KWIRE_SANDBOX_RECORDS moves it). An external Peer (remote: publicKey and endpoint) is played
+by a namespace of its own at spec.remote.endpoint, configured with wireguard-go and wg; its
+private key comes from the Peer's annotation sandbox.kwire.dev/remote-private-key.")]
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
+
     /// Print a shell completion script
     #[command(after_help = "\
 Examples:
@@ -216,6 +243,60 @@ Examples:
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `kwire sandbox …`.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Bring a topology up and verify it; stay up until Ctrl-C, or tear down with --check
+    #[command(after_help = "\
+Examples:
+  sudo kwire sandbox up -f examples/seed/relay.yaml --namespace seed
+  sudo kwire sandbox up -f examples/seed/relay.yaml --namespace seed --check
+  sudo kwire sandbox up -f interfaces.yaml -f peers.yaml --timeout 5m
+
+Prints each step with its time, the status table, and one line per ping (`A → C (…): ok`).
+With --check the exit code is 0 only if everything became Ready and every ping answered.
+Ctrl-C (or SIGTERM) tears everything down; if this process is killed instead, `kwire sandbox
+down` removes what it left.")]
+    Up {
+        /// Manifest files (Interfaces, Peers, Routes, Networks, Secrets).
+        #[arg(short = 'f', long = "filename", required = true, value_name = "FILE", num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// The namespace the objects are applied into.
+        #[arg(short = 'n', long, default_value = "kwire-sandbox")]
+        namespace: String,
+        /// Verify, tear down, and exit (0: everything Ready and every ping answered).
+        #[arg(long)]
+        check: bool,
+        /// How long to wait for every object to be Ready.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        timeout: Duration,
+    },
+
+    /// Remove what sandboxes whose process has ended left behind
+    #[command(after_help = "\
+Examples:
+  sudo kwire sandbox down                      # every record whose `kwire sandbox up` has ended
+  sudo kwire sandbox down --id 4242-0          # that one only
+  sudo kwire sandbox down --dry-run
+  sudo kwire sandbox down --id 4242-0 --force  # even though its process still runs
+
+Kills the recorded processes (checked by pid and start time, so a reused pid is never hit)
+and what runs in the recorded network namespaces, deletes those namespaces and links,
+removes the run folders and wireguard-go sockets, then the record. Running it again finds
+nothing to do. Sandboxes whose process still runs are left alone unless --force is given.")]
+    Down {
+        /// Only this record (repeatable); the id is in the record's file name.
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        /// Also sandboxes whose process still runs.
+        #[arg(long, visible_alias = "all")]
+        force: bool,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -66,6 +66,7 @@ fn lint_finds_the_seed_relay_and_the_other_examples_clean() {
         "examples/seed/relay-networks.yaml",
         "examples/seed/two-hosts.yaml",
         "examples/external-peer.yaml",
+        "examples/sandbox/hub-and-spoke-external.yaml",
     ] {
         let out = kwire(&["lint", "-f", file], None);
         assert_eq!(out.status.code(), Some(0), "{file}: {}", all(&out));
@@ -370,5 +371,63 @@ fn as_a_kubectl_plugin_the_usage_says_kubectl_kwire() {
         String::from_utf8_lossy(&out.stdout).contains("Usage: kubectl kwire"),
         "{}",
         all(&out)
+    );
+}
+
+#[test]
+fn sandbox_help_shows_up_and_down() {
+    let out = kwire(&["sandbox", "--help"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    for needle in ["up ", "down ", "sandbox.kwire.dev/remote-private-key"] {
+        assert!(stdout(&out).contains(needle), "{needle}: {}", all(&out));
+    }
+    let out = kwire(&["sandbox", "down", "--help"], None);
+    assert!(stdout(&out).contains("--id <ID>"), "{}", all(&out));
+}
+
+#[test]
+fn sandbox_down_with_no_record_has_nothing_to_do() {
+    let dir = std::env::temp_dir().join(format!("kwire-cli-records-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_kwire"))
+        .args(["sandbox", "down"])
+        .env("KWIRE_SANDBOX_RECORDS", &dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "nothing to do: no record of an ended sandbox in {}\n",
+            dir.display()
+        )
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kwire"))
+        .args(["sandbox", "down", "--id", "1-0"])
+        .env("KWIRE_SANDBOX_RECORDS", &dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    assert!(stdout(&out).contains("no record 1-0"), "{}", all(&out));
+}
+
+#[test]
+fn sandbox_up_says_what_an_external_peer_needs_before_making_anything() {
+    // examples/external-peer.yaml has no private key for its far side.
+    let out = kwire(
+        &[
+            "sandbox",
+            "up",
+            "-f",
+            "examples/external-peer.yaml",
+            "--check",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", all(&out));
+    let text = all(&out);
+    assert!(
+        text.contains("Peer laptop is external: the sandbox needs its far side's private key in annotation sandbox.kwire.dev/remote-private-key")
+            || text.contains("the sandbox cannot run here"),
+        "{text}"
     );
 }

@@ -1,5 +1,7 @@
 //! Shared fixtures for kwire integration tests.
+//!
+//! The fixtures live in the `kwire-sandbox` crate, which the `kwire sandbox` command uses
+//! too; they are re-exported here under the paths the tests have always used
+//! (`kwire_tests::sandbox::Sandbox`, `kwire_tests::netns::Netns`, …).
 
-pub mod control_plane;
-pub mod netns;
-pub mod sandbox;
+pub use kwire_sandbox::{control_plane, netns, sandbox};

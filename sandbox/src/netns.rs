@@ -15,7 +15,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
+
+use crate::error::{Error, IoContext as _, run};
 
 /// Whether this process may create namespaces and devices. Tests print why they skip otherwise.
 pub fn can_run_network_tests() -> Result<(), String> {
@@ -40,19 +42,10 @@ pub fn can_run_network_tests() -> Result<(), String> {
     Ok(())
 }
 
-fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out)
-}
-
-/// A unique, short (≤ 15 bytes for veth names) token per namespace in this process.
-fn unique(prefix: &str) -> String {
+/// `<prefix><pid>x<n>`: unique among the names this process makes, short enough (≤ 15 bytes
+/// with a short prefix) for a link name, and carrying the pid so that what a process made
+/// can be told from what others made.
+pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "{prefix}{}x{}",
@@ -70,7 +63,12 @@ pub struct Netns {
 impl Netns {
     /// Creates `kw<label><pid>x<n>` with loopback up.
     pub fn new(label: &str) -> Result<Self> {
-        let name = unique(&format!("kw{label}"));
+        Self::with_name(unique_name(&format!("kw{label}")))
+    }
+
+    /// Creates the namespace `name` with loopback up. For a caller that records the name
+    /// before the namespace exists (see [`crate::record`]); [`unique_name`] makes one.
+    pub fn with_name(name: String) -> Result<Self> {
         run(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Self { name };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
@@ -83,9 +81,9 @@ impl Netns {
 
     /// Runs a command inside the namespace and returns its output; fails on a non-zero exit.
     pub fn exec(&self, argv: &[&str]) -> Result<Output> {
-        run(Command::new("ip")
+        Ok(run(Command::new("ip")
             .args(["netns", "exec", &self.name])
-            .args(argv))
+            .args(argv))?)
     }
 
     /// Runs a command inside the namespace; returns the output whatever the exit status.
@@ -106,8 +104,7 @@ impl Netns {
         env: &[(&str, String)],
         log: &Path,
     ) -> Result<Child> {
-        let log_file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file = std::fs::File::create(log).io(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -125,13 +122,19 @@ impl Netns {
         .arg(program)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
+        .stdout(
+            log_file
+                .try_clone()
+                .io(|| format!("opening {}", log.display()))?,
+        )
         .stderr(log_file);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.spawn()
-            .with_context(|| format!("starting {} in {}", program.display(), self.name))
+        Ok(cmd.spawn().map_err(|source| Error::Spawn {
+            what: format!("starting {} in {}", program.display(), self.name),
+            source,
+        })?)
     }
 
     /// `ping` from this namespace; true when every one of `count` replies came back.
@@ -209,33 +212,60 @@ pub struct Lan {
 
 impl Lan {
     pub fn new() -> Result<Self> {
-        let switch = Netns::new("sw")?;
+        Self::in_namespace(Netns::new("sw")?)
+    }
+
+    /// A LAN whose bridge lives in `switch`, a namespace the caller made (and named).
+    pub fn in_namespace(switch: Netns) -> Result<Self> {
         switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         switch.exec(&["ip", "link", "set", "br0", "up"])?;
         Ok(Self { switch })
     }
 
+    /// The namespace that holds the bridge.
+    pub fn switch(&self) -> &Netns {
+        &self.switch
+    }
+
+    /// The names [`Lan::attach`] gives a new veth pair: the bridge's port, the node's end.
+    pub fn veth_names() -> (String, String) {
+        (unique_name("p"), unique_name("e"))
+    }
+
     /// Plugs `node` into the LAN with `address/prefix_len` on its end, named `eth0`.
     pub fn attach(&self, node: &Netns, address: IpAddr, prefix_len: u8) -> Result<()> {
-        let (port, end) = (unique("p"), unique("e"));
+        let (port, end) = Self::veth_names();
+        self.attach_named(node, address, prefix_len, &port, &end)
+    }
+
+    /// [`Lan::attach`] with the veth pair's names chosen by the caller (who may record them
+    /// first): `port` on the bridge, `end` in `node` until it is renamed `eth0`.
+    pub fn attach_named(
+        &self,
+        node: &Netns,
+        address: IpAddr,
+        prefix_len: u8,
+        port: &str,
+        end: &str,
+    ) -> Result<()> {
         run(Command::new("ip").args([
             "link",
             "add",
-            &port,
+            port,
             "netns",
             self.switch.name(),
             "type",
             "veth",
             "peer",
             "name",
-            &end,
+            end,
             "netns",
             node.name(),
         ]))?;
         self.switch
-            .exec(&["ip", "link", "set", &port, "master", "br0"])?;
-        self.switch.exec(&["ip", "link", "set", &port, "up"])?;
-        node.exec(&["ip", "link", "set", &end, "name", "eth0"])?;
+            .exec(&["ip", "link", "set", port, "master", "br0"])?;
+        self.switch.exec(&["ip", "link", "set", port, "up"])?;
+        node.exec(&["ip", "link", "set", end, "name", "eth0"])?;
         node.exec(&[
             "ip",
             "addr",
@@ -278,18 +308,18 @@ impl Netns {
             &url,
         ]);
         if !out.status.success() {
-            bail!(
-                "curl {url} in {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            return Err(Error::Failed {
+                command: format!("curl {url} in {}", self.name),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }
+            .into());
         }
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
         let code = code
             .trim()
             .parse()
-            .with_context(|| format!("status code {code:?} from {url}"))?;
+            .map_err(|_| Error::Unexpected(format!("status code {code:?} from {url}")))?;
         Ok((code, body.to_string()))
     }
 }

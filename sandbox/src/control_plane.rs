@@ -3,8 +3,8 @@
 //! `tests/control-plane/README.md`), listening on 127.0.0.1 only.
 //!
 //! ```no_run
-//! # async fn example() -> anyhow::Result<()> {
-//! use kwire_tests::control_plane::ControlPlane;
+//! # async fn example() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use kwire_sandbox::control_plane::ControlPlane;
 //! let cp = ControlPlane::shared().await?;
 //! let ns = cp.namespace("links").await?;            // fresh namespace, deleted on drop
 //! let admin = cp.client().await?;                  // system:masters
@@ -40,7 +40,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
+
+use crate::error::{Error, IoContext as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -62,9 +64,11 @@ const BINARIES: [&str; 5] = [
     "helm",
 ];
 
-/// `tests/control-plane` in this repository.
+/// `tests/control-plane` in this repository (found from where this crate was built: the
+/// scripts and the binaries they build stay in the source tree).
 pub fn scripts_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("control-plane")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/control-plane");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// `tests/control-plane/bin`, where `build.sh` puts the binaries.
@@ -97,11 +101,12 @@ pub fn ensure_built() -> Result<()> {
         if missing.is_empty() {
             return Ok(());
         }
-        bail!(
+        return Err(Error::Missing(format!(
             "control plane binaries missing ({}); build them with: {}",
             missing.join(", "),
             script.display()
-        );
+        ))
+        .into());
     }
     if !missing.is_empty() {
         eprintln!(
@@ -118,12 +123,16 @@ pub fn ensure_built() -> Result<()> {
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .status()
-        .with_context(|| format!("running {}", script.display()))?;
+        .map_err(|source| Error::Spawn {
+            what: format!("running {}", script.display()),
+            source,
+        })?;
     if !status.success() {
-        bail!(
+        return Err(Error::ControlPlane(format!(
             "{} failed ({status}); run it by hand to see why",
             script.display()
-        );
+        ))
+        .into());
     }
     Ok(())
 }
@@ -153,7 +162,7 @@ impl ControlPlane {
     pub async fn shared() -> Result<&'static ControlPlane> {
         tokio::task::spawn_blocking(Self::shared_blocking)
             .await
-            .context("control plane start task")?
+            .map_err(|e| Error::ControlPlane(format!("control plane start task: {e}")))?
     }
 
     /// [`ControlPlane::shared`] for synchronous code (blocks the thread).
@@ -162,10 +171,13 @@ impl ControlPlane {
             .get_or_init(|| {
                 let run_dir = std::env::temp_dir()
                     .join(format!("kwire-control-plane-{}", std::process::id()));
-                Self::start_in(run_dir, false).map_err(|e| format!("{e:#}"))
+                Self::start_in(run_dir, false, true).map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| anyhow!("the shared test control plane did not start: {e}"))
+            .map_err(|e| {
+                Error::ControlPlane(format!("the shared test control plane did not start: {e}"))
+                    .into()
+            })
     }
 
     /// Starts a control plane of its own in `run_dir` (which must not hold a
@@ -173,10 +185,16 @@ impl ControlPlane {
     /// this process exits. For tests that restart or break the control plane;
     /// others should use [`ControlPlane::shared`].
     pub fn start(run_dir: impl Into<PathBuf>) -> Result<ControlPlane> {
-        Self::start_in(run_dir.into(), true)
+        Self::start_in(run_dir.into(), true, true)
     }
 
-    fn start_in(run_dir: PathBuf, stop_on_drop: bool) -> Result<ControlPlane> {
+    /// [`ControlPlane::start`] without the line on stderr saying it is up: for a caller
+    /// that reports progress its own way (`kwire sandbox up`).
+    pub fn start_silently(run_dir: impl Into<PathBuf>) -> Result<ControlPlane> {
+        Self::start_in(run_dir.into(), true, false)
+    }
+
+    fn start_in(run_dir: PathBuf, stop_on_drop: bool, announce: bool) -> Result<ControlPlane> {
         ensure_built()?;
         let began = Instant::now();
         let up = scripts_dir().join("up.sh");
@@ -185,31 +203,35 @@ impl ControlPlane {
             .env("KWIRE_CP_WATCH_PID", std::process::id().to_string())
             .stdin(Stdio::null())
             .output()
-            .with_context(|| format!("running {}", up.display()))?;
+            .map_err(|source| Error::Spawn {
+                what: format!("running {}", up.display()),
+                source,
+            })?;
         if !output.status.success() {
             // up.sh stopped what it had started and kept the folder for its
             // logs; their last lines are in its stderr, quoted below.
             let _ = run_down(&run_dir);
-            bail!(
+            return Err(Error::ControlPlane(format!(
                 "{} {} failed ({}):\n{}",
                 up.display(),
                 run_dir.display(),
                 output.status,
                 String::from_utf8_lossy(&output.stderr)
-            );
+            ))
+            .into());
         }
         let env_file = run_dir.join("env");
-        let text = std::fs::read_to_string(&env_file)
-            .with_context(|| format!("reading {}", env_file.display()))?;
+        let text =
+            std::fs::read_to_string(&env_file).io(|| format!("reading {}", env_file.display()))?;
         let env: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
         let var = |k: &str| -> Result<String> {
-            env.get(k)
-                .map(|v| v.to_string())
-                .ok_or_else(|| anyhow!("{} has no {k}", env_file.display()))
+            env.get(k).map(|v| v.to_string()).ok_or_else(|| {
+                Error::ControlPlane(format!("{} has no {k}", env_file.display())).into()
+            })
         };
         let ca_file = PathBuf::from(var("KWIRE_CP_CA_FILE")?);
-        let ca_pem = std::fs::read_to_string(&ca_file)
-            .with_context(|| format!("reading {}", ca_file.display()))?;
+        let ca_pem =
+            std::fs::read_to_string(&ca_file).io(|| format!("reading {}", ca_file.display()))?;
         let cp = ControlPlane {
             api_url: var("KWIRE_CP_APISERVER_URL")?,
             admin_token: var("KWIRE_CP_ADMIN_TOKEN")?,
@@ -219,12 +241,14 @@ impl ControlPlane {
             run_dir,
             stop_on_drop,
         };
-        eprintln!(
-            "kwire control plane: {} up in {:.1}s (run folder {})",
-            cp.api_url,
-            began.elapsed().as_secs_f64(),
-            cp.run_dir.display()
-        );
+        if announce {
+            eprintln!(
+                "kwire control plane: {} up in {:.1}s (run folder {})",
+                cp.api_url,
+                began.elapsed().as_secs_f64(),
+                cp.run_dir.display()
+            );
+        }
         Ok(cp)
     }
 
@@ -236,6 +260,24 @@ impl ControlPlane {
     /// The run folder (certificates, logs/, kubeconfigs, pids).
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
+    }
+
+    /// The processes `up.sh` started, as `(name, pid)`: the daemons of its `pids` file and the
+    /// watchdog (for the sandbox's crash record).
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let mut processes: Vec<(String, u32)> =
+            std::fs::read_to_string(self.run_dir.join("watchdog.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .map(|pid| ("control-plane watchdog".to_string(), pid))
+                .into_iter()
+                .collect();
+        let pids = std::fs::read_to_string(self.run_dir.join("pids")).unwrap_or_default();
+        processes.extend(pids.lines().filter_map(|line| {
+            let (name, pid) = line.split_once(' ')?;
+            Some((name.to_string(), pid.trim().parse().ok()?))
+        }));
+        processes
     }
 
     /// PEM of the CA that signed the apiserver's serving certificate.
@@ -340,7 +382,10 @@ impl ControlPlane {
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
             .await
-            .with_context(|| format!("creating namespace {name}"))?;
+            .map_err(|source| Error::Kube {
+                what: format!("creating namespace {name}"),
+                source,
+            })?;
         Ok(TestNamespace {
             name,
             client,
@@ -353,7 +398,15 @@ impl ControlPlane {
     /// Creates ServiceAccount `namespace/name` unless it exists.
     pub async fn ensure_service_account(&self, namespace: &str, name: &str) -> Result<()> {
         let api = Api::<ServiceAccount>::namespaced(self.client().await?, namespace);
-        if api.get_opt(name).await?.is_some() {
+        if api
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!("reading ServiceAccount {namespace}/{name}"),
+                source,
+            })?
+            .is_some()
+        {
             return Ok(());
         }
         let sa = ServiceAccount {
@@ -366,7 +419,11 @@ impl ControlPlane {
         match api.create(&PostParams::default(), &sa).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("creating ServiceAccount {namespace}/{name}")),
+            Err(source) => Err(Error::Kube {
+                what: format!("creating ServiceAccount {namespace}/{name}"),
+                source,
+            }
+            .into()),
         }
     }
 
@@ -385,12 +442,19 @@ impl ControlPlane {
         let answer = api
             .create_token_request(name, &PostParams::default(), &request)
             .await
-            .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{name}"))?;
-        answer
+            .map_err(|source| Error::Kube {
+                what: format!("TokenRequest for ServiceAccount {namespace}/{name}"),
+                source,
+            })?;
+        Ok(answer
             .status
             .and_then(|s| s.token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{name} returned no token"))
+            .ok_or_else(|| {
+                Error::Unexpected(format!(
+                    "TokenRequest for {namespace}/{name} returned no token"
+                ))
+            })?)
     }
 
     /// A client authenticated as ServiceAccount `namespace/name` (created if
@@ -409,10 +473,10 @@ impl ControlPlane {
         let token = self.service_account_token(namespace, name).await?;
         let user = format!("system:serviceaccount:{namespace}:{name}");
         let dir = self.run_dir.join("kubeconfigs");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).io(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{namespace}.{name}.kubeconfig"));
         std::fs::write(&path, self.kubeconfig_yaml(&user, &token, namespace))
-            .with_context(|| format!("writing {}", path.display()))?;
+            .io(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 
@@ -420,7 +484,10 @@ impl ControlPlane {
     /// removes its run folder. The shared one cannot be stopped this way.
     pub fn stop(mut self) -> Result<()> {
         if !self.stop_on_drop {
-            bail!("the shared control plane stops when the test process exits");
+            return Err(Error::State(
+                "the shared control plane stops when the test process exits".into(),
+            )
+            .into());
         }
         self.stop_on_drop = false;
         run_down(&self.run_dir)
@@ -443,15 +510,19 @@ fn run_down(run_dir: &Path) -> Result<()> {
         .arg(run_dir)
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("running {}", down.display()))?;
+        .map_err(|source| Error::Spawn {
+            what: format!("running {}", down.display()),
+            source,
+        })?;
     if !output.status.success() {
-        bail!(
+        return Err(Error::ControlPlane(format!(
             "{} {} failed ({}):\n{}",
             down.display(),
             run_dir.display(),
             output.status,
             String::from_utf8_lossy(&output.stderr)
-        );
+        ))
+        .into());
     }
     Ok(())
 }
@@ -503,7 +574,11 @@ impl TestNamespace {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("deleting namespace {}", self.name)),
+            Err(source) => Err(Error::Kube {
+                what: format!("deleting namespace {}", self.name),
+                source,
+            }
+            .into()),
         }
     }
 }
@@ -535,11 +610,15 @@ impl Drop for TestNamespace {
 }
 
 async fn client_from_kubeconfig_yaml(yaml: &str) -> Result<Client> {
-    let kubeconfig = Kubeconfig::from_yaml(yaml).context("parsing generated kubeconfig")?;
+    let kubeconfig = Kubeconfig::from_yaml(yaml)
+        .map_err(|e| Error::Unexpected(format!("parsing generated kubeconfig: {e}")))?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .context("loading generated kubeconfig")?;
-    Client::try_from(config).context("building kube client")
+        .map_err(|e| Error::Unexpected(format!("loading generated kubeconfig: {e}")))?;
+    Ok(Client::try_from(config).map_err(|source| Error::Kube {
+        what: "building kube client".into(),
+        source,
+    })?)
 }
 
 /// `<prefix>-<suffix>`: a DNS-1123 label unique within this process and,

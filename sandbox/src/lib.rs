@@ -1,0 +1,31 @@
+//! kwire end to end on this one machine, no cluster needed: `kwire sandbox up` and
+//! `kwire sandbox down`, and the fixtures of kwire's end-to-end tests.
+//!
+//! - [`control_plane`]: a real local kube-apiserver, etcd and kube-controller-manager.
+//! - [`netns`]: network namespaces as nodes, joined by a LAN.
+//! - [`sandbox`]: the whole installation (chart, operator, one node daemon per namespace,
+//!   the far sides of external Peers) from manifest files.
+//! - [`external`]: how an external Peer's far side is played, with plain `wg`.
+//! - [`record`]: the crash record each sandbox keeps of what it made.
+//! - [`teardown`]: removing what the records of crashed sandboxes list.
+//!
+//! Needs root, `ip`, `wg`, `wireguard-go`, `socat`, and the workspace's binaries
+//! (`cargo build --workspace --bins`); the control plane's binaries are built from
+//! `tests/control-plane`.
+
+//! Errors: the modules `kwire sandbox` is built from (`record`, `teardown`, `external`) return
+//! this crate's typed [`Error`]. The fixtures' API (`Sandbox`, `ControlPlane`, `Netns`)
+//! returns `anyhow::Result`, as it did when it lived in the test crate: the tests written
+//! against it rely on that (`?` into their own `anyhow` results, `.sum::<Result<_>>()` over
+//! its calls). The errors inside are still typed; `downcast_ref::<Error>()` finds them (the
+//! command tells an interruption from a failure that way).
+
+pub mod control_plane;
+mod error;
+pub mod external;
+pub mod netns;
+pub mod record;
+pub mod sandbox;
+pub mod teardown;
+
+pub use error::{Error, Result};
