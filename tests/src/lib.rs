@@ -5,3 +5,5 @@
 //! (`kwire_tests::sandbox::Sandbox`, `kwire_tests::netns::Netns`, …).
 
 pub use kwire_sandbox::{control_plane, netns, sandbox};
+
+pub mod wait;

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kwire_tests::netns::can_run_network_tests;
@@ -145,31 +145,13 @@ fn condition(object: &Value, kind: &str) -> Option<(String, String, String)> {
     Some((s("status"), s("reason"), s("message")))
 }
 
-/// Polls `check` every 250 ms until it returns `Some`; fails after `timeout` with `what`.
+/// [`kwire_tests::wait::wait_for`] with the timeout first, as this file's calls read best.
 fn wait_for<T>(
     timeout: Duration,
     what: &str,
-    mut check: impl FnMut() -> Result<Option<T>>,
+    check: impl FnMut() -> Result<Option<T>>,
 ) -> Result<(T, Duration)> {
-    let start = Instant::now();
-    let mut last_error = None;
-    loop {
-        match check() {
-            Ok(Some(v)) => return Ok((v, start.elapsed())),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "timed out after {}s waiting for {what}{}",
-                timeout.as_secs(),
-                last_error
-                    .map(|e| format!(" (last error: {e:#})"))
-                    .unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    kwire_tests::wait::wait_for(what, timeout, check)
 }
 
 /// Waits until everything is Ready and Connected; on failure the error has the status

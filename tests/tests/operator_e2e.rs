@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail, ensure};
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::{Sandbox, metric_sum, operator_metrics};
+use kwire_tests::wait::wait_for;
 use serde_json::Value;
 
 /// One sandbox at a time: each is a whole cluster and three nodes on a 2-core machine.
@@ -128,33 +129,6 @@ fn get(sb: &Sandbox, kind: &str, name: &str) -> Result<Option<Value>> {
 
 fn must_get(sb: &Sandbox, kind: &str, name: &str) -> Result<Value> {
     get(sb, kind, name)?.ok_or_else(|| anyhow!("{kind} {name} does not exist"))
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<(T, Duration)> {
-    let start = Instant::now();
-    let mut last_error = None;
-    loop {
-        match check() {
-            Ok(Some(v)) => return Ok((v, start.elapsed())),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "timed out after {}s waiting for {what}{}",
-                timeout.as_secs(),
-                last_error
-                    .map(|e| format!(" (last error: {e:#})"))
-                    .unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// `(status, reason, message)` of condition `type_` of an object.
