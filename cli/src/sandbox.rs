@@ -61,7 +61,7 @@ async fn up_async(args: UpArgs) -> Result<ExitCode> {
     let mut sandbox = match Sandbox::up(&args.files, &args.namespace, false).await {
         Ok(sandbox) => sandbox,
         Err(_) if interrupted() => return Ok(interrupted_exit()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     sandbox
         .steps
@@ -73,7 +73,7 @@ async fn up_async(args: UpArgs) -> Result<ExitCode> {
         }
         eprintln!();
         eprintln!("{}", sandbox.status_table());
-        return Err(e);
+        return Err(e.into());
     }
     sandbox.steps.done();
     sandbox.steps.start("pings through every link and route");

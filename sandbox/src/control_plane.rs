@@ -40,9 +40,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
-
-use crate::error::{Error, IoContext as _};
+use crate::error::{Error, IoContext as _, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -105,8 +103,7 @@ pub fn ensure_built() -> Result<()> {
             "control plane binaries missing ({}); build them with: {}",
             missing.join(", "),
             script.display()
-        ))
-        .into());
+        )));
     }
     if !missing.is_empty() {
         eprintln!(
@@ -131,8 +128,7 @@ pub fn ensure_built() -> Result<()> {
         return Err(Error::ControlPlane(format!(
             "{} failed ({status}); run it by hand to see why",
             script.display()
-        ))
-        .into());
+        )));
     }
     Ok(())
 }
@@ -176,7 +172,6 @@ impl ControlPlane {
             .as_ref()
             .map_err(|e| {
                 Error::ControlPlane(format!("the shared test control plane did not start: {e}"))
-                    .into()
             })
     }
 
@@ -217,17 +212,16 @@ impl ControlPlane {
                 run_dir.display(),
                 output.status,
                 String::from_utf8_lossy(&output.stderr)
-            ))
-            .into());
+            )));
         }
         let env_file = run_dir.join("env");
         let text =
             std::fs::read_to_string(&env_file).io(|| format!("reading {}", env_file.display()))?;
         let env: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
         let var = |k: &str| -> Result<String> {
-            env.get(k).map(|v| v.to_string()).ok_or_else(|| {
-                Error::ControlPlane(format!("{} has no {k}", env_file.display())).into()
-            })
+            env.get(k)
+                .map(|v| v.to_string())
+                .ok_or_else(|| Error::ControlPlane(format!("{} has no {k}", env_file.display())))
         };
         let ca_file = PathBuf::from(var("KWIRE_CP_CA_FILE")?);
         let ca_pem =
@@ -422,8 +416,7 @@ impl ControlPlane {
             Err(source) => Err(Error::Kube {
                 what: format!("creating ServiceAccount {namespace}/{name}"),
                 source,
-            }
-            .into()),
+            }),
         }
     }
 
@@ -446,7 +439,7 @@ impl ControlPlane {
                 what: format!("TokenRequest for ServiceAccount {namespace}/{name}"),
                 source,
             })?;
-        Ok(answer
+        answer
             .status
             .and_then(|s| s.token)
             .filter(|t| !t.is_empty())
@@ -454,7 +447,7 @@ impl ControlPlane {
                 Error::Unexpected(format!(
                     "TokenRequest for {namespace}/{name} returned no token"
                 ))
-            })?)
+            })
     }
 
     /// A client authenticated as ServiceAccount `namespace/name` (created if
@@ -486,8 +479,7 @@ impl ControlPlane {
         if !self.stop_on_drop {
             return Err(Error::State(
                 "the shared control plane stops when the test process exits".into(),
-            )
-            .into());
+            ));
         }
         self.stop_on_drop = false;
         run_down(&self.run_dir)
@@ -521,8 +513,7 @@ fn run_down(run_dir: &Path) -> Result<()> {
             run_dir.display(),
             output.status,
             String::from_utf8_lossy(&output.stderr)
-        ))
-        .into());
+        )));
     }
     Ok(())
 }
@@ -577,8 +568,7 @@ impl TestNamespace {
             Err(source) => Err(Error::Kube {
                 what: format!("deleting namespace {}", self.name),
                 source,
-            }
-            .into()),
+            }),
         }
     }
 }
@@ -610,15 +600,20 @@ impl Drop for TestNamespace {
 }
 
 async fn client_from_kubeconfig_yaml(yaml: &str) -> Result<Client> {
-    let kubeconfig = Kubeconfig::from_yaml(yaml)
-        .map_err(|e| Error::Unexpected(format!("parsing generated kubeconfig: {e}")))?;
+    let kubeconfig = Kubeconfig::from_yaml(yaml).map_err(|source| Error::Kubeconfig {
+        what: "parsing generated kubeconfig".into(),
+        source,
+    })?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .map_err(|e| Error::Unexpected(format!("loading generated kubeconfig: {e}")))?;
-    Ok(Client::try_from(config).map_err(|source| Error::Kube {
+        .map_err(|source| Error::Kubeconfig {
+            what: "loading generated kubeconfig".into(),
+            source,
+        })?;
+    Client::try_from(config).map_err(|source| Error::Kube {
         what: "building kube client".into(),
         source,
-    })?)
+    })
 }
 
 /// `<prefix>-<suffix>`: a DNS-1123 label unique within this process and,

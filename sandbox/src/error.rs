@@ -33,6 +33,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A kubeconfig that does not load (the ones generated for the local control plane).
+    #[error("{what}: {source}")]
+    Kubeconfig {
+        what: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
     /// JSON that does not parse (kubectl output, a crash record).
     #[error("{what}: {source}")]
     Json {

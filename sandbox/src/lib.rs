@@ -13,12 +13,11 @@
 //! (`cargo build --workspace --bins`); the control plane's binaries are built from
 //! `tests/control-plane`.
 
-//! Errors: the modules `kwire sandbox` is built from (`record`, `teardown`, `external`) return
-//! this crate's typed [`Error`]. The fixtures' API (`Sandbox`, `ControlPlane`, `Netns`)
-//! returns `anyhow::Result`, as it did when it lived in the test crate: the tests written
-//! against it rely on that (`?` into their own `anyhow` results, `.sum::<Result<_>>()` over
-//! its calls). The errors inside are still typed; `downcast_ref::<Error>()` finds them (the
-//! command tells an interruption from a failure that way).
+//! Errors: every module returns this crate's typed [`Error`] (see [`Result`]), each variant
+//! saying what failed (the command and its stderr, the path, the API request, what was
+//! waited for) and, where there is one, what to do about it. Callers that use `anyhow`
+//! convert with `?`; a caller that must tell an interruption from a failure matches
+//! [`Error::Interrupted`].
 
 pub mod control_plane;
 mod error;

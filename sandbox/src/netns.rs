@@ -15,9 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-
-use crate::error::{Error, IoContext as _, run};
+use crate::error::{Error, IoContext as _, Result, run};
 
 /// Whether this process may create namespaces and devices. Tests print why they skip otherwise.
 pub fn can_run_network_tests() -> Result<(), String> {
@@ -81,9 +79,9 @@ impl Netns {
 
     /// Runs a command inside the namespace and returns its output; fails on a non-zero exit.
     pub fn exec(&self, argv: &[&str]) -> Result<Output> {
-        Ok(run(Command::new("ip")
+        run(Command::new("ip")
             .args(["netns", "exec", &self.name])
-            .args(argv))?)
+            .args(argv))
     }
 
     /// Runs a command inside the namespace; returns the output whatever the exit status.
@@ -131,10 +129,10 @@ impl Netns {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Ok(cmd.spawn().map_err(|source| Error::Spawn {
+        cmd.spawn().map_err(|source| Error::Spawn {
             what: format!("starting {} in {}", program.display(), self.name),
             source,
-        })?)
+        })
     }
 
     /// `ping` from this namespace; true when every one of `count` replies came back.
@@ -311,8 +309,7 @@ impl Netns {
             return Err(Error::Failed {
                 command: format!("curl {url} in {}", self.name),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            }
-            .into());
+            });
         }
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));

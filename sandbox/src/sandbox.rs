@@ -36,9 +36,7 @@ use kwire_crds::manifest::{KwireObject, parse_manifests};
 use serde_json::Value;
 
 use crate::control_plane::ControlPlane;
-use anyhow::Result;
-
-use crate::error::{Error, IoContext as _, describe, failed, run};
+use crate::error::{Error, IoContext as _, Result, describe, failed, run};
 use crate::external::{self, FarSide, FarSidePeer, PresharedKeySource};
 use crate::netns::{Lan, Netns, unique_name};
 use crate::record::{Ledger, Record};
@@ -72,7 +70,7 @@ pub fn interrupted() -> bool {
 
 fn check_interrupted() -> Result<()> {
     if interrupted() {
-        return Err(Error::Interrupted.into());
+        return Err(Error::Interrupted);
     }
     Ok(())
 }
@@ -101,8 +99,7 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     Err(Error::Missing(format!(
         "{} is missing: run `cargo build --workspace --bins` first",
         preferred.display()
-    ))
-    .into())
+    )))
 }
 
 /// The repository this crate was built in (the chart and the control plane's scripts are
@@ -277,9 +274,10 @@ impl Sandbox {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !socket.exists() {
             if Instant::now() > deadline {
-                return Err(
-                    Error::Timeout(format!("socat did not create {}", socket.display())).into(),
-                );
+                return Err(Error::Timeout(format!(
+                    "socat did not create {}",
+                    socket.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -376,12 +374,10 @@ impl Sandbox {
 
     fn kubectl_json(&self, args: &[&str]) -> Result<Value> {
         let out = run(self.cp.kubectl().args(args))?;
-        Ok(
-            serde_json::from_slice(&out.stdout).map_err(|source| Error::Json {
-                what: format!("the output of kubectl {}", args.join(" ")),
-                source,
-            })?,
-        )
+        serde_json::from_slice(&out.stdout).map_err(|source| Error::Json {
+            what: format!("the output of kubectl {}", args.join(" ")),
+            source,
+        })
     }
 
     /// Objects whose `type` condition is not `True`, as `Kind/name: reason: message`.
@@ -437,8 +433,7 @@ impl Sandbox {
                     timeout.as_secs(),
                     pending.join("\n  "),
                     self.logs_tail(15)
-                ))
-                .into());
+                )));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -627,7 +622,7 @@ impl Sandbox {
             .filter(|(_, owners)| !owners.is_disjoint(&pids))
             .map(|(port, _)| port)
             .collect();
-        Ok(self.ledger.ports(&ports)?)
+        self.ledger.ports(&ports)
     }
 }
 
@@ -682,7 +677,7 @@ fn kubectl_stdin(cp: &ControlPlane, args: &[&str], input: &str) -> Result<String
         .wait_with_output()
         .io(|| format!("waiting for {}", describe(&cmd)))?;
     if !out.status.success() {
-        return Err(failed(&cmd, &out).into());
+        return Err(failed(&cmd, &out));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -754,8 +749,7 @@ fn public_key_of(private_key: &str) -> Result<String> {
         return Err(Error::Failed {
             command: "wg pubkey".into(),
             stderr: "not a WireGuard private key".into(),
-        }
-        .into());
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -874,16 +868,16 @@ impl Sandbox {
         node_names.sort();
         node_names.dedup();
         if node_names.is_empty() {
-            return Err(
-                Error::Topology("the manifests name no Interface, so no node".into()).into(),
-            );
+            return Err(Error::Topology(
+                "the manifests name no Interface, so no node".into(),
+            ));
         }
         if first_host < 1 || usize::from(first_host) + node_names.len() > 255 {
             return Err(Error::Topology(format!(
                 "10.211.55.{first_host} and the {} addresses after it are not all host addresses of {}",
                 node_names.len() - 1,
                 lan()
-            )).into());
+            )));
         }
         let node_addresses: Vec<(Ipv4Addr, String)> = node_names
             .iter()
@@ -907,7 +901,7 @@ impl Sandbox {
                     side.peer,
                     external::REMOTE_PRIVATE_KEY_ANNOTATION,
                     side.public_key
-                )).into());
+                )));
             }
         }
 
@@ -1193,15 +1187,13 @@ impl Sandbox {
                         "{status}: {}",
                         std::fs::read_to_string(&external.log).unwrap_or_default()
                     ),
-                }
-                .into());
+                });
             }
             if Instant::now() > deadline {
                 return Err(Error::Timeout(format!(
                     "wireguard-go did not create {}",
                     external.socket.display()
-                ))
-                .into());
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -1263,7 +1255,7 @@ impl Sandbox {
                     },
                     FAR_SIDE_WAIT.as_secs(),
                     self.logs_tail(15)
-                )).into());
+                )));
             }
             std::thread::sleep(Duration::from_millis(250));
         };
@@ -1337,7 +1329,7 @@ impl Sandbox {
         let text = text.trim();
         match BASE64.decode(text) {
             Ok(bytes) if bytes.len() == 32 => Ok(text.to_string()),
-            _ => Err(missing().into()),
+            _ => Err(missing()),
         }
     }
 
@@ -1386,7 +1378,7 @@ impl Sandbox {
         };
         let argv = split(read("cmdline")?);
         if argv.is_empty() {
-            return Err(Error::Unexpected(format!("no command line for PID {pid}")).into());
+            return Err(Error::Unexpected(format!("no command line for PID {pid}")));
         }
         let env = split(read("environ")?)
             .into_iter()
@@ -1414,7 +1406,9 @@ impl Sandbox {
             .get_mut(name)
             .ok_or_else(|| Error::State(format!("no node {name}")))?;
         if node.daemon.is_some() {
-            return Err(Error::State(format!("the daemon of {name} is still running")).into());
+            return Err(Error::State(format!(
+                "the daemon of {name} is still running"
+            )));
         }
         let holder = node.netns.pids_named("wireguard-go").into_iter().next();
         let log = std::fs::OpenOptions::new()
@@ -1429,8 +1423,7 @@ impl Sandbox {
             None => {
                 return Err(Error::State(format!(
                     "no wireguard-go runs on node {name}: use start_daemon"
-                ))
-                .into());
+                )));
             }
         };
         cmd.arg(format!("--net=/var/run/netns/{}", node.netns.name()))

@@ -239,9 +239,9 @@ fn address_of(sb: &Sandbox, interface: &str) -> Result<Option<String>> {
 
 /// The operator's metrics, from the address it logged.
 fn metrics_of(addr: Option<std::net::SocketAddr>) -> Result<String> {
-    operator_metrics(
-        addr.ok_or_else(|| anyhow!("the operator has not logged its metrics address yet"))?,
-    )
+    Ok(operator_metrics(addr.ok_or_else(|| {
+        anyhow!("the operator has not logged its metrics address yet")
+    })?)?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -412,7 +412,7 @@ async fn restart_changes_nothing(sb: &mut Sandbox) -> Result<()> {
     let objects = ["networks", "interfaces", "peers", "routes"]
         .iter()
         .map(|k| sb.get(k).map(|v| v.len()))
-        .sum::<Result<usize>>()?;
+        .sum::<Result<usize, _>>()?;
     sb.restart_operator().await?;
     // The new process has reconciled every object once (and its triggers settled).
     let (metrics, took) = wait_for(
