@@ -71,7 +71,9 @@ pub struct Translation {
     pub interface_problems: BTreeMap<ObjectKey, Problem>,
     pub peer_problems: BTreeMap<ObjectKey, Problem>,
     pub route_problems: BTreeMap<ObjectKey, Problem>,
-    /// Peers configured on a device of this node, and on which side.
+    /// Peers with an entry on a device of this node, and on which side; also those whose
+    /// entry cannot be configured yet (see `peer_problems`), so that the node reports on the
+    /// side it holds.
     pub peer_sides: BTreeMap<ObjectKey, PeerSide>,
     /// The device and public key of each configured Peer's entry on this node.
     pub peer_entries: BTreeMap<ObjectKey, (IfaceName, PublicKey)>,
@@ -242,6 +244,9 @@ fn add_peers(objects: &NodeObjects<'_>, out: &mut Translation) {
                 Ok(entry) => insert_entry(out, &key, entry),
                 Err(problem) => {
                     out.peer_problems.insert(key.clone(), problem);
+                    // The remote node of an unresolved Peer reports its remote end, never
+                    // the conditions the local node owns.
+                    out.peer_sides.entry(key.clone()).or_insert(side);
                 }
             }
         }
@@ -673,6 +678,22 @@ mod tests {
         let client = &t.desired.devices[&dev("wg1-client")];
         assert!(client.peers.is_empty());
         assert_eq!(client.addresses, ["10.2.0.1/24".parse().unwrap()].into());
+        assert_eq!(t.peer_sides[&(NS.into(), "b-to-c".into())], PeerSide::Local);
+    }
+
+    #[test]
+    fn the_remote_node_of_an_unresolved_peer_holds_its_remote_side() {
+        let mut all = relay();
+        all.1
+            .iter_mut()
+            .find(|p| p.name_any() == "b-to-c")
+            .unwrap()
+            .status = None;
+        let t = translate(&on_node("c", &all));
+        let key = (NS.to_string(), "b-to-c".to_string());
+        assert_eq!(t.peer_problems[&key].reason, "WaitingForOperator");
+        assert_eq!(t.peer_sides[&key], PeerSide::Remote);
+        assert!(!t.peer_entries.contains_key(&key));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kube::{Client, ResourceExt as _};
@@ -30,38 +31,87 @@ pub struct ApiConfig {
 
 /// Feeds the reconciler with the desired state and writes status from what it observes.
 /// Runs until `shutdown` resolves; an unreachable API server only delays updates.
+///
+/// Status is written by a task of its own ([`report`]): a slow status write never holds up
+/// the next desired state, and a rebuild (which reads key Secrets) never holds up a status
+/// write.
 pub async fn drive(
     client: Client,
     config: ApiConfig,
     desired_tx: watch::Sender<Option<DesiredNode>>,
-    mut status_rx: watch::Receiver<NodeStatus>,
+    status_rx: watch::Receiver<NodeStatus>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let source = Source::start(client.clone(), &config.node_name, config.key_dir.clone()).await;
     tracing::info!(node = %config.node_name, "watching this node's Interfaces and their Peers and Routes");
-    let mut reporter = Reporter::new(client, &config.node_name);
-    let mut configured_since: BTreeMap<ObjectKey, SystemTime> = BTreeMap::new();
-    let mut translation = rebuild(&source, &desired_tx).await;
+    let (translation_tx, translation_rx) =
+        watch::channel(Arc::new(rebuild(&source, &desired_tx, true).await));
+    let mut reporting = AbortOnDrop(tokio::spawn(report(
+        client,
+        config.node_name.clone(),
+        source.clone(),
+        translation_rx,
+        status_rx,
+        config.resync_period,
+    )));
     let mut tick = tokio::time::interval(config.resync_period);
+    tick.reset();
+    loop {
+        // Key Secrets are read again on the periodic rebuild only (see `source`).
+        let reread_keys = tokio::select! {
+            () = &mut shutdown => return,
+            // The reconciler is gone.
+            _ = &mut reporting.0 => return,
+            () = source.changed() => false,
+            _ = tick.tick() => true,
+        };
+        let translation = rebuild(&source, &desired_tx, reread_keys).await;
+        translation_tx.send_replace(Arc::new(translation));
+    }
+}
+
+/// Aborts its task when dropped (when [`drive`] returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes status after every new translation, every new observation and every
+/// `resync_period`; returns when the reconciler is gone.
+async fn report(
+    client: Client,
+    node_name: String,
+    source: Source,
+    mut translations: watch::Receiver<Arc<Translation>>,
+    mut status_rx: watch::Receiver<NodeStatus>,
+    resync_period: Duration,
+) {
+    let mut reporter = Reporter::new(client, &node_name);
+    let mut configured_since: BTreeMap<ObjectKey, SystemTime> = BTreeMap::new();
+    let mut tick = tokio::time::interval(resync_period);
     loop {
         tokio::select! {
-            () = &mut shutdown => return,
-            () = source.changed() => translation = rebuild(&source, &desired_tx).await,
-            _ = tick.tick() => translation = rebuild(&source, &desired_tx).await,
+            changed = translations.changed() => if changed.is_err() { return },
             changed = status_rx.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
         }
+        let translation = translations.borrow_and_update().clone();
         let now = SystemTime::now();
         configured_since.retain(|k, _| translation.peer_entries.contains_key(k));
         for key in translation.peer_entries.keys() {
             configured_since.entry(key.clone()).or_insert(now);
         }
-        let status = status_rx.borrow().clone();
+        let status = status_rx.borrow_and_update().clone();
         let (interfaces, peers, routes) = source.seen(&translation);
         let report = StatusReport::build(&ReportInput {
-            node: &config.node_name,
+            node: &node_name,
             translation: &translation,
             observed: status.observed.as_deref(),
+            fresh: &status.fresh_peers,
             conflicts: &status.conflicts,
             errors: &status.errors,
             now,
@@ -77,8 +127,12 @@ pub async fn drive(
     }
 }
 
-async fn rebuild(source: &Source, desired_tx: &watch::Sender<Option<DesiredNode>>) -> Translation {
-    let translation = source.snapshot().await;
+async fn rebuild(
+    source: &Source,
+    desired_tx: &watch::Sender<Option<DesiredNode>>,
+    reread_keys: bool,
+) -> Translation {
+    let translation = source.snapshot(reread_keys).await;
     for (key, problem) in &translation.interface_problems {
         tracing::info!(namespace = %key.0, interface = %key.1, reason = problem.reason, "{}", problem.message);
     }

@@ -2,13 +2,15 @@
 //!
 //! [`StatusReport::build`] is pure: it takes the translation, the last observation and
 //! the plan's conflicts and returns the status each object should have from this node.
-//! [`Reporter`] decides which of those to write (only what a person would notice right
-//! away; counters at most every [`COUNTER_INTERVAL`]) and writes them by server-side apply
-//! under this node's field manager, so two nodes never overwrite each other.
+//! [`Reporter`] decides which of those to write ([`due`]: only what a person would notice
+//! right away, such as a condition or a first handshake; changed counters at most every
+//! [`COUNTER_INTERVAL`]) and writes them by server-side apply under this node's field
+//! manager, so two nodes never overwrite each other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::StreamExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -20,6 +22,7 @@ use super::desired::{ObjectKey, PeerSide, Translation};
 use crate::model::{LinkKind, ObservedNode, Ownership};
 use crate::plan::Conflict;
 use crate::run::StepFailure;
+use crate::run::followup::PeerEntry;
 
 /// After this long without a new handshake WireGuard rejects the session's keys
 /// (`REJECT_AFTER_TIME`), so the link is no longer connected.
@@ -29,6 +32,8 @@ pub const STALE_AFTER: Duration = Duration::from_secs(180);
 pub const FIRST_HANDSHAKE_GRACE: Duration = Duration::from_secs(60);
 /// Counters alone cause at most one write per object per this period.
 pub const COUNTER_INTERVAL: Duration = Duration::from_secs(30);
+/// Status patches in flight at once.
+pub const WRITE_CONCURRENCY: usize = 8;
 
 /// The field manager of the daemon on `node`.
 pub fn field_manager(node: &str) -> String {
@@ -62,6 +67,9 @@ pub struct ReportInput<'a> {
     pub node: &'a str,
     pub translation: &'a Translation,
     pub observed: Option<&'a ObservedNode>,
+    /// Peer entries created after `observed` was taken: configured, no handshake or
+    /// traffic yet, whatever `observed` says (see [`crate::run::NodeStatus::fresh_peers`]).
+    pub fresh: &'a BTreeSet<PeerEntry>,
     pub conflicts: &'a [Conflict],
     pub errors: &'a [StepFailure],
     pub now: SystemTime,
@@ -309,8 +317,17 @@ struct Stats {
 }
 
 fn peer_stats(input: &ReportInput<'_>, key: &ObjectKey) -> Option<Stats> {
+    let entry = input.translation.peer_entries.get(key)?;
+    if input.fresh.contains(entry) {
+        return Some(Stats {
+            handshake: None,
+            rx: 0,
+            tx: 0,
+            endpoint: None,
+        });
+    }
     let observed = input.observed?;
-    let (device, public_key) = input.translation.peer_entries.get(key)?;
+    let (device, public_key) = entry;
     let peer = observed
         .devices
         .get(device)?
@@ -398,6 +415,32 @@ fn strip_nulls(value: Value) -> Value {
     }
 }
 
+/// Whether `new` holds a field (at any depth) that `old` does not: e.g. the first
+/// `latestHandshake` of a link.
+fn has_new_field(old: &Value, new: &Value) -> bool {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => n
+            .iter()
+            .any(|(k, v)| o.get(k).is_none_or(|ov| has_new_field(ov, v))),
+        (_, Value::Object(n)) => !n.is_empty(),
+        _ => false,
+    }
+}
+
+/// Whether `new` must be written, given what was written last and how long ago: at once
+/// when something significant changed or a counter appeared (a first handshake is news,
+/// its tenth refresh is not); changed counters at most every [`COUNTER_INTERVAL`].
+pub fn due(last: Option<(&ObjectStatus, Duration)>, new: &ObjectStatus) -> bool {
+    match last {
+        None => true,
+        Some((last, _)) if last.significant != new.significant => true,
+        Some((last, age)) => {
+            last.counters != new.counters
+                && (age >= COUNTER_INTERVAL || has_new_field(&last.counters, &new.counters))
+        }
+    }
+}
+
 fn merge(a: &Value, b: &Value) -> Value {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
@@ -412,6 +455,37 @@ fn merge(a: &Value, b: &Value) -> Value {
         }
         (_, b) => b.clone(),
     }
+}
+
+/// One status patch (server-side apply); hands its inputs back with the result.
+async fn patch_status(
+    client: Client,
+    params: PatchParams,
+    kind: &'static str,
+    key: ObjectKey,
+    status: ObjectStatus,
+) -> (&'static str, ObjectKey, ObjectStatus, kube::Result<()>) {
+    let body = json!({
+        "apiVersion": "kwire.dev/v1alpha1",
+        "kind": kind,
+        "status": merge(&status.significant, &status.counters),
+    });
+    let patch = Patch::Apply(&body);
+    let result = match kind {
+        "Interface" => Api::<Interface>::namespaced(client, &key.0)
+            .patch_status(&key.1, &params, &patch)
+            .await
+            .map(drop),
+        "Peer" => Api::<Peer>::namespaced(client, &key.0)
+            .patch_status(&key.1, &params, &patch)
+            .await
+            .map(drop),
+        _ => Api::<Route>::namespaced(client, &key.0)
+            .patch_status(&key.1, &params, &patch)
+            .await
+            .map(drop),
+    };
+    (kind, key, status, result)
 }
 
 /// Writes status patches, skipping what would change nothing a person cares about.
@@ -432,52 +506,54 @@ impl Reporter {
 
     /// Writes what changed; returns how many objects were patched.
     pub async fn write(&mut self, report: &StatusReport) -> usize {
-        let mut writes = 0;
+        // Forget objects this node no longer reports on (deleted, or moved elsewhere): one
+        // created again under the same name gets its status written afresh.
+        self.written.retain(|(kind, key), _| {
+            match *kind {
+                "Interface" => &report.interfaces,
+                "Peer" => &report.peers,
+                _ => &report.routes,
+            }
+            .contains_key(key)
+        });
+        let mut pending = Vec::new();
         for (kind, statuses) in [
-            ("Interface", &report.interfaces),
             ("Peer", &report.peers),
+            ("Interface", &report.interfaces),
             ("Route", &report.routes),
         ] {
             for (key, status) in statuses {
-                let id = (kind, key.clone());
-                let due = match self.written.get(&id) {
-                    None => true,
-                    Some((last, _)) if last.significant != status.significant => true,
-                    Some((last, at)) => {
-                        last.counters != status.counters && at.elapsed() >= COUNTER_INTERVAL
-                    }
-                };
-                if !due {
-                    continue;
+                let last = self
+                    .written
+                    .get(&(kind, key.clone()))
+                    .map(|(last, at)| (last, at.elapsed()));
+                if due(last, status) {
+                    pending.push((kind, key.clone(), status.clone()));
                 }
-                let body = json!({
-                    "apiVersion": "kwire.dev/v1alpha1",
-                    "kind": kind,
-                    "status": merge(&status.significant, &status.counters),
-                });
-                let params = PatchParams::apply(&self.manager).force();
-                let result = match kind {
-                    "Interface" => Api::<Interface>::namespaced(self.client.clone(), &key.0)
-                        .patch_status(&key.1, &params, &Patch::Apply(&body))
-                        .await
-                        .map(drop),
-                    "Peer" => Api::<Peer>::namespaced(self.client.clone(), &key.0)
-                        .patch_status(&key.1, &params, &Patch::Apply(&body))
-                        .await
-                        .map(drop),
-                    _ => Api::<Route>::namespaced(self.client.clone(), &key.0)
-                        .patch_status(&key.1, &params, &Patch::Apply(&body))
-                        .await
-                        .map(drop),
-                };
-                match result {
-                    Ok(()) => {
-                        writes += 1;
-                        self.written.insert(id, (status.clone(), Instant::now()));
-                    }
-                    Err(e) => {
-                        tracing::warn!(kind, namespace = %key.0, name = %key.1, error = %e, "status write failed; will retry")
-                    }
+            }
+        }
+        // Several at once: one slow patch does not hold up the others (a Peer's first
+        // handshake behind its Interface's peer count, say).
+        let params = PatchParams::apply(&self.manager).force();
+        let patches: Vec<_> = pending
+            .into_iter()
+            .map(|(kind, key, status)| {
+                patch_status(self.client.clone(), params.clone(), kind, key, status)
+            })
+            .collect();
+        let results: Vec<_> = futures::stream::iter(patches)
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        let mut writes = 0;
+        for (kind, key, status, result) in results {
+            match result {
+                Ok(()) => {
+                    writes += 1;
+                    self.written.insert((kind, key), (status, Instant::now()));
+                }
+                Err(e) => {
+                    tracing::warn!(kind, namespace = %key.0, name = %key.1, error = %e, "status write failed; will retry")
                 }
             }
         }
@@ -530,6 +606,134 @@ mod tests {
         assert!(!ok);
         assert_eq!(reason, "Idle");
         assert!(message.contains("persistentKeepalive"), "{message}");
+    }
+
+    #[test]
+    fn a_first_handshake_is_written_at_once_and_later_counters_only_every_interval() {
+        let status = |counters: Value| ObjectStatus {
+            significant: json!({"remoteEnd": {"node": "b", "configured": true}}),
+            counters,
+        };
+        let configured = status(json!({"remoteEnd": {"transfer": {"rxBytes": 0, "txBytes": 0}}}));
+        let shaken = status(json!({"remoteEnd": {
+            "latestHandshake": "2027-01-15T08:00:00Z",
+            "transfer": {"rxBytes": 92, "txBytes": 148},
+        }}));
+        let later = status(json!({"remoteEnd": {
+            "latestHandshake": "2027-01-15T08:02:00Z",
+            "transfer": {"rxBytes": 9200, "txBytes": 14800},
+        }}));
+        let soon = Duration::from_secs(1);
+        assert!(due(None, &configured));
+        assert!(!due(Some((&configured, soon)), &configured));
+        assert!(due(Some((&configured, soon)), &shaken), "first handshake");
+        assert!(!due(Some((&shaken, soon)), &later), "only counters moved");
+        assert!(due(Some((&shaken, COUNTER_INTERVAL)), &later));
+        let mut flipped = shaken.clone();
+        flipped.significant = json!({"remoteEnd": {"node": "b", "configured": false}});
+        assert!(due(Some((&shaken, soon)), &flipped));
+    }
+
+    #[test]
+    fn a_peer_entry_created_after_the_observation_is_configured_and_not_connected_yet() {
+        use crate::model::{DesiredDevice, DesiredNode, IfaceName, PeerConfig, PublicKey};
+        let key = ("ns".to_string(), "a-to-b".to_string());
+        let device = IfaceName::new("wg0").unwrap();
+        let remote = PublicKey::from_bytes([2; 32]);
+        let mut translation = Translation::default();
+        translation.peer_sides.insert(key.clone(), PeerSide::Local);
+        translation
+            .peer_entries
+            .insert(key.clone(), (device.clone(), remote));
+        let mut desired = DesiredNode::default();
+        let mut wanted = DesiredDevice {
+            owner: "ns/a".parse().unwrap(),
+            private_key: crate::model::PrivateKey::from_bytes([1; 32]),
+            listen_port: Some(1),
+            addresses: Default::default(),
+            mtu: None,
+            peers: Default::default(),
+            forwarding: false,
+        };
+        wanted.peers.insert(remote, PeerConfig::default());
+        desired.devices.insert(device.clone(), wanted);
+        // The observation shows a handshake: the Peer's previous incarnation's.
+        let mut observed = crate::sim::converged(&desired);
+        observed
+            .devices
+            .get_mut(&device)
+            .unwrap()
+            .wireguard
+            .as_mut()
+            .unwrap()
+            .peers
+            .get_mut(&remote)
+            .unwrap()
+            .stats
+            .last_handshake = Some(at(0));
+        let peers: BTreeMap<ObjectKey, Seen> = [(key.clone(), Seen::default())].into();
+        let build = |fresh: &BTreeSet<PeerEntry>| {
+            StatusReport::build(&ReportInput {
+                node: "a",
+                translation: &translation,
+                observed: Some(&observed),
+                fresh,
+                conflicts: &[],
+                errors: &[],
+                now: at(1),
+                configured_since: &BTreeMap::new(),
+                interfaces: &BTreeMap::new(),
+                peers: &peers,
+                routes: &BTreeMap::new(),
+            })
+        };
+        let reasons = |report: &StatusReport| -> Vec<String> {
+            report.peers[&key].significant["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["reason"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            reasons(&build(&BTreeSet::new())),
+            ["Configured", "Connected"]
+        );
+        let recreated = [(device.clone(), remote)].into();
+        assert_eq!(reasons(&build(&recreated)), ["Configured", "Connecting"]);
+    }
+
+    #[test]
+    fn the_remote_node_of_an_unresolved_peer_writes_no_condition() {
+        use super::super::desired::Problem;
+        let key = ("ns".to_string(), "a-to-b".to_string());
+        let mut translation = Translation::default();
+        translation.peer_problems.insert(
+            key.clone(),
+            Problem {
+                reason: "WaitingForOperator",
+                message: "not resolved yet".into(),
+            },
+        );
+        translation.peer_sides.insert(key.clone(), PeerSide::Remote);
+        let peers: BTreeMap<ObjectKey, Seen> = [(key.clone(), Seen::default())].into();
+        let report = StatusReport::build(&ReportInput {
+            node: "b",
+            translation: &translation,
+            observed: None,
+            fresh: &BTreeSet::new(),
+            conflicts: &[],
+            errors: &[],
+            now: at(0),
+            configured_since: &BTreeMap::new(),
+            interfaces: &BTreeMap::new(),
+            peers: &peers,
+            routes: &BTreeMap::new(),
+        });
+        assert_eq!(
+            report.peers[&key].significant,
+            json!({"remoteEnd": {"node": "b", "configured": false}})
+        );
     }
 
     #[test]
@@ -588,6 +792,7 @@ mod tests {
             node: "n1",
             translation: &translation,
             observed: Some(&observed),
+            fresh: &BTreeSet::new(),
             conflicts: &[],
             errors: &errors,
             now: at(0),

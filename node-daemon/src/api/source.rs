@@ -10,6 +10,15 @@
 //! keep the last complete view, and a key whose Secret cannot be read right now is the key
 //! last read from it, so the node keeps its state. Only a Secret that is really gone (or
 //! holds no usable key) makes its Interface `KeyUnavailable`.
+//!
+//! Key Secrets are not watched (the daemon may only read them): a snapshot after a watch
+//! event reuses the key last read from a Secret it has read before, and the periodic one
+//! ([`Source::snapshot`] with `reread_keys`) reads every Secret again. A watch event is
+//! usually a status write of some Peer, which has nothing to do with keys, and reading the
+//! Secrets again put an API round trip per Interface between a resolved Peer and its
+//! configuration. Generated key Secrets never change (a rotation makes a new one, named in
+//! the Interface's status, which is a new read); an edit of a user's Secret in place is
+//! picked up by the next periodic snapshot, as it was when no event came.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
@@ -108,7 +117,8 @@ impl Source {
     }
 
     /// Reads keys and resolves endpoints for the current objects, then translates them.
-    pub async fn snapshot(&self) -> Translation {
+    /// Without `reread_keys`, a key already read from its Secret is not read again.
+    pub async fn snapshot(&self, reread_keys: bool) -> Translation {
         let interfaces = self.interfaces.state();
         let namespaces: BTreeSet<String> =
             interfaces.iter().filter_map(|i| i.namespace()).collect();
@@ -137,7 +147,7 @@ impl Source {
                 interface.namespace().unwrap_or_default(),
                 interface.name_any(),
             );
-            if let Some(lookup) = self.private_key(interface).await {
+            if let Some(lookup) = self.private_key(interface, reread_keys).await {
                 objects.private_keys.insert(key, lookup);
             }
         }
@@ -154,7 +164,7 @@ impl Source {
             if !on_this_node {
                 continue;
             }
-            if let Some(lookup) = self.preshared_key(peer).await {
+            if let Some(lookup) = self.preshared_key(peer, reread_keys).await {
                 objects.preshared_keys.insert((ns, peer.name_any()), lookup);
             }
             for endpoint in endpoints_to_resolve(peer) {
@@ -170,7 +180,11 @@ impl Source {
         desired::translate(&objects)
     }
 
-    async fn private_key(&self, interface: &Interface) -> Option<KeyLookup<PrivateKey>> {
+    async fn private_key(
+        &self,
+        interface: &Interface,
+        reread: bool,
+    ) -> Option<KeyLookup<PrivateKey>> {
         let ns = interface.namespace().unwrap_or_default();
         if interface.spec.key_mode == Some(KeyMode::NodeLocal) {
             return Some(node_local_key(&self.key_dir, &ns, &interface.name_any()));
@@ -190,13 +204,13 @@ impl Source {
             (None, None) => return None,
         };
         Some(
-            self.secret_key(&ns, &secret, &data_key)
+            self.secret_key(&ns, &secret, &data_key, reread)
                 .await
                 .map(PrivateKey::from_bytes),
         )
     }
 
-    async fn preshared_key(&self, peer: &Peer) -> Option<KeyLookup<PresharedKey>> {
+    async fn preshared_key(&self, peer: &Peer, reread: bool) -> Option<KeyLookup<PresharedKey>> {
         let ns = peer.namespace().unwrap_or_default();
         let psk = peer.spec.preshared_key.as_ref()?;
         let (secret, data_key) = match (
@@ -219,19 +233,29 @@ impl Source {
             }
         };
         Some(
-            self.secret_key(&ns, &secret, &data_key)
+            self.secret_key(&ns, &secret, &data_key, reread)
                 .await
                 .map(PresharedKey::from_bytes),
         )
     }
 
     /// A 32-byte key from a Secret; the value is the base64 text `wg genkey` prints, or raw bytes.
-    async fn secret_key(&self, ns: &str, name: &str, data_key: &str) -> KeyLookup<[u8; 32]> {
+    /// Without `reread`, the key last read from the same place, if any.
+    async fn secret_key(
+        &self,
+        ns: &str,
+        name: &str,
+        data_key: &str,
+        reread: bool,
+    ) -> KeyLookup<[u8; 32]> {
         let unavailable = |why: String| Problem {
             reason: "KeyUnavailable",
             message: format!("cannot use key {data_key:?} of Secret {ns}/{name}: {why}"),
         };
         let id = (ns.to_string(), name.to_string(), data_key.to_string());
+        if !reread && let Some(key) = self.remembered_key(&id) {
+            return Ok(key);
+        }
         let secret = match Api::<Secret>::namespaced(self.client.clone(), ns)
             .get_opt(name)
             .await

@@ -154,7 +154,7 @@ fn keepalive(k: Option<u16>) -> Option<u16> {
     k.filter(|k| *k != 0)
 }
 
-fn new_peer(want: &PeerConfig) -> PeerChange {
+pub(super) fn new_peer(want: &PeerConfig) -> PeerChange {
     let allowed = canonical_allowed_ips(&want.allowed_ips);
     PeerChange {
         create: true,

@@ -33,7 +33,7 @@ use std::collections::BTreeSet;
 
 pub use step::{Conflict, ForwardingScope, IpFamily, PeerChange, RouteTarget, Step};
 
-use crate::model::{DesiredNode, IfaceName, ObservedNode, Ownership};
+use crate::model::{DesiredNode, IfaceName, ObservedNode, Ownership, PublicKey};
 
 /// The ordered steps that take the observed node to the desired one, plus the
 /// desired objects that cannot be reconciled because something foreign is in
@@ -104,6 +104,30 @@ pub fn plan(desired: &DesiredNode, observed: &ObservedNode) -> Plan {
 
     device::plan_node_forwarding(desired, observed, &mut plan.steps);
     plan.steps.extend(route_plan.additions);
+    plan
+}
+
+/// Removes and re-adds each of `entries` (device, peer) with its desired configuration, in
+/// that order, so that the device batches them into one request: the entry gets a fresh
+/// handshake state and, with a keepalive, starts a handshake at once. This is the way out
+/// of crossed first initiations (see [`crate::run::followup`]); entries that are not
+/// desired are left alone.
+pub fn restart_peers(desired: &DesiredNode, entries: &BTreeSet<(IfaceName, PublicKey)>) -> Plan {
+    let mut plan = Plan::default();
+    for (device, peer) in entries {
+        let Some(config) = desired.devices.get(device).and_then(|d| d.peers.get(peer)) else {
+            continue;
+        };
+        plan.steps.push(Step::RemovePeer {
+            device: device.clone(),
+            peer: *peer,
+        });
+        plan.steps.push(Step::UpsertPeer {
+            device: device.clone(),
+            peer: *peer,
+            change: device::new_peer(config),
+        });
+    }
     plan
 }
 

@@ -650,3 +650,37 @@ fn a_retained_device_and_its_routes_are_left_alone_when_not_desired() {
         "without retention the device is removed"
     );
 }
+
+#[test]
+fn restarting_a_peer_removes_and_re_adds_it_with_its_desired_configuration() {
+    let desired = seed_node();
+    let entries = [(wg0(), pk(2)), (wg0(), pk(9)), (name("wg7"), pk(2))].into();
+    let plan = restart_peers(&desired, &entries);
+    let config = &desired.devices[&wg0()].peers[&pk(2)];
+    assert_eq!(
+        plan.steps,
+        vec![
+            Step::RemovePeer {
+                device: wg0(),
+                peer: pk(2)
+            },
+            Step::UpsertPeer {
+                device: wg0(),
+                peer: pk(2),
+                change: PeerChange {
+                    create: true,
+                    endpoint: config.endpoint,
+                    allowed_ips: Some(config.allowed_ips.clone()),
+                    persistent_keepalive: config.persistent_keepalive,
+                    preshared_key: None,
+                },
+            },
+        ],
+        "entries that are not desired are left alone"
+    );
+    // Replayed, the configuration is the same as before.
+    let mut state = converged(&desired);
+    let before = state.clone();
+    crate::sim::apply_steps(&mut state, &plan.steps).unwrap();
+    assert_eq!(state, before);
+}

@@ -11,6 +11,11 @@
 //!   error (with capped backoff), and on kernel events about kwire's objects
 //!   (a link removed, e.g. because wireguard-go died; a kwire route removed).
 //!
+//! After a reconcile that changed the kernel, the loop looks again soon, at growing
+//! intervals, until every new or changed peer has had a handshake ([`followup`]): that is
+//! how `Connected` follows a new peer's first handshake within tens of milliseconds rather
+//! than at the next resync.
+//!
 //! Guarantees:
 //! - while the desired state is `None` (not yet known) nothing is planned or
 //!   written; a desired source that stops updating (API unreachable) leaves
@@ -18,6 +23,9 @@
 //! - an unchanged desired state on a converged node makes zero kernel writes;
 //! - stopping the loop (SIGTERM) leaves the data plane as it is.
 
+pub mod followup;
+
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,6 +45,7 @@ use crate::observe::ObserveError;
 use crate::ownership::route_protocol;
 use crate::plan::{Conflict, Plan, plan};
 use crate::sim;
+use followup::{Followup, PeerEntry, added_peers};
 
 /// Something happened in the kernel that may concern kwire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +91,8 @@ pub struct Outcome {
     pub mode: Mode,
     pub plan: Plan,
     pub report: ApplyReport,
+    /// What the full path observed, before applying the plan (`None` on the delta path).
+    pub observed: Option<Arc<ObservedNode>>,
 }
 
 /// What the node reports, for the status writer of the API side.
@@ -90,6 +101,11 @@ pub struct NodeStatus {
     /// The last full observation (handshakes, counters, public keys).
     pub observed: Option<Arc<ObservedNode>>,
     pub observed_at: Option<SystemTime>,
+    /// Peer entries created (by reconciles whose every step succeeded) since `observed` was
+    /// taken: they are configured, and have had no handshake or traffic as far as kwire
+    /// knows, whatever `observed` says about an earlier entry with the same key (a Peer
+    /// deleted and created again). The next observation tells.
+    pub fresh_peers: BTreeSet<PeerEntry>,
     pub conflicts: Vec<Conflict>,
     /// The steps that failed in the last reconcile.
     pub errors: Vec<StepFailure>,
@@ -213,6 +229,7 @@ impl<D: Dataplane> Reconciler<D> {
         for conflict in &plan.conflicts {
             tracing::warn!(reason = conflict.reason(), "{conflict}");
         }
+        let added = added_peers(&plan, &state);
         let report = apply(&plan, &mut self.dataplane).await;
         self.metrics
             .last_plan_steps
@@ -258,17 +275,59 @@ impl<D: Dataplane> Reconciler<D> {
         } else {
             None
         };
+        let success = report.is_success();
         let errors = report.errors.iter().map(StepFailure::from).collect();
         let conflicts = plan.conflicts.clone();
         self.status.send_modify(|s| {
-            if let Some(snapshot) = snapshot {
-                s.observed = Some(snapshot);
+            if let Some(snapshot) = &snapshot {
+                s.observed = Some(snapshot.clone());
                 s.observed_at = Some(SystemTime::now());
+                s.fresh_peers.clear();
+            }
+            if success {
+                s.fresh_peers.extend(added);
             }
             s.conflicts = conflicts;
             s.errors = errors;
         });
-        Outcome { mode, plan, report }
+        Outcome {
+            mode,
+            plan,
+            report,
+            observed: snapshot,
+        }
+    }
+
+    /// Removes and re-adds peer entries stuck after crossed first initiations (see
+    /// [`followup`]), with their desired configuration.
+    pub async fn restart_peers(
+        &mut self,
+        desired: &DesiredNode,
+        entries: &BTreeSet<PeerEntry>,
+    ) -> ApplyReport {
+        let plan = crate::plan::restart_peers(desired, entries);
+        if plan.is_empty() {
+            return ApplyReport::default();
+        }
+        tracing::info!(
+            peers = entries.len(),
+            "restarting the first handshake of peers whose initiations crossed"
+        );
+        let report = apply(&plan, &mut self.dataplane).await;
+        self.metrics.kernel_writes.fetch_add(report.writes, Relaxed);
+        self.metrics
+            .apply_errors
+            .fetch_add(report.errors.len() as u64, Relaxed);
+        let success = report.is_success();
+        self.last = match (self.last.take(), success) {
+            (Some(mut last), true) => sim::apply_steps(&mut last, &plan.steps).ok().map(|()| last),
+            _ => None,
+        };
+        if success {
+            self.status
+                .send_modify(|s| s.fresh_peers.extend(entries.iter().cloned()));
+        }
+        report
     }
 
     /// Whether a kernel event concerns an object kwire has or wants.
@@ -303,6 +362,10 @@ pub async fn run<D: Dataplane>(
     let mut next_resync = Instant::now() + config.resync_period;
     let mut desired_open = true;
     let mut events_open = true;
+    // Looking again soon after a change (see `followup`), and the last full reconcile's end
+    // and duration, which paces it.
+    let mut followup: Option<Followup> = None;
+    let mut last_full: Option<(Instant, Duration)> = None;
 
     reconciler.metrics.set_stall_after(
         (config.resync_period * 3).max(Duration::from_secs(60)) + config.max_retry,
@@ -311,18 +374,43 @@ pub async fn run<D: Dataplane>(
         reconciler.metrics.beat();
         let current = desired.borrow_and_update().clone();
         if let Some(want) = current.as_ref().filter(|_| need_full || dirty) {
+            let began = Instant::now();
             let result = if need_full {
                 reconciler.reconcile_full(want).await
             } else {
                 reconciler.reconcile_delta(want).await
             };
-            let ok = match &result {
-                Ok(outcome) => outcome.report.is_success(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "observing the kernel failed");
-                    false
+            let mut restart_ok = true;
+            if let Ok(outcome) = &result {
+                let now = Instant::now();
+                if outcome.mode == Mode::Full {
+                    last_full = Some((now, now - began));
                 }
-            };
+                if let (Some(f), Some(seen)) = (&mut followup, &outcome.observed) {
+                    f.observed(seen);
+                    let crossed = f.crossed(seen, now);
+                    if !crossed.is_empty() {
+                        let restarted = reconciler.restart_peers(want, &crossed).await;
+                        f.restarting(&crossed, Instant::now());
+                        restart_ok = restarted.is_success();
+                    }
+                }
+                // A failed reconcile is retried after a backoff instead.
+                if outcome.report.applied > 0 && outcome.report.is_success() {
+                    match &mut followup {
+                        Some(f) => f.changed(&outcome.plan, now),
+                        None => followup = Some(Followup::after(&outcome.plan, now)),
+                    }
+                }
+            }
+            let ok = restart_ok
+                && match &result {
+                    Ok(outcome) => outcome.report.is_success(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "observing the kernel failed");
+                        false
+                    }
+                };
             if ok {
                 need_full = false;
                 retry_at = None;
@@ -344,6 +432,19 @@ pub async fn run<D: Dataplane>(
                 next_resync = Instant::now() + config.resync_period;
             }
         }
+
+        // While a retry is pending the backoff decides when to look again.
+        let check_at = match &followup {
+            Some(_) if retry_at.is_some() => None,
+            Some(f) => {
+                let at = f.next_check(last_full);
+                if at.is_none() {
+                    followup = None;
+                }
+                at
+            }
+            None => None,
+        };
 
         tokio::select! {
             () = &mut shutdown => {
@@ -382,6 +483,12 @@ pub async fn run<D: Dataplane>(
             () = sleep_until_opt(retry_at), if retry_at.is_some() => {
                 need_full = true;
                 retry_at = None;
+            }
+            () = sleep_until_opt(check_at), if check_at.is_some() => {
+                need_full = true;
+                if let Some(f) = &mut followup {
+                    f.checking();
+                }
             }
         }
     }

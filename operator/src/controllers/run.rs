@@ -174,11 +174,18 @@ fn route_change(change: &Change, world: &mut impl FnMut() -> Arc<World>) -> Trig
     t
 }
 
-/// How long changes are gathered before they are routed: each object is requested once
-/// per window however many changes touched it, and never later than the window's end.
+/// The shortest time between two routed batches: during a burst each object is requested
+/// once per window however many changes touched it, and never later than the window's end.
 /// (The applier's own debounce would postpone an object as long as requests keep coming,
-/// which starves a Network whose Interfaces keep changing.)
+/// which starves a Network whose Interfaces keep changing.) The first change after a quiet
+/// window is routed at once ([`coalesce_delay`]): a single new Peer is not held back.
 pub const COALESCE: Duration = Duration::from_millis(100);
+
+/// How long a change that arrives `since_last_batch` after the last routed batch (`None`:
+/// none yet) waits, gathering more, before it is routed.
+pub fn coalesce_delay(since_last_batch: Option<Duration>) -> Duration {
+    since_last_batch.map_or(Duration::ZERO, |since| COALESCE.saturating_sub(since))
+}
 
 /// Routes a batch of changes: one world for all of them, and each object requested once
 /// however many changes touched it.
@@ -347,12 +354,17 @@ pub async fn run(
     let findings_queues = queues.clone();
     let router = tokio::spawn(async move {
         let mut batches = futures::stream::select_all([s1, s2, s3, s4, s5, s6]).ready_chunks(1024);
+        let mut last_batch: Option<tokio::time::Instant> = None;
         while let Some(mut batch) = batches.next().await {
-            tokio::time::sleep(COALESCE).await;
+            let wait = coalesce_delay(last_batch.map(|at| at.elapsed()));
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             while let Some(Some(more)) = batches.next().now_or_never() {
                 batch.extend(more);
             }
             route_batch(batch, &router_stores, &queues, &router_changed);
+            last_batch = Some(tokio::time::Instant::now());
         }
     });
 
@@ -453,6 +465,18 @@ mod tests {
             reason,
             message: format!("{name} {reason}"),
         }
+    }
+
+    #[test]
+    fn a_change_after_a_quiet_window_is_routed_at_once_and_a_burst_is_gathered() {
+        assert_eq!(coalesce_delay(None), Duration::ZERO);
+        assert_eq!(coalesce_delay(Some(COALESCE * 3)), Duration::ZERO);
+        assert_eq!(coalesce_delay(Some(COALESCE)), Duration::ZERO);
+        assert_eq!(
+            coalesce_delay(Some(Duration::from_millis(30))),
+            COALESCE - Duration::from_millis(30)
+        );
+        assert_eq!(coalesce_delay(Some(Duration::ZERO)), COALESCE);
     }
 
     #[test]
