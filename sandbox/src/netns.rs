@@ -166,16 +166,7 @@ impl Netns {
 
     /// PIDs of every process in the namespace.
     pub fn pids(&self) -> Vec<u32> {
-        Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        pids_in(&self.name)
     }
 
     fn kill_all(&self) {
@@ -319,4 +310,18 @@ impl Netns {
             .map_err(|_| Error::Unexpected(format!("status code {code:?} from {url}")))?;
         Ok((code, body.to_string()))
     }
+}
+
+/// PIDs of every process in network namespace `name` (none if it does not exist).
+pub fn pids_in(name: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

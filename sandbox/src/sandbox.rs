@@ -1066,21 +1066,7 @@ impl Sandbox {
         let log_path = sandbox.run_dir.join("operator.log");
         let log =
             std::fs::File::create(&log_path).io(|| format!("creating {}", log_path.display()))?;
-        let operator = Command::new(&operator_bin)
-            .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
-            .env("KUBECONFIG", &operator_kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .io(|| format!("opening {}", log_path.display()))?,
-            )
-            .stderr(log)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                what: "starting kwire-operator".into(),
-                source,
-            })?;
+        let operator = spawn_operator(&operator_bin, &operator_kubeconfig, log, &log_path)?;
         let pid = operator.id();
         sandbox.operator = Some(operator);
         sandbox.ledger.process(pid, "kwire-operator", None)?;
@@ -1629,21 +1615,12 @@ impl Sandbox {
             .append(true)
             .open(&log_path)
             .io(|| format!("opening {}", log_path.display()))?;
-        let child = Command::new(workspace_binary("kwire-operator")?)
-            .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .io(|| format!("opening {}", log_path.display()))?,
-            )
-            .stderr(log)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                what: "starting kwire-operator".into(),
-                source,
-            })?;
+        let child = spawn_operator(
+            &workspace_binary("kwire-operator")?,
+            &kubeconfig,
+            log,
+            &log_path,
+        )?;
         let pid = child.id();
         self.operator = Some(child);
         self.ledger.process(pid, "kwire-operator", None)?;
@@ -1683,4 +1660,29 @@ impl Sandbox {
             child: Some(child),
         })
     }
+}
+
+/// Starts `kwire-operator` with `kubeconfig`, both output streams into `log` (open on
+/// `log_path`, named in errors).
+fn spawn_operator(
+    binary: &Path,
+    kubeconfig: &Path,
+    log: std::fs::File,
+    log_path: &Path,
+) -> Result<std::process::Child> {
+    Command::new(binary)
+        .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(
+            log.try_clone()
+                .io(|| format!("opening {}", log_path.display()))?,
+        )
+        .stderr(log)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            what: "starting kwire-operator".into(),
+            source,
+        })
 }

@@ -69,7 +69,7 @@ pub fn observe<'a>(records: impl IntoIterator<Item = &'a Record>) -> Observed {
             observed
                 .netns
                 .insert(ns.name.clone(), netns_inode(&ns.name));
-            let inside = netns_pids(&ns.name)
+            let inside = crate::netns::pids_in(&ns.name)
                 .into_iter()
                 .filter_map(ProcessId::of)
                 .map(|id| (id, comm(id.pid)))
@@ -527,20 +527,6 @@ pub fn host_links() -> BTreeSet<String> {
             entries
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The processes in network namespace `name`.
-fn netns_pids(name: &str) -> Vec<u32> {
-    Command::new("ip")
-        .args(["netns", "pids", name])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
                 .collect()
         })
         .unwrap_or_default()
