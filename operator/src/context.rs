@@ -294,6 +294,8 @@ pub struct Context {
     pub(crate) carved: tokio::sync::Mutex<BTreeMap<String, IpNet>>,
     /// Consecutive failures by object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The versions of the Interfaces whose status the operator applied last.
+    pub written: crate::written::WrittenVersions,
 }
 
 impl Context {
@@ -316,6 +318,7 @@ impl Context {
             key_cache: KeyCache::default(),
             carved: tokio::sync::Mutex::new(BTreeMap::new()),
             failures: Mutex::new(HashMap::new()),
+            written: crate::written::WrittenVersions::default(),
         }
     }
 

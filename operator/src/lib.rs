@@ -17,3 +17,4 @@ pub mod http;
 pub mod metrics;
 pub mod secrets;
 pub mod topology;
+pub mod written;

@@ -130,7 +130,7 @@ pub async fn apply_interface(
     let patch = needs_patch(interface.status.as_ref(), &plan.status);
     if patch {
         let api = Api::<Interface>::namespaced(ctx.client.clone(), &ns);
-        apply_status(&api, interface, &plan.status)
+        let applied = apply_status(&api, interface, &plan.status)
             .await
             .map_err(|source| Error::PatchStatus {
                 kind: "Interface",
@@ -138,6 +138,10 @@ pub async fn apply_interface(
                 name: interface.name_any(),
                 source: Box::new(source),
             })?;
+        ctx.written.wrote(
+            applied.metadata.uid.as_deref(),
+            applied.metadata.resource_version.as_deref(),
+        );
     }
     ctx.metrics.patched(CONTROLLER, patch);
     let reference = interface.object_ref(&());
@@ -186,6 +190,17 @@ pub async fn apply_interface(
 /// Reconciles one Interface.
 pub async fn reconcile(interface: Arc<Interface>, ctx: Arc<Context>) -> Result<Action, Error> {
     let result = async {
+        // Planning from a copy older than our own last write would undo parts of it.
+        if ctx.written.is_stale(
+            interface.metadata.uid.as_deref(),
+            interface.metadata.resource_version.as_deref(),
+        ) {
+            return Err(Error::StaleStore {
+                kind: "Interface",
+                namespace: namespace(interface.as_ref(), "Interface")?,
+                name: interface.name_any(),
+            });
+        }
         let key = observe_key(&interface, &ctx).await?;
         let world = ctx.stores.world();
         let findings = ctx.findings.get();
