@@ -4,20 +4,23 @@
 pub mod desired;
 pub mod report;
 pub mod source;
+pub mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use kube::{Client, ResourceExt as _};
 use tokio::sync::watch;
 
 use crate::model::DesiredNode;
 use crate::run::NodeStatus;
+use crate::run::followup::PeerEntry;
 use desired::{ObjectKey, Translation};
-use report::{ReportInput, Reporter, Seen, StatusReport};
+use report::{ReportInput, Seen, StatusReport, held_peers};
 use source::Source;
+use writer::StatusWriter;
 
 /// How the API side is set up.
 #[derive(Debug, Clone)]
@@ -81,7 +84,9 @@ impl Drop for AbortOnDrop {
 }
 
 /// Writes status after every new translation, every new observation and every
-/// `resync_period`; returns when the reconciler is gone.
+/// `resync_period`; returns when the reconciler is gone. The writes themselves run beside
+/// this loop ([`StatusWriter`]): a new observation is reported while earlier patches are
+/// still on their way.
 async fn report(
     client: Client,
     node_name: String,
@@ -90,14 +95,26 @@ async fn report(
     mut status_rx: watch::Receiver<NodeStatus>,
     resync_period: Duration,
 ) {
-    let mut reporter = Reporter::new(client, &node_name);
+    let mut writer = StatusWriter::new(client, &node_name);
     let mut configured_since: BTreeMap<ObjectKey, SystemTime> = BTreeMap::new();
+    // When this daemon configured each peer entry it added (for the first-handshake hold).
+    let mut configured_at: BTreeMap<PeerEntry, Instant> = BTreeMap::new();
+    // The next moment a held status or a failed write is due again.
+    let mut wake: Option<Instant> = None;
     let mut tick = tokio::time::interval(resync_period);
     loop {
+        let wake_at = wake.map(tokio::time::Instant::from_std);
         tokio::select! {
             changed = translations.changed() => if changed.is_err() { return },
             changed = status_rx.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
+            () = async { tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)).await }, if wake_at.is_some() => {}
+            ok = writer.finished() => {
+                if !ok {
+                    wake = [wake, writer.next_retry()].into_iter().flatten().min();
+                }
+                continue;
+            }
         }
         let translation = translations.borrow_and_update().clone();
         let now = SystemTime::now();
@@ -106,8 +123,14 @@ async fn report(
             configured_since.entry(key.clone()).or_insert(now);
         }
         let status = status_rx.borrow_and_update().clone();
+        let instant = Instant::now();
+        let entries: BTreeSet<&PeerEntry> = translation.peer_entries.values().collect();
+        configured_at.retain(|entry, _| entries.contains(entry));
+        for entry in &status.fresh_peers {
+            configured_at.entry(entry.clone()).or_insert(instant);
+        }
         let (interfaces, peers, routes) = source.seen(&translation);
-        let report = StatusReport::build(&ReportInput {
+        let input = ReportInput {
             node: &node_name,
             translation: &translation,
             observed: status.observed.as_deref(),
@@ -119,11 +142,14 @@ async fn report(
             interfaces: &interfaces,
             peers: &peers,
             routes: &routes,
-        });
-        let writes = reporter.write(&report).await;
-        if writes > 0 {
-            tracing::debug!(writes, "status written");
-        }
+        };
+        let report = StatusReport::build(&input);
+        let (held, held_until) = held_peers(&input, &configured_at, instant);
+        writer.submit(&report, &held);
+        wake = [held_until, writer.next_retry()]
+            .into_iter()
+            .flatten()
+            .min();
     }
 }
 

@@ -2,20 +2,17 @@
 //!
 //! [`StatusReport::build`] is pure: it takes the translation, the last observation and
 //! the plan's conflicts and returns the status each object should have from this node.
-//! [`Reporter`] decides which of those to write ([`due`]: only what a person would notice
-//! right away, such as a condition or a first handshake; changed counters at most every
-//! [`COUNTER_INTERVAL`]) and writes them by server-side apply under this node's field
-//! manager, so two nodes never overwrite each other.
+//! [`due`] says which of those to write: only what a person would notice right away, such
+//! as a condition or a first handshake; changed counters at most every [`COUNTER_INTERVAL`].
+//! [`super::writer`] writes them by server-side apply under this node's field manager, so
+//! two nodes never overwrite each other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
-use kwire_crds::v1alpha1::{Interface, Peer, Route, condition};
+use kwire_crds::v1alpha1::condition;
 use serde_json::{Value, json};
 
 use super::desired::{ObjectKey, PeerSide, Translation};
@@ -34,6 +31,12 @@ pub const FIRST_HANDSHAKE_GRACE: Duration = Duration::from_secs(60);
 pub const COUNTER_INTERVAL: Duration = Duration::from_secs(30);
 /// Status patches in flight at once.
 pub const WRITE_CONCURRENCY: usize = 8;
+/// How long the status of a peer entry this daemon has just configured waits for its first
+/// handshake before it is written without one. The daemon looks again 10, 25 and 50 ms after
+/// a change (see [`crate::run::followup`]) and on a LAN the handshake is done by the first
+/// look, so the Peer gets one patch saying `Ready` and `Connected` instead of a `Connecting`
+/// one that the `Connected` one then queues behind.
+pub const FIRST_HANDSHAKE_HOLD: Duration = Duration::from_millis(60);
 
 /// The field manager of the daemon on `node`.
 pub fn field_manager(node: &str) -> String {
@@ -343,6 +346,32 @@ fn peer_stats(input: &ReportInput<'_>, key: &ObjectKey) -> Option<Stats> {
     })
 }
 
+/// The Peers whose status is not written yet: their entry on this node was configured less
+/// than [`FIRST_HANDSHAKE_HOLD`] ago (`configured_at`: when this daemon configured it) and
+/// has no handshake yet. Returns them and when the earliest of those waits ends.
+pub fn held_peers(
+    input: &ReportInput<'_>,
+    configured_at: &BTreeMap<PeerEntry, Instant>,
+    now: Instant,
+) -> (BTreeSet<ObjectKey>, Option<Instant>) {
+    let mut held = BTreeSet::new();
+    let mut until: Option<Instant> = None;
+    for (key, entry) in &input.translation.peer_entries {
+        let Some(end) = configured_at
+            .get(entry)
+            .map(|at| *at + FIRST_HANDSHAKE_HOLD)
+        else {
+            continue;
+        };
+        let handshake = peer_stats(input, key).and_then(|s| s.handshake);
+        if now < end && handshake.is_none() {
+            held.insert(key.clone());
+            until = Some(until.map_or(end, |u| u.min(end)));
+        }
+    }
+    (held, until)
+}
+
 /// The `Connected` condition from the latest handshake and the bytes sent to the peer.
 pub fn connectivity(
     handshake: Option<SystemTime>,
@@ -441,126 +470,6 @@ pub fn due(last: Option<(&ObjectStatus, Duration)>, new: &ObjectStatus) -> bool 
     }
 }
 
-fn merge(a: &Value, b: &Value) -> Value {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut out = x.clone();
-            for (k, v) in y {
-                let merged = out
-                    .get(k)
-                    .map_or_else(|| v.clone(), |existing| merge(existing, v));
-                out.insert(k.clone(), merged);
-            }
-            Value::Object(out)
-        }
-        (_, b) => b.clone(),
-    }
-}
-
-/// One status patch (server-side apply); hands its inputs back with the result.
-async fn patch_status(
-    client: Client,
-    params: PatchParams,
-    kind: &'static str,
-    key: ObjectKey,
-    status: ObjectStatus,
-) -> (&'static str, ObjectKey, ObjectStatus, kube::Result<()>) {
-    let body = json!({
-        "apiVersion": "kwire.dev/v1alpha1",
-        "kind": kind,
-        "status": merge(&status.significant, &status.counters),
-    });
-    let patch = Patch::Apply(&body);
-    let result = match kind {
-        "Interface" => Api::<Interface>::namespaced(client, &key.0)
-            .patch_status(&key.1, &params, &patch)
-            .await
-            .map(drop),
-        "Peer" => Api::<Peer>::namespaced(client, &key.0)
-            .patch_status(&key.1, &params, &patch)
-            .await
-            .map(drop),
-        _ => Api::<Route>::namespaced(client, &key.0)
-            .patch_status(&key.1, &params, &patch)
-            .await
-            .map(drop),
-    };
-    (kind, key, status, result)
-}
-
-/// Writes status patches, skipping what would change nothing a person cares about.
-pub struct Reporter {
-    client: Client,
-    manager: String,
-    written: BTreeMap<(&'static str, ObjectKey), (ObjectStatus, Instant)>,
-}
-
-impl Reporter {
-    pub fn new(client: Client, node: &str) -> Self {
-        Self {
-            client,
-            manager: field_manager(node),
-            written: BTreeMap::new(),
-        }
-    }
-
-    /// Writes what changed; returns how many objects were patched.
-    pub async fn write(&mut self, report: &StatusReport) -> usize {
-        // Forget objects this node no longer reports on (deleted, or moved elsewhere): one
-        // created again under the same name gets its status written afresh.
-        self.written.retain(|(kind, key), _| {
-            match *kind {
-                "Interface" => &report.interfaces,
-                "Peer" => &report.peers,
-                _ => &report.routes,
-            }
-            .contains_key(key)
-        });
-        let mut pending = Vec::new();
-        for (kind, statuses) in [
-            ("Peer", &report.peers),
-            ("Interface", &report.interfaces),
-            ("Route", &report.routes),
-        ] {
-            for (key, status) in statuses {
-                let last = self
-                    .written
-                    .get(&(kind, key.clone()))
-                    .map(|(last, at)| (last, at.elapsed()));
-                if due(last, status) {
-                    pending.push((kind, key.clone(), status.clone()));
-                }
-            }
-        }
-        // Several at once: one slow patch does not hold up the others (a Peer's first
-        // handshake behind its Interface's peer count, say).
-        let params = PatchParams::apply(&self.manager).force();
-        let patches: Vec<_> = pending
-            .into_iter()
-            .map(|(kind, key, status)| {
-                patch_status(self.client.clone(), params.clone(), kind, key, status)
-            })
-            .collect();
-        let results: Vec<_> = futures::stream::iter(patches)
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .collect()
-            .await;
-        let mut writes = 0;
-        for (kind, key, status, result) in results {
-            match result {
-                Ok(()) => {
-                    writes += 1;
-                    self.written.insert((kind, key), (status, Instant::now()));
-                }
-                Err(e) => {
-                    tracing::warn!(kind, namespace = %key.0, name = %key.1, error = %e, "status write failed; will retry")
-                }
-            }
-        }
-        writes
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,8 +543,11 @@ mod tests {
         assert!(due(Some((&shaken, soon)), &flipped));
     }
 
-    #[test]
-    fn a_peer_entry_created_after_the_observation_is_configured_and_not_connected_yet() {
+    /// A node with one local Peer `ns/a-to-b` on wg0, and an observation of it with
+    /// `handshake` as its latest handshake.
+    fn one_local_peer(
+        handshake: Option<SystemTime>,
+    ) -> (Translation, ObservedNode, ObjectKey, PeerEntry) {
         use crate::model::{DesiredDevice, DesiredNode, IfaceName, PeerConfig, PublicKey};
         let key = ("ns".to_string(), "a-to-b".to_string());
         let device = IfaceName::new("wg0").unwrap();
@@ -657,7 +569,6 @@ mod tests {
         };
         wanted.peers.insert(remote, PeerConfig::default());
         desired.devices.insert(device.clone(), wanted);
-        // The observation shows a handshake: the Peer's previous incarnation's.
         let mut observed = crate::sim::converged(&desired);
         observed
             .devices
@@ -670,7 +581,14 @@ mod tests {
             .get_mut(&remote)
             .unwrap()
             .stats
-            .last_handshake = Some(at(0));
+            .last_handshake = handshake;
+        (translation, observed, key, (device, remote))
+    }
+
+    #[test]
+    fn a_peer_entry_created_after_the_observation_is_configured_and_not_connected_yet() {
+        // The observation shows a handshake: the Peer's previous incarnation's.
+        let (translation, observed, key, entry) = one_local_peer(Some(at(0)));
         let peers: BTreeMap<ObjectKey, Seen> = [(key.clone(), Seen::default())].into();
         let build = |fresh: &BTreeSet<PeerEntry>| {
             StatusReport::build(&ReportInput {
@@ -699,8 +617,59 @@ mod tests {
             reasons(&build(&BTreeSet::new())),
             ["Configured", "Connected"]
         );
-        let recreated = [(device.clone(), remote)].into();
+        let recreated = [entry].into();
         assert_eq!(reasons(&build(&recreated)), ["Configured", "Connecting"]);
+    }
+
+    #[test]
+    fn a_just_configured_peer_waits_for_its_first_handshake_but_no_longer_than_the_hold() {
+        let (translation, no_handshake, key, entry) = one_local_peer(None);
+        let (_, handshake, _, _) = one_local_peer(Some(at(0)));
+        let peers: BTreeMap<ObjectKey, Seen> = [(key.clone(), Seen::default())].into();
+        let not_fresh = BTreeSet::new();
+        let fresh: BTreeSet<PeerEntry> = [entry.clone()].into();
+        let (none_since, no_objects) = (BTreeMap::new(), BTreeMap::new());
+        let input = |observed, fresh| ReportInput {
+            node: "a",
+            translation: &translation,
+            observed: Some(observed),
+            fresh,
+            conflicts: &[],
+            errors: &[],
+            now: at(1),
+            configured_since: &none_since,
+            interfaces: &no_objects,
+            peers: &peers,
+            routes: &no_objects,
+        };
+        let t0 = Instant::now();
+        let soon = t0 + Duration::from_millis(10);
+        let configured_at: BTreeMap<PeerEntry, Instant> = [(entry, t0)].into();
+        let held = |observed, fresh, now| held_peers(&input(observed, fresh), &configured_at, now);
+
+        let waiting = [key.clone()].into();
+        let end = Some(t0 + FIRST_HANDSHAKE_HOLD);
+        assert_eq!(held(&no_handshake, &not_fresh, soon), (waiting, end));
+        assert_eq!(
+            held(&handshake, &not_fresh, soon),
+            (BTreeSet::new(), None),
+            "the handshake came: written at once"
+        );
+        assert_eq!(
+            held(&handshake, &fresh, soon).0,
+            [key].into(),
+            "a handshake observed before the entry was configured is not its own"
+        );
+        assert_eq!(
+            held(&no_handshake, &not_fresh, t0 + FIRST_HANDSHAKE_HOLD),
+            (BTreeSet::new(), None),
+            "the hold is over: written without a handshake"
+        );
+        assert_eq!(
+            held_peers(&input(&no_handshake, &not_fresh), &BTreeMap::new(), soon),
+            (BTreeSet::new(), None),
+            "an entry this daemon did not just configure (found at start) is never held"
+        );
     }
 
     #[test]
