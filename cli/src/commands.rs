@@ -99,11 +99,13 @@ pub(crate) fn run(cli: Cli, cmd: &mut clap::Command) -> Result<ExitCode> {
                 namespace,
                 check,
                 timeout,
+                without_controller_manager,
             } => sandbox::up(sandbox::UpArgs {
                 files,
                 namespace,
                 check,
                 timeout,
+                controller_manager: !without_controller_manager,
             }),
             SandboxCommand::Down {
                 ids,

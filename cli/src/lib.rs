@@ -255,6 +255,7 @@ Examples:
   sudo kwire sandbox up -f examples/seed/relay.yaml --namespace seed
   sudo kwire sandbox up -f examples/seed/relay.yaml --namespace seed --check
   sudo kwire sandbox up -f interfaces.yaml -f peers.yaml --timeout 5m
+  sudo kwire sandbox up -f examples/seed/relay.yaml --check --without-controller-manager
 
 Prints each step with its time, the status table, and one line per ping (`A → C (…): ok`).
 With --check the exit code is 0 only if everything became Ready and every ping answered.
@@ -273,6 +274,12 @@ down` removes what it left.")]
         /// How long to wait for every object to be Ready.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, value_name = "DURATION")]
         timeout: Duration,
+        /// Run etcd and kube-apiserver only, without kube-controller-manager (and do not
+        /// build it): nothing garbage-collects what a deleted object owned and deleted
+        /// namespaces stay Terminating. Enough for --check; a cold first run is minutes
+        /// shorter.
+        #[arg(long)]
+        without_controller_manager: bool,
     },
 
     /// Remove what sandboxes whose process has ended left behind

@@ -26,6 +26,8 @@ pub struct UpArgs {
     pub namespace: String,
     pub check: bool,
     pub timeout: Duration,
+    /// Whether kube-controller-manager runs (see `--without-controller-manager`).
+    pub controller_manager: bool,
 }
 
 /// Brings the topology up, verifies it, then stays up until Ctrl-C (or tears down at once
@@ -58,7 +60,12 @@ async fn up_async(args: UpArgs) -> Result<ExitCode> {
     if let Some(note) = stale_note() {
         eprintln!("{note}");
     }
-    let mut sandbox = match Sandbox::up(&args.files, &args.namespace, false).await {
+    let up = if args.controller_manager {
+        Sandbox::up(&args.files, &args.namespace, false).await
+    } else {
+        Sandbox::up_without_controller_manager(&args.files, &args.namespace, false).await
+    };
+    let mut sandbox = match up {
         Ok(sandbox) => sandbox,
         Err(_) if interrupted() => return Ok(interrupted_exit()),
         Err(e) => return Err(e.into()),

@@ -1,5 +1,5 @@
 //! A real local Kubernetes control plane for tests: etcd, kube-apiserver and
-//! kube-controller-manager built from their Go modules (see
+//! (unless asked not to) kube-controller-manager built from their Go modules (see
 //! `tests/control-plane/README.md`), listening on 127.0.0.1 only.
 //!
 //! ```no_run
@@ -89,8 +89,13 @@ pub fn helm_path() -> PathBuf {
 /// Set `KWIRE_CP_NO_BUILD=1` to never build: then missing binaries are an
 /// error naming the command to run.
 pub fn ensure_built() -> Result<()> {
+    ensure_built_only(&BINARIES)
+}
+
+/// [`ensure_built`] for some of the binaries only.
+fn ensure_built_only(names: &[&str]) -> Result<()> {
     let script = scripts_dir().join("build.sh");
-    let missing: Vec<&str> = BINARIES
+    let missing: Vec<&str> = names
         .iter()
         .copied()
         .filter(|b| !bin_dir().join(b).is_file())
@@ -115,6 +120,7 @@ pub fn ensure_built() -> Result<()> {
     // build.sh prints its progress on stderr; let it through (QUIET: nothing
     // when all is current).
     let status = Command::new(&script)
+        .args(names)
         .env("QUIET", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
@@ -184,18 +190,41 @@ impl ControlPlane {
     }
 
     /// [`ControlPlane::start`] without the line on stderr saying it is up: for a caller
-    /// that reports progress its own way (`kwire sandbox up`).
-    pub fn start_silently(run_dir: impl Into<PathBuf>) -> Result<ControlPlane> {
-        Self::start_in(run_dir.into(), true, false)
+    /// that reports progress its own way (`kwire sandbox up`). Without
+    /// `controller_manager`, only etcd and kube-apiserver run (and only they, kubectl and
+    /// helm are built): no garbage collection of owned objects and no namespace deletion,
+    /// which a short-lived sandbox does without.
+    pub fn start_silently(
+        run_dir: impl Into<PathBuf>,
+        controller_manager: bool,
+    ) -> Result<ControlPlane> {
+        Self::start_with(run_dir.into(), true, false, controller_manager)
     }
 
     fn start_in(run_dir: PathBuf, stop_on_drop: bool, announce: bool) -> Result<ControlPlane> {
-        ensure_built()?;
+        Self::start_with(run_dir, stop_on_drop, announce, true)
+    }
+
+    fn start_with(
+        run_dir: PathBuf,
+        stop_on_drop: bool,
+        announce: bool,
+        controller_manager: bool,
+    ) -> Result<ControlPlane> {
+        if controller_manager {
+            ensure_built()?;
+        } else {
+            ensure_built_only(&["etcd", "kube-apiserver", "kubectl", "helm"])?;
+        }
         let began = Instant::now();
         let up = scripts_dir().join("up.sh");
         let output = Command::new(&up)
             .arg(&run_dir)
             .env("KWIRE_CP_WATCH_PID", std::process::id().to_string())
+            .env(
+                "KWIRE_CP_CONTROLLER_MANAGER",
+                if controller_manager { "1" } else { "0" },
+            )
             .stdin(Stdio::null())
             .output()
             .map_err(|source| Error::Spawn {

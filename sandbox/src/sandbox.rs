@@ -236,7 +236,19 @@ impl Sandbox {
     /// Brings up everything for the manifests in `files`, applied into `namespace`, on a LAN
     /// of its own (node `i`, in name order, at `10.211.55.<10 + i>`).
     pub async fn up(files: &[PathBuf], namespace: &str, quiet: bool) -> Result<Self> {
-        Self::up_with(files, namespace, quiet, None).await
+        Self::up_with(files, namespace, quiet, None, true).await
+    }
+
+    /// [`Sandbox::up`] with a control plane of etcd and kube-apiserver only: no
+    /// kube-controller-manager, so nothing garbage-collects the objects a deleted one owned
+    /// and a deleted namespace stays `Terminating`. Enough to bring a topology up and
+    /// verify it, and one Kubernetes binary fewer to build on a fresh machine.
+    pub async fn up_without_controller_manager(
+        files: &[PathBuf],
+        namespace: &str,
+        quiet: bool,
+    ) -> Result<Self> {
+        Self::up_with(files, namespace, quiet, None, false).await
     }
 
     /// The crash record's identity, `<pid>-<n>` (also in the run folder's name).
@@ -815,7 +827,7 @@ impl Sandbox {
         lan: &Lan,
         first_host: u8,
     ) -> Result<Self> {
-        Self::up_with(files, namespace, quiet, Some((lan, first_host))).await
+        Self::up_with(files, namespace, quiet, Some((lan, first_host)), true).await
     }
 
     /// Starts a step, unless the sandbox was interrupted.
@@ -848,6 +860,7 @@ impl Sandbox {
         namespace: &str,
         quiet: bool,
         shared: Option<(&Lan, u8)>,
+        controller_manager: bool,
     ) -> Result<Self> {
         let first_host = shared.map_or(10, |(_, first)| first);
 
@@ -932,12 +945,16 @@ impl Sandbox {
         ledger.folder(&cp_dir)?;
 
         check_interrupted()?;
-        steps.start("local control plane (etcd, kube-apiserver, controller-manager)");
+        steps.start(if controller_manager {
+            "local control plane (etcd, kube-apiserver, controller-manager)"
+        } else {
+            "local control plane (etcd, kube-apiserver)"
+        });
         // The step line says it is up; tests (quiet) get the control plane's own line.
-        let cp = if quiet {
+        let cp = if quiet && controller_manager {
             ControlPlane::start(cp_dir)?
         } else {
-            ControlPlane::start_silently(cp_dir)?
+            ControlPlane::start_silently(cp_dir, controller_manager)?
         };
         // From here on the sandbox exists, and dropping it (on any error) removes the run
         // folder, the processes, the namespaces and the control plane.

@@ -12,6 +12,10 @@
 # (the processes down.sh stops) and env (shell variables describing it).
 # Binaries come from ./bin (run ./build.sh first).
 #
+# With KWIRE_CP_CONTROLLER_MANAGER=0, kube-controller-manager is not started
+# (nor needed in ./bin): no garbage collection, namespace deletion or
+# ServiceAccount token controllers, which a short-lived sandbox does without.
+#
 # With KWIRE_CP_WATCH_PID=<pid> set (the Rust test fixture does this), a
 # watchdog also runs that calls down.sh as soon as that process has exited:
 # test binaries never run destructors for statics, and a killed test run must
@@ -28,8 +32,13 @@ started_ns=$(date +%s%N)
 log() { printf '[up %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for b in etcd kube-apiserver kube-controller-manager kubectl; do
-  [[ -x "$bin/$b" ]] || die "$bin/$b is missing: run $here/build.sh"
+controller_manager="${KWIRE_CP_CONTROLLER_MANAGER:-1}"
+[[ "$controller_manager" == 0 || "$controller_manager" == 1 ]] ||
+  die "KWIRE_CP_CONTROLLER_MANAGER must be 0 or 1, not '$controller_manager'"
+needed=(etcd kube-apiserver kubectl)
+[[ "$controller_manager" == 0 ]] || needed+=(kube-controller-manager)
+for b in "${needed[@]}"; do
+  [[ -x "$bin/$b" ]] || die "$bin/$b is missing: run $here/build.sh ${needed[*]}"
 done
 command -v openssl >/dev/null || die "openssl is needed to make the certificates"
 command -v curl >/dev/null || die "curl is needed to wait for readiness"
@@ -259,22 +268,26 @@ log "kube-apiserver ready at $api_url"
 # Only the controllers a cluster without nodes and pods needs. Each one acts
 # with its own ServiceAccount's token (--use-service-account-credentials), as
 # in kubeadm clusters, so it is bound by the bootstrap RBAC roles.
-start kube-controller-manager "$bin/kube-controller-manager" \
-  --kubeconfig="$run/kube-controller-manager.kubeconfig" \
-  --authentication-kubeconfig="$run/kube-controller-manager.kubeconfig" \
-  --authorization-kubeconfig="$run/kube-controller-manager.kubeconfig" \
-  --bind-address=127.0.0.1 \
-  --secure-port="$kcm_port" \
-  --cert-dir="$pki/kube-controller-manager" \
-  --leader-elect=false \
-  --use-service-account-credentials=true \
-  --service-account-private-key-file="$pki/sa.key" \
-  --root-ca-file="$pki/ca.crt" \
-  --controllers=serviceaccount-token-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller \
-  --profiling=false
+if [[ "$controller_manager" == 1 ]]; then
+  start kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig="$run/kube-controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$run/kube-controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$run/kube-controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 \
+    --secure-port="$kcm_port" \
+    --cert-dir="$pki/kube-controller-manager" \
+    --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="$pki/sa.key" \
+    --root-ca-file="$pki/ca.crt" \
+    --controllers=serviceaccount-token-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller \
+    --profiling=false
 
-wait_ok 60 "https://127.0.0.1:$kcm_port/healthz" -k
-log "kube-controller-manager healthy on 127.0.0.1:$kcm_port"
+  wait_ok 60 "https://127.0.0.1:$kcm_port/healthz" -k
+  log "kube-controller-manager healthy on 127.0.0.1:$kcm_port"
+else
+  log "kube-controller-manager not started (KWIRE_CP_CONTROLLER_MANAGER=0)"
+fi
 
 cat >"$run/env" <<ENV
 KWIRE_CP_APISERVER_URL=$api_url
