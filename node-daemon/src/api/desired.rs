@@ -75,8 +75,12 @@ pub struct Translation {
     /// entry cannot be configured yet (see `peer_problems`), so that the node reports on the
     /// side it holds.
     pub peer_sides: BTreeMap<ObjectKey, PeerSide>,
-    /// The device and public key of each configured Peer's entry on this node.
+    /// The device and public key of each configured Peer's entry on this node (its local
+    /// end's when this node holds both).
     pub peer_entries: BTreeMap<ObjectKey, (IfaceName, PublicKey)>,
+    /// The remote end's entry of Peers whose two Interfaces are both on this node: the node
+    /// reports both ends, `Ready`/`Connected` from the local one and `remoteEnd` from this.
+    pub remote_ends_here: BTreeMap<ObjectKey, (IfaceName, PublicKey)>,
     /// The kernel identity of each configured Route.
     pub route_keys: BTreeMap<ObjectKey, RouteKey>,
 }
@@ -271,6 +275,12 @@ fn insert_entry(out: &mut Translation, key: &ObjectKey, entry: Entry) {
         return;
     }
     device.peers.insert(entry.public_key, entry.config);
+    // Both ends on this node: the local end (added first) says what the node reports.
+    if entry.side == PeerSide::Remote && out.peer_sides.get(key) == Some(&PeerSide::Local) {
+        out.remote_ends_here
+            .insert(key.clone(), (entry.device, entry.public_key));
+        return;
+    }
     out.peer_sides.insert(key.clone(), entry.side);
     out.peer_entries
         .insert(key.clone(), (entry.device, entry.public_key));
@@ -634,6 +644,41 @@ mod tests {
         assert_eq!(route.device, dev("wg0-client"));
         assert_eq!(route.via, Some("10.1.0.2".parse().unwrap()));
         assert!(!d.forwarding.ipv4, "A does not relay");
+    }
+
+    #[test]
+    fn a_peer_with_both_ends_on_this_node_is_reported_from_its_local_end() {
+        let mut all = relay();
+        all.0
+            .iter_mut()
+            .find(|i| i.name_any() == "a-wg0-client")
+            .unwrap()
+            .spec
+            .node_name = "b".parse().unwrap();
+        let t = translate(&on_node("b", &all));
+        let link = (NS.to_string(), "a-to-b".to_string());
+        assert!(t.peer_problems.is_empty(), "{t:?}");
+        assert_eq!(t.peer_sides[&link], PeerSide::Local);
+        assert_eq!(
+            t.peer_entries[&link],
+            (dev("wg0-client"), key(2).public_key())
+        );
+        assert_eq!(
+            t.remote_ends_here[&link],
+            (dev("wg0-server"), key(1).public_key())
+        );
+        // Both devices have their end of the link.
+        let d = &t.desired.devices;
+        assert!(
+            d[&dev("wg0-client")]
+                .peers
+                .contains_key(&key(2).public_key())
+        );
+        assert!(
+            d[&dev("wg0-server")]
+                .peers
+                .contains_key(&key(1).public_key())
+        );
     }
 
     #[test]

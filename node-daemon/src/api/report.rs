@@ -223,10 +223,17 @@ impl StatusReport {
                         ],
                         "endpointSeen": stats.as_ref().and_then(|s| s.endpoint.clone()),
                     });
-                    let counters = json!({
+                    let mut counters = json!({
                         "latestHandshake": stats.as_ref().and_then(|s| s.handshake).map(timestamp),
                         "transfer": stats.as_ref().map(|s| json!({"rxBytes": s.rx, "txBytes": s.tx})),
                     });
+                    let mut significant = significant;
+                    if let Some(entry) = input.translation.remote_ends_here.get(key) {
+                        let (end, end_counters) =
+                            remote_end(input.node, entry_stats(input, entry).as_ref());
+                        significant["remoteEnd"] = end;
+                        counters["remoteEnd"] = end_counters;
+                    }
                     report.peers.insert(
                         key.clone(),
                         ObjectStatus {
@@ -236,11 +243,9 @@ impl StatusReport {
                     );
                 }
                 PeerSide::Remote => {
-                    let significant = json!({ "remoteEnd": { "node": input.node, "configured": stats.is_some() } });
-                    let counters = json!({ "remoteEnd": {
-                        "latestHandshake": stats.as_ref().and_then(|s| s.handshake).map(timestamp),
-                        "transfer": stats.as_ref().map(|s| json!({"rxBytes": s.rx, "txBytes": s.tx})),
-                    }});
+                    let (end, end_counters) = remote_end(input.node, stats.as_ref());
+                    let significant = json!({ "remoteEnd": end });
+                    let counters = json!({ "remoteEnd": end_counters });
                     report.peers.insert(
                         key.clone(),
                         ObjectStatus {
@@ -312,6 +317,18 @@ impl StatusReport {
     }
 }
 
+/// `status.remoteEnd` from the node of a Peer's remote end: what matters at once, and
+/// counters.
+fn remote_end(node: &str, stats: Option<&Stats>) -> (Value, Value) {
+    (
+        json!({ "node": node, "configured": stats.is_some() }),
+        json!({
+            "latestHandshake": stats.and_then(|s| s.handshake).map(timestamp),
+            "transfer": stats.map(|s| json!({"rxBytes": s.rx, "txBytes": s.tx})),
+        }),
+    )
+}
+
 struct Stats {
     handshake: Option<SystemTime>,
     rx: u64,
@@ -320,7 +337,10 @@ struct Stats {
 }
 
 fn peer_stats(input: &ReportInput<'_>, key: &ObjectKey) -> Option<Stats> {
-    let entry = input.translation.peer_entries.get(key)?;
+    entry_stats(input, input.translation.peer_entries.get(key)?)
+}
+
+fn entry_stats(input: &ReportInput<'_>, entry: &PeerEntry) -> Option<Stats> {
     if input.fresh.contains(entry) {
         return Some(Stats {
             handshake: None,
@@ -619,6 +639,69 @@ mod tests {
         );
         let recreated = [entry].into();
         assert_eq!(reasons(&build(&recreated)), ["Configured", "Connecting"]);
+    }
+
+    #[test]
+    fn a_node_holding_both_ends_of_a_peer_reports_its_conditions_and_its_remote_end() {
+        use crate::model::{DesiredDevice, IfaceName, PeerConfig, PublicKey};
+        let (mut translation, mut observed, key, _) = one_local_peer(Some(at(0)));
+        // The remote end: device wg1 on this node too, with the local end's key as its peer.
+        let far = IfaceName::new("wg1").unwrap();
+        let near_key = PublicKey::from_bytes([7; 32]);
+        let mut desired = crate::model::DesiredNode::default();
+        let mut device = DesiredDevice {
+            owner: "ns/b".parse().unwrap(),
+            private_key: crate::model::PrivateKey::from_bytes([2; 32]),
+            listen_port: Some(2),
+            addresses: Default::default(),
+            mtu: None,
+            peers: Default::default(),
+            forwarding: false,
+        };
+        device.peers.insert(near_key, PeerConfig::default());
+        desired.devices.insert(far.clone(), device);
+        let mut far_observed = crate::sim::converged(&desired);
+        let mut far_device = far_observed.devices.remove(&far).unwrap();
+        far_device
+            .wireguard
+            .as_mut()
+            .unwrap()
+            .peers
+            .get_mut(&near_key)
+            .unwrap()
+            .stats
+            .last_handshake = Some(at(0));
+        observed.devices.insert(far.clone(), far_device);
+        translation
+            .remote_ends_here
+            .insert(key.clone(), (far, near_key));
+        let peers: BTreeMap<ObjectKey, Seen> = [(key.clone(), Seen::default())].into();
+        let report = StatusReport::build(&ReportInput {
+            node: "a",
+            translation: &translation,
+            observed: Some(&observed),
+            fresh: &BTreeSet::new(),
+            conflicts: &[],
+            errors: &[],
+            now: at(1),
+            configured_since: &BTreeMap::new(),
+            interfaces: &BTreeMap::new(),
+            peers: &peers,
+            routes: &BTreeMap::new(),
+        });
+        let status = &report.peers[&key];
+        let reasons: Vec<&str> = status.significant["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(reasons, ["Configured", "Connected"]);
+        assert_eq!(
+            status.significant["remoteEnd"],
+            json!({"node": "a", "configured": true})
+        );
+        assert!(status.counters["remoteEnd"]["latestHandshake"].is_string());
     }
 
     #[test]
