@@ -420,19 +420,29 @@ impl Sandbox {
             .collect())
     }
 
-    /// Waits until every Interface, Peer and Route is Ready and every Peer Connected (or
-    /// idle: configured, nothing sent yet).
+    /// Waits until every Interface, Peer and Route is Ready and every Peer Connected (or,
+    /// without a keepalive, waiting for the traffic that starts its handshake).
     pub fn wait_ready(&self, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
             check_interrupted()?;
             let mut pending = self.not_true("interfaces,peers,routes", "Ready")?;
-            // A link without keepalive handshakes only once traffic flows ("Idle"): the
-            // pings that follow are that traffic.
+            // A link without keepalive hand-shakes only once traffic flows (it stays
+            // `Connecting`, then `Idle`): the pings that follow are that traffic.
+            let waiting_for_traffic: Vec<String> = self
+                .get("peers")?
+                .iter()
+                .filter(|p| p["spec"]["persistentKeepalive"].as_u64().unwrap_or(0) == 0)
+                .filter_map(|p| p["metadata"]["name"].as_str())
+                .map(|name| format!("Peer/{name}: Connecting: "))
+                .collect();
             pending.extend(
                 self.not_true("peers", "Connected")?
                     .into_iter()
-                    .filter(|p| !p.contains(": Idle: ")),
+                    .filter(|p| {
+                        !p.contains(": Idle: ")
+                            && !waiting_for_traffic.iter().any(|w| p.starts_with(w))
+                    }),
             );
             if pending.is_empty() {
                 // The operator listens on its metrics port by now.
