@@ -112,7 +112,7 @@ fn ensure_built_only(names: &[&str]) -> Result<()> {
     }
     if !missing.is_empty() {
         eprintln!(
-            "kwire control plane: building {} with {} (a cold build takes about 20 minutes on 2 cores)",
+            "kwire control plane: building {} with {} (a cold build takes about 10 minutes on 2 cores)",
             missing.join(", "),
             script.display()
         );
