@@ -154,9 +154,21 @@ fn crds_are_established_listed_and_explained() {
         );
     }
 
-    let out = kubectl(cp, &["explain", "interface.spec"]);
-    let explained = text(&out);
-    assert!(out.status.success(), "{explained}");
+    // The API server publishes a new CRD's OpenAPI schema (what `explain` reads) a moment
+    // after the CRD is Established, so the first tries may not find it yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let explained = loop {
+        let out = kubectl(cp, &["explain", "interface.spec"]);
+        let explained = text(&out);
+        if out.status.success() {
+            break explained;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && explained.contains("couldn't find resource"),
+            "{explained}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
     for needle in [
         "nodeName",
         "deviceName",

@@ -161,6 +161,11 @@ fn devices_per_node(sandbox: &Sandbox) -> Vec<(String, usize)> {
 }
 
 async fn runs_end_to_end(example: &str, namespace: &str) {
+    runs_end_to_end_with(example, namespace, true).await;
+}
+
+/// [`runs_end_to_end`], with or without kube-controller-manager in the control plane.
+async fn runs_end_to_end_with(example: &str, namespace: &str, controller_manager: bool) {
     if let Err(why) = can_run_network_tests() {
         println!("SKIPPED {example}: {why}");
         return;
@@ -168,9 +173,18 @@ async fn runs_end_to_end(example: &str, namespace: &str) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let file = repo().join(example);
     let record = {
-        let sandbox = Sandbox::up(&[file], namespace, true)
-            .await
-            .expect("sandbox up");
+        let up = if controller_manager {
+            Sandbox::up(&[file], namespace, true).await
+        } else {
+            Sandbox::up_without_controller_manager(&[file], namespace, true).await
+        };
+        let sandbox = up.expect("sandbox up");
+        let components: Vec<String> = sandbox.cp.processes().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            components.iter().any(|n| n == "kube-controller-manager"),
+            controller_manager,
+            "{example}: control plane processes {components:?}"
+        );
         let waited = sandbox.wait_ready(Duration::from_secs(120));
         if let Err(e) = &waited {
             panic!("{example}: {e}\n{}", sandbox.status_table());
@@ -238,7 +252,8 @@ async fn the_seed_relay_a_to_c_through_b() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_two_hosts() {
-    runs_end_to_end("examples/seed/two-hosts.yaml", "two-hosts").await;
+    // Also the main job's control plane: etcd and kube-apiserver only.
+    runs_end_to_end_with("examples/seed/two-hosts.yaml", "two-hosts", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
