@@ -280,6 +280,11 @@ async fn hub_and_spoke_with_an_external_peer_played_by_plain_wg() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_both_ends_on_one_node() {
+    runs_end_to_end("tests/topologies/both-ends-on-one-node.yaml", "one-node").await;
+}
+
 /// `kwire sandbox up` as a child process, killed and cleaned up when dropped (also when the
 /// test fails half-way).
 struct SandboxUp {
