@@ -563,31 +563,27 @@ mod tests {
         assert!(due(Some((&shaken, soon)), &flipped));
     }
 
-    /// A node with one local Peer `ns/a-to-b` on wg0, and an observation of it with
-    /// `handshake` as its latest handshake.
-    fn one_local_peer(
+    /// An observation of device `name` (private key `[own; 32]`, port `own`) with one peer,
+    /// `peer`, whose latest handshake is `handshake`.
+    fn observed_with_peer(
+        name: &str,
+        own: u8,
+        peer: crate::model::PublicKey,
         handshake: Option<SystemTime>,
-    ) -> (Translation, ObservedNode, ObjectKey, PeerEntry) {
-        use crate::model::{DesiredDevice, DesiredNode, IfaceName, PeerConfig, PublicKey};
-        let key = ("ns".to_string(), "a-to-b".to_string());
-        let device = IfaceName::new("wg0").unwrap();
-        let remote = PublicKey::from_bytes([2; 32]);
-        let mut translation = Translation::default();
-        translation.peer_sides.insert(key.clone(), PeerSide::Local);
-        translation
-            .peer_entries
-            .insert(key.clone(), (device.clone(), remote));
-        let mut desired = DesiredNode::default();
+    ) -> ObservedNode {
+        use crate::model::{DesiredDevice, DesiredNode, IfaceName, PeerConfig, PrivateKey};
+        let device = IfaceName::new(name).unwrap();
         let mut wanted = DesiredDevice {
-            owner: "ns/a".parse().unwrap(),
-            private_key: crate::model::PrivateKey::from_bytes([1; 32]),
-            listen_port: Some(1),
+            owner: format!("ns/{name}").parse().unwrap(),
+            private_key: PrivateKey::from_bytes([own; 32]),
+            listen_port: Some(own.into()),
             addresses: Default::default(),
             mtu: None,
             peers: Default::default(),
             forwarding: false,
         };
-        wanted.peers.insert(remote, PeerConfig::default());
+        wanted.peers.insert(peer, PeerConfig::default());
+        let mut desired = DesiredNode::default();
         desired.devices.insert(device.clone(), wanted);
         let mut observed = crate::sim::converged(&desired);
         observed
@@ -598,10 +594,28 @@ mod tests {
             .as_mut()
             .unwrap()
             .peers
-            .get_mut(&remote)
+            .get_mut(&peer)
             .unwrap()
             .stats
             .last_handshake = handshake;
+        observed
+    }
+
+    /// A node with one local Peer `ns/a-to-b` on wg0, and an observation of it with
+    /// `handshake` as its latest handshake.
+    fn one_local_peer(
+        handshake: Option<SystemTime>,
+    ) -> (Translation, ObservedNode, ObjectKey, PeerEntry) {
+        use crate::model::{IfaceName, PublicKey};
+        let key = ("ns".to_string(), "a-to-b".to_string());
+        let device = IfaceName::new("wg0").unwrap();
+        let remote = PublicKey::from_bytes([2; 32]);
+        let mut translation = Translation::default();
+        translation.peer_sides.insert(key.clone(), PeerSide::Local);
+        translation
+            .peer_entries
+            .insert(key.clone(), (device.clone(), remote));
+        let observed = observed_with_peer("wg0", 1, remote, handshake);
         (translation, observed, key, (device, remote))
     }
 
@@ -643,35 +657,14 @@ mod tests {
 
     #[test]
     fn a_node_holding_both_ends_of_a_peer_reports_its_conditions_and_its_remote_end() {
-        use crate::model::{DesiredDevice, IfaceName, PeerConfig, PublicKey};
+        use crate::model::{IfaceName, PublicKey};
         let (mut translation, mut observed, key, _) = one_local_peer(Some(at(0)));
         // The remote end: device wg1 on this node too, with the local end's key as its peer.
         let far = IfaceName::new("wg1").unwrap();
         let near_key = PublicKey::from_bytes([7; 32]);
-        let mut desired = crate::model::DesiredNode::default();
-        let mut device = DesiredDevice {
-            owner: "ns/b".parse().unwrap(),
-            private_key: crate::model::PrivateKey::from_bytes([2; 32]),
-            listen_port: Some(2),
-            addresses: Default::default(),
-            mtu: None,
-            peers: Default::default(),
-            forwarding: false,
-        };
-        device.peers.insert(near_key, PeerConfig::default());
-        desired.devices.insert(far.clone(), device);
-        let mut far_observed = crate::sim::converged(&desired);
-        let mut far_device = far_observed.devices.remove(&far).unwrap();
-        far_device
-            .wireguard
-            .as_mut()
-            .unwrap()
-            .peers
-            .get_mut(&near_key)
-            .unwrap()
-            .stats
-            .last_handshake = Some(at(0));
-        observed.devices.insert(far.clone(), far_device);
+        observed
+            .devices
+            .extend(observed_with_peer("wg1", 2, near_key, Some(at(0))).devices);
         translation
             .remote_ends_here
             .insert(key.clone(), (far, near_key));
