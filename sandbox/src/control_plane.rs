@@ -173,7 +173,7 @@ impl ControlPlane {
             .get_or_init(|| {
                 let run_dir = std::env::temp_dir()
                     .join(format!("kwire-control-plane-{}", std::process::id()));
-                Self::start_in(run_dir, false, true).map_err(|e| e.to_string())
+                Self::start_in(run_dir, false, true, true).map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|e| {
@@ -186,36 +186,33 @@ impl ControlPlane {
     /// this process exits. For tests that restart or break the control plane;
     /// others should use [`ControlPlane::shared`].
     pub fn start(run_dir: impl Into<PathBuf>) -> Result<ControlPlane> {
-        Self::start_in(run_dir.into(), true, true)
+        Self::start_in(run_dir.into(), true, true, true)
     }
 
-    /// [`ControlPlane::start`] without the line on stderr saying it is up: for a caller
-    /// that reports progress its own way (`kwire sandbox up`). Without
-    /// `controller_manager`, only etcd and kube-apiserver run (and only they, kubectl and
-    /// helm are built): no garbage collection of owned objects and no namespace deletion,
-    /// which a short-lived sandbox does without.
-    pub fn start_silently(
+    /// [`ControlPlane::start`], with the line on stderr saying it is up only if `announce`
+    /// (a caller that reports progress its own way, `kwire sandbox up`, does without).
+    /// Without `controller_manager`, only etcd and kube-apiserver run (and only they,
+    /// kubectl and helm are built): no garbage collection of owned objects and no namespace
+    /// deletion, which a short-lived sandbox does without.
+    pub fn start_with(
         run_dir: impl Into<PathBuf>,
+        announce: bool,
         controller_manager: bool,
     ) -> Result<ControlPlane> {
-        Self::start_with(run_dir.into(), true, false, controller_manager)
+        Self::start_in(run_dir.into(), true, announce, controller_manager)
     }
 
-    fn start_in(run_dir: PathBuf, stop_on_drop: bool, announce: bool) -> Result<ControlPlane> {
-        Self::start_with(run_dir, stop_on_drop, announce, true)
-    }
-
-    fn start_with(
+    fn start_in(
         run_dir: PathBuf,
         stop_on_drop: bool,
         announce: bool,
         controller_manager: bool,
     ) -> Result<ControlPlane> {
-        if controller_manager {
-            ensure_built()?;
-        } else {
-            ensure_built_only(&["etcd", "kube-apiserver", "kubectl", "helm"])?;
-        }
+        let needed: Vec<&str> = BINARIES
+            .into_iter()
+            .filter(|b| controller_manager || *b != "kube-controller-manager")
+            .collect();
+        ensure_built_only(&needed)?;
         let began = Instant::now();
         let up = scripts_dir().join("up.sh");
         let output = Command::new(&up)

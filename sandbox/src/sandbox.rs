@@ -397,26 +397,7 @@ impl Sandbox {
         Ok(self
             .get(kinds)?
             .iter()
-            .filter_map(|o| {
-                let c = o["status"]["conditions"]
-                    .as_array()
-                    .and_then(|cs| cs.iter().find(|c| c["type"] == condition));
-                match c {
-                    Some(c) if c["status"] == "True" => None,
-                    Some(c) => Some(format!(
-                        "{}/{}: {}: {}",
-                        o["kind"].as_str()?,
-                        o["metadata"]["name"].as_str()?,
-                        c["reason"].as_str().unwrap_or(""),
-                        c["message"].as_str().unwrap_or("")
-                    )),
-                    None => Some(format!(
-                        "{}/{}: no {condition} condition yet",
-                        o["kind"].as_str()?,
-                        o["metadata"]["name"].as_str()?
-                    )),
-                }
-            })
+            .filter_map(|o| not_true_line(o, condition))
             .collect())
     }
 
@@ -426,23 +407,16 @@ impl Sandbox {
         let start = Instant::now();
         loop {
             check_interrupted()?;
-            let mut pending = self.not_true("interfaces,peers,routes", "Ready")?;
-            // A link without keepalive hand-shakes only once traffic flows (it stays
-            // `Connecting`, then `Idle`): the pings that follow are that traffic.
-            let waiting_for_traffic: Vec<String> = self
-                .get("peers")?
+            let objects = self.get("interfaces,peers,routes")?;
+            let mut pending: Vec<String> = objects
                 .iter()
-                .filter(|p| p["spec"]["persistentKeepalive"].as_u64().unwrap_or(0) == 0)
-                .filter_map(|p| p["metadata"]["name"].as_str())
-                .map(|name| format!("Peer/{name}: Connecting: "))
+                .filter_map(|o| not_true_line(o, "Ready"))
                 .collect();
             pending.extend(
-                self.not_true("peers", "Connected")?
-                    .into_iter()
-                    .filter(|p| {
-                        !p.contains(": Idle: ")
-                            && !waiting_for_traffic.iter().any(|w| p.starts_with(w))
-                    }),
+                objects
+                    .iter()
+                    .filter(|o| o["kind"] == "Peer" && !waiting_for_traffic(o))
+                    .filter_map(|o| not_true_line(o, "Connected")),
             );
             if pending.is_empty() {
                 // The operator listens on its metrics port by now.
@@ -672,6 +646,36 @@ pub struct Ping {
     pub from: String,
     pub to: IpAddr,
     pub label: String,
+}
+
+/// `Kind/name: reason: message` when `object`'s `condition` is not `True`.
+fn not_true_line(object: &Value, condition: &str) -> Option<String> {
+    let kind = object["kind"].as_str()?;
+    let name = object["metadata"]["name"].as_str()?;
+    let found = object["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == condition));
+    match found {
+        Some(c) if c["status"] == "True" => None,
+        Some(c) => Some(format!(
+            "{kind}/{name}: {}: {}",
+            c["reason"].as_str().unwrap_or(""),
+            c["message"].as_str().unwrap_or("")
+        )),
+        None => Some(format!("{kind}/{name}: no {condition} condition yet")),
+    }
+}
+
+/// Whether a Peer without `Connected` is only waiting for traffic: a link without keepalive
+/// hand-shakes once traffic flows (it stays `Connecting`, then `Idle`), and the sandbox's
+/// pings are that traffic.
+fn waiting_for_traffic(peer: &Value) -> bool {
+    let reason = peer["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Connected"))
+        .and_then(|c| c["reason"].as_str());
+    let keepalive = peer["spec"]["persistentKeepalive"].as_u64().unwrap_or(0);
+    reason == Some("Idle") || (reason == Some("Connecting") && keepalive == 0)
 }
 
 fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> Result<()> {
@@ -961,11 +965,7 @@ impl Sandbox {
             "local control plane (etcd, kube-apiserver)"
         });
         // The step line says it is up; tests (quiet) get the control plane's own line.
-        let cp = if quiet && controller_manager {
-            ControlPlane::start(cp_dir)?
-        } else {
-            ControlPlane::start_silently(cp_dir, controller_manager)?
-        };
+        let cp = ControlPlane::start_with(cp_dir, quiet, controller_manager)?;
         // From here on the sandbox exists, and dropping it (on any error) removes the run
         // folder, the processes, the namespaces and the control plane.
         let mut sandbox = Self {
