@@ -29,19 +29,12 @@ pub const STALE_AFTER: Duration = Duration::from_secs(180);
 pub const FIRST_HANDSHAKE_GRACE: Duration = Duration::from_secs(60);
 /// Counters alone cause at most one write per object per this period.
 pub const COUNTER_INTERVAL: Duration = Duration::from_secs(30);
-/// Status patches in flight at once.
-pub const WRITE_CONCURRENCY: usize = 8;
 /// How long the status of a peer entry this daemon has just configured waits for its first
 /// handshake before it is written without one. The daemon looks again 10, 25 and 50 ms after
 /// a change (see [`crate::run::followup`]) and on a LAN the handshake is done by the first
 /// look, so the Peer gets one patch saying `Ready` and `Connected` instead of a `Connecting`
 /// one that the `Connected` one then queues behind.
 pub const FIRST_HANDSHAKE_HOLD: Duration = Duration::from_millis(60);
-
-/// The field manager of the daemon on `node`.
-pub fn field_manager(node: &str) -> String {
-    format!("kwire-node-{node}")
-}
 
 /// A status for one object: the part that matters at once, and counters.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,7 +209,7 @@ impl StatusReport {
                         since,
                         input.now,
                     );
-                    let significant = json!({
+                    let mut significant = json!({
                         "conditions": [
                             condition_json(seen, condition::READY, ready, reason, &message, input.now),
                             condition_json(seen, condition::CONNECTED, connected, c_reason, &c_message, input.now),
@@ -227,7 +220,6 @@ impl StatusReport {
                         "latestHandshake": stats.as_ref().and_then(|s| s.handshake).map(timestamp),
                         "transfer": stats.as_ref().map(|s| json!({"rxBytes": s.rx, "txBytes": s.tx})),
                     });
-                    let mut significant = significant;
                     if let Some(entry) = input.translation.remote_ends_here.get(key) {
                         let (end, end_counters) =
                             remote_end(input.node, entry_stats(input, entry).as_ref());

@@ -20,8 +20,10 @@ use kwire_crds::v1alpha1::{Interface, Peer, Route};
 use serde_json::{Value, json};
 
 use super::desired::ObjectKey;
-use super::report::{ObjectStatus, StatusReport, WRITE_CONCURRENCY, due, field_manager};
+use super::report::{ObjectStatus, StatusReport, due};
 
+/// Status patches in flight at once.
+pub const WRITE_CONCURRENCY: usize = 8;
 /// A failed write is not tried again sooner than this (the API server is likely busy or
 /// down; the next report after it retries).
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -43,6 +45,11 @@ impl Kind {
             Kind::Route => "Route",
         }
     }
+}
+
+/// The field manager of the daemon on `node`.
+pub fn field_manager(node: &str) -> String {
+    format!("kwire-node-{node}")
 }
 
 pub type Target = (Kind, ObjectKey);
@@ -114,11 +121,7 @@ impl StatusWriter {
                 if self.retry_at.contains_key(&target) {
                     continue;
                 }
-                let last = self
-                    .written
-                    .get(&target)
-                    .map(|(last, at)| (last, at.elapsed()));
-                if due(last, status) {
+                if self.is_due(&target, status) {
                     self.queued.insert(target, status.clone());
                 } else {
                     // Back to what is written: an older queued status must not go out.
@@ -128,6 +131,15 @@ impl StatusWriter {
         }
         self.start_writes();
         self.queued.len() + self.in_flight.len()
+    }
+
+    /// Whether `status` is worth writing over what was last written for `target`.
+    fn is_due(&self, target: &Target, status: &ObjectStatus) -> bool {
+        let last = self
+            .written
+            .get(target)
+            .map(|(last, at)| (last, at.elapsed()));
+        due(last, status)
     }
 
     /// When the earliest failed write may be tried again.
@@ -179,11 +191,7 @@ impl StatusWriter {
                 continue;
             };
             // Written meanwhile by the write that just returned.
-            let last = self
-                .written
-                .get(&target)
-                .map(|(last, at)| (last, at.elapsed()));
-            if !due(last, &status) {
+            if !self.is_due(&target, &status) {
                 continue;
             }
             self.in_flight.insert(target.clone());
