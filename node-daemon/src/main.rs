@@ -87,11 +87,15 @@ struct Args {
     route_protocol: u8,
 }
 
+/// Logs go to stderr, coloured only when it is a terminal: a log file or a pipe to a
+/// collector gets plain text.
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

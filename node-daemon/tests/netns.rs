@@ -427,3 +427,24 @@ fn a_killed_wireguard_go_is_restarted_and_its_device_restored() {
     let show = ns.exec(&["wg", "show", &dev]);
     assert!(show.contains(&pk) && show.contains(&p1), "{show}");
 }
+
+#[test]
+fn a_log_written_to_a_file_carries_no_colour_codes() {
+    require_prerequisites!();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::new("lc");
+    let file = dir.path().join("node.yaml");
+    std::fs::write(&file, "devices: {}\n").unwrap();
+    let mut daemon = Daemon::start(&ns, dir.path(), &file, &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the first reconcile in the log",
+        || daemon.log().contains("reconciled"),
+    );
+    daemon.stop();
+    let log = daemon.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a log file:\n{log:?}"
+    );
+}
