@@ -327,17 +327,49 @@ pub fn decode_key(value: &[u8]) -> Option<[u8; 32]> {
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
 }
 
-/// The node-local key of an Interface, created (mode 0600) on first use.
+/// What to do about a node-local key, decided from the result of reading its file.
+#[derive(Debug)]
+enum NodeLocalKey {
+    Use(PrivateKey),
+    /// The file does not exist: this is the Interface's first start on this node.
+    Generate,
+    /// The file exists (or may exist) but cannot be used: keep it, and the device as it is.
+    Unavailable(String),
+}
+
+/// Only a file that is absent gets a new key. Any other failure (EIO, a permission error, a
+/// file that does not hold a key) is reported: a new key would silently replace the one the
+/// far ends know, and the old one could never be recovered.
+fn node_local_key_action(read: std::io::Result<Vec<u8>>) -> NodeLocalKey {
+    match read {
+        Ok(text) => match decode_key(&text) {
+            Some(key) => NodeLocalKey::Use(PrivateKey::from_bytes(key)),
+            None => NodeLocalKey::Unavailable(
+                "the file does not hold a WireGuard key; restore it from a backup, or delete it \
+                 to have a new key generated (every peer then needs the new public key)"
+                    .into(),
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeLocalKey::Generate,
+        Err(e) => NodeLocalKey::Unavailable(format!(
+            "reading it failed ({e}); the file and the device are left as they are: fix the \
+             file's permissions or the disk, no new key is generated"
+        )),
+    }
+}
+
+/// The node-local key of an Interface, created (mode 0600) when its file does not exist.
+/// Any other failure is `KeyUnavailable`, which leaves the device as it is.
 pub fn node_local_key(dir: &Path, namespace: &str, name: &str) -> KeyLookup<PrivateKey> {
     let path = dir.join(format!("{namespace}_{name}.key"));
     let failed = |why: String| Problem {
         reason: "KeyUnavailable",
         message: format!("node-local key {}: {why}", path.display()),
     };
-    if let Ok(text) = std::fs::read(&path) {
-        return decode_key(&text)
-            .map(PrivateKey::from_bytes)
-            .ok_or_else(|| failed("the file does not hold a WireGuard key".into()));
+    match node_local_key_action(std::fs::read(&path)) {
+        NodeLocalKey::Use(key) => return Ok(key),
+        NodeLocalKey::Unavailable(why) => return Err(failed(why)),
+        NodeLocalKey::Generate => {}
     }
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
@@ -347,6 +379,7 @@ pub fn node_local_key(dir: &Path, namespace: &str, name: &str) -> KeyLookup<Priv
     bytes[0] &= 248;
     bytes[31] = (bytes[31] & 127) | 64;
     write_private_file(&path, &bytes).map_err(|e| failed(format!("cannot write it: {e}")))?;
+    tracing::info!(file = %path.display(), "generated a node-local key");
     Ok(PrivateKey::from_bytes(bytes))
 }
 
@@ -370,7 +403,12 @@ fn write_private_file(path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
         base64::engine::general_purpose::STANDARD.encode(key)
     )?;
     file.sync_all()?;
-    std::fs::rename(tmp, path)
+    std::fs::rename(tmp, path)?;
+    // The rename itself survives a power loss only once the folder is synced.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Endpoints given as DNS names, which the daemon resolves (again on every snapshot).
@@ -420,4 +458,89 @@ where
         }
     });
     reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expect_unavailable(lookup: KeyLookup<PrivateKey>) -> Problem {
+        match lookup {
+            Ok(_) => panic!("expected KeyUnavailable, got a key"),
+            Err(p) => p,
+        }
+    }
+
+    #[test]
+    fn a_missing_key_file_gets_a_key_that_is_then_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = node_local_key(dir.path(), "ns", "wg0").unwrap();
+        let again = node_local_key(dir.path(), "ns", "wg0").unwrap();
+        assert_eq!(first.expose_secret(), again.expose_secret());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("ns_wg0.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_key_file_that_cannot_be_read_is_kept_and_reported_not_replaced() {
+        // A symbolic link to itself: reading fails with ELOOP (not "not found"), whoever runs
+        // the test, while a rename over it would succeed.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns_wg0.key");
+        std::os::unix::fs::symlink(&path, &path).unwrap();
+        let problem = expect_unavailable(node_local_key(dir.path(), "ns", "wg0"));
+        assert_eq!(problem.reason, "KeyUnavailable");
+        assert!(
+            problem.message.contains("reading it failed"),
+            "{}",
+            problem.message
+        );
+        assert_eq!(
+            std::fs::read_link(&path).unwrap(),
+            path,
+            "the file was replaced"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["ns_wg0.key"], "no new key was written beside it");
+    }
+
+    #[test]
+    fn a_key_file_without_a_key_is_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns_wg0.key");
+        std::fs::write(&path, "not a key\n").unwrap();
+        let problem = expect_unavailable(node_local_key(dir.path(), "ns", "wg0"));
+        assert_eq!(problem.reason, "KeyUnavailable");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a key\n");
+    }
+
+    #[test]
+    fn only_an_absent_file_makes_a_new_key() {
+        use std::io::{Error, ErrorKind};
+        assert!(matches!(
+            node_local_key_action(Err(Error::from(ErrorKind::NotFound))),
+            NodeLocalKey::Generate
+        ));
+        for errno in [
+            nix::libc::EIO,
+            nix::libc::EACCES,
+            nix::libc::EPERM,
+            nix::libc::ELOOP,
+        ] {
+            assert!(
+                matches!(
+                    node_local_key_action(Err(Error::from_raw_os_error(errno))),
+                    NodeLocalKey::Unavailable(_)
+                ),
+                "errno {errno}"
+            );
+        }
+    }
 }
