@@ -149,7 +149,7 @@ async fn main() -> Result<()> {
         sysctl_root: args.sysctl_root.clone(),
         wireguard_go: args.wireguard_go.clone(),
     };
-    let dataplane = KernelDataplane::new(handle, config, Some(events_tx.clone()))?;
+    let dataplane = KernelDataplane::new(handle, config, Some(events_tx.clone()));
     let metrics = Arc::new(Metrics::default());
     let mut reconciler = Reconciler::new(dataplane, metrics.clone());
 
@@ -157,6 +157,9 @@ async fn main() -> Result<()> {
         let plan = reconciler.dry_run(desired).await?;
         println!("{plan}");
         return Ok(());
+    }
+    if let Err(error) = reconciler.dataplane_mut().repair_state_file().await {
+        tracing::warn!(%error, "the state file could not be repaired yet; it is written again with the next change");
     }
     if let (true, Some(desired)) = (args.once, &file_desired) {
         let outcome = reconciler.reconcile_full(desired).await?;

@@ -6,7 +6,15 @@
 //! - a small state file ([`StateFile`]) records every device kwire created.
 //!   It closes the gap between creating a link and marking it (a crash there
 //!   would otherwise leave an unmarked link that looks foreign), and lets an
-//!   operator see what kwire believes it owns.
+//!   operator see what kwire believes it owns. It is written atomically and
+//!   durably (temp file in the same folder, fsync, rename, fsync of the folder).
+//!   A file that cannot be read or parsed (a disk error, a power loss on a file
+//!   system that lost the rename) is not fatal: the daemon logs why and rebuilds
+//!   the record from the kernel ([`StateFile::load_or_rebuild`],
+//!   [`OwnedDevices::marked`]): devices by their alias, while routes never needed
+//!   the file (their protocol marks them). Only a device created and not yet
+//!   marked when both the crash and the file's loss happened looks foreign then
+//!   (an `InterfaceNameConflict`, nothing is touched).
 //!
 //! A link with kwire's alias is owned. A link without it is owned only if the
 //! state file lists its name *and* it is a WireGuard-capable link (kernel
@@ -19,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{IfaceName, LinkKind, OwnerRef, Ownership};
+use crate::model::{IfaceName, LinkKind, ObservedNode, OwnerRef, Ownership};
 
 /// The `rtm_protocol` value on every route kwire installs: 75 (`0x4b`).
 ///
@@ -113,6 +121,18 @@ impl OwnedDevices {
     pub fn remove(&mut self, name: &IfaceName) -> bool {
         self.devices.remove(name.as_str()).is_some()
     }
+
+    /// The devices the kernel shows with kwire's alias: what the state file holds, as far
+    /// as the kernel can tell, when the file is lost.
+    pub fn marked(node: &ObservedNode) -> Self {
+        let mut out = Self::default();
+        for (name, device) in &node.devices {
+            if let Some(owner) = &device.mark {
+                out.insert(name, owner);
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,11 +148,15 @@ pub enum StateFileError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// The persisted [`OwnedDevices`] (JSON), written atomically (temp file + rename).
+/// The persisted [`OwnedDevices`] (JSON), written atomically and durably.
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
     devices: OwnedDevices,
+    /// The file could not be used: the record is to be rebuilt from the kernel.
+    rebuild: bool,
+    /// The record changed (by a rebuild) since the file was last written.
+    unsaved: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -158,7 +182,32 @@ impl StateFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => OwnedDevices::default(),
             Err(source) => return Err(StateFileError::Read { path, source }),
         };
-        Ok(Self { path, devices })
+        Ok(Self {
+            path,
+            devices,
+            rebuild: false,
+            unsaved: false,
+        })
+    }
+
+    /// Like [`StateFile::load`], but a file that cannot be read or parsed is logged and
+    /// replaced by an empty record that [`StateFile::needs_rebuild`] from the kernel
+    /// ([`StateFile::rebuild`]).
+    pub fn load_or_rebuild(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        match Self::load(path.clone()) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::warn!(%error,
+                    "the state file cannot be used; rebuilding it from the kernel (devices by their kwire alias; routes are known by their protocol)");
+                Self {
+                    path,
+                    devices: OwnedDevices::default(),
+                    rebuild: true,
+                    unsaved: false,
+                }
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -169,9 +218,33 @@ impl StateFile {
         &self.devices
     }
 
+    /// Whether the file could not be loaded and the record has not been rebuilt yet.
+    pub fn needs_rebuild(&self) -> bool {
+        self.rebuild
+    }
+
+    /// Adds `found` (see [`OwnedDevices::marked`]) to the record, in memory; the next
+    /// change or [`StateFile::save_if_unsaved`] writes the file.
+    pub fn rebuild(&mut self, found: &OwnedDevices) {
+        for (name, record) in &found.devices {
+            let fresh = self.devices.devices.insert(name.clone(), record.clone());
+            self.unsaved |= fresh.as_ref() != Some(record);
+        }
+        self.rebuild = false;
+    }
+
+    /// Writes the record if a rebuild changed it. Returns whether it wrote.
+    pub fn save_if_unsaved(&mut self) -> Result<bool, StateFileError> {
+        if !self.unsaved {
+            return Ok(false);
+        }
+        self.save()?;
+        Ok(true)
+    }
+
     /// Records a device before it is created. Writes only when something changed.
     pub fn record(&mut self, name: &IfaceName, owner: &OwnerRef) -> Result<(), StateFileError> {
-        if self.devices.insert(name, owner) {
+        if self.devices.insert(name, owner) || self.unsaved {
             self.save()?;
         }
         Ok(())
@@ -179,29 +252,53 @@ impl StateFile {
 
     /// Forgets a device after it was deleted. Writes only when something changed.
     pub fn forget(&mut self, name: &IfaceName) -> Result<(), StateFileError> {
-        if self.devices.remove(name) {
+        if self.devices.remove(name) || self.unsaved {
             self.save()?;
         }
         Ok(())
     }
 
-    fn save(&self) -> Result<(), StateFileError> {
+    /// Writes the whole record: a temp file in the same folder, fsync, rename over the
+    /// file, fsync of the folder. A crash at any point leaves the old file or the new one,
+    /// never a mix, and once this returns the new one survives a power loss.
+    fn save(&mut self) -> Result<(), StateFileError> {
+        use std::io::Write as _;
         let err = |source| StateFileError::Write {
             path: self.path.clone(),
             source,
         };
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(err)?;
         let contents = StateFileContents {
             version: 1,
             devices: self.devices.clone(),
         };
         let mut bytes = serde_json::to_vec_pretty(&contents).map_err(|e| err(e.into()))?;
         bytes.push(b'\n');
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, bytes).map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        let file_name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "node-state.json".into());
+        let tmp = dir.join(format!(".{file_name}.tmp"));
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&tmp, &self.path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(err)?;
+        self.unsaved = false;
+        Ok(())
     }
 }
 
@@ -288,6 +385,84 @@ mod tests {
         again.forget(&name("wg0")).unwrap();
         assert!(
             !StateFile::load(&path)
+                .unwrap()
+                .devices()
+                .contains(&name("wg0"))
+        );
+    }
+
+    fn owned_link(mark: Option<&str>, ownership: Ownership) -> crate::model::ObservedDevice {
+        crate::model::ObservedDevice {
+            ownership,
+            mark: mark.map(|m| m.parse().unwrap()),
+            kind: LinkKind::Tun,
+            up: true,
+            mtu: 1420,
+            addresses: Default::default(),
+            wireguard: None,
+            forwarding: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_truncated_state_file_is_rebuilt_from_the_kernel_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node-state.json");
+        let mut sf = StateFile::load(&path).unwrap();
+        sf.record(&name("wg0"), &"a/b".parse().unwrap()).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        // What a power loss can leave: the first bytes of the file.
+        std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        assert!(matches!(
+            StateFile::load(&path),
+            Err(StateFileError::Parse { .. })
+        ));
+
+        let mut sf = StateFile::load_or_rebuild(&path);
+        assert!(sf.needs_rebuild());
+        assert!(!sf.devices().contains(&name("wg0")));
+        let mut node = ObservedNode::default();
+        node.devices
+            .insert(name("wg0"), owned_link(Some("a/b"), Ownership::Owned));
+        node.devices
+            .insert(name("wg1"), owned_link(None, Ownership::Foreign));
+        sf.rebuild(&OwnedDevices::marked(&node));
+        assert!(!sf.needs_rebuild());
+        assert!(sf.save_if_unsaved().unwrap());
+        assert!(!sf.save_if_unsaved().unwrap(), "written once");
+        let again = StateFile::load(&path).unwrap();
+        assert!(again.devices().contains(&name("wg0")));
+        assert!(!again.devices().contains(&name("wg1")));
+    }
+
+    #[test]
+    fn an_unreadable_state_file_is_rebuilt_too() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder where the file should be: reading fails with EISDIR.
+        let path = dir.path().join("node-state.json");
+        std::fs::create_dir(&path).unwrap();
+        assert!(matches!(
+            StateFile::load(&path),
+            Err(StateFileError::Read { .. })
+        ));
+        let sf = StateFile::load_or_rebuild(&path);
+        assert!(sf.needs_rebuild());
+    }
+
+    #[test]
+    fn a_save_leaves_no_temp_file_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node-state.json");
+        std::fs::write(dir.path().join(".node-state.json.tmp"), "{ half").unwrap();
+        let mut sf = StateFile::load(&path).unwrap();
+        sf.record(&name("wg0"), &"a/b".parse().unwrap()).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["node-state.json"]);
+        assert!(
+            StateFile::load(&path)
                 .unwrap()
                 .devices()
                 .contains(&name("wg0"))

@@ -448,3 +448,45 @@ fn a_log_written_to_a_file_carries_no_colour_codes() {
         "ANSI escape codes in a log file:\n{log:?}"
     );
 }
+
+#[test]
+fn a_truncated_state_file_is_rebuilt_from_the_kernel_and_the_daemon_goes_on() {
+    require_prerequisites!();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::new("sf");
+    let dev = unique("sf");
+    let (sk, _) = keypair();
+    let (_, p1) = keypair();
+    let file = write_desired(
+        dir.path(),
+        "node.yaml",
+        &NodeSpec {
+            device: &dev,
+            private_key: &sk,
+            port: 51870,
+            address: "10.76.0.1/24",
+            peers: vec![(&p1, None, vec!["10.76.0.2/32", "10.76.1.0/24"])],
+            routes: vec![("10.76.1.0/24", Some("10.76.0.2"))],
+        },
+    );
+    let first = reconcile_once(&ns, dir.path(), &file);
+    assert!(first["writes"].as_u64().unwrap() > 0, "{first}");
+    let state = dir.path().join(format!("state-{}.json", ns.name));
+    let whole = std::fs::read(&state).unwrap();
+    assert!(String::from_utf8_lossy(&whole).contains(&dev));
+    // What a power loss can leave behind: the file's first bytes.
+    std::fs::write(&state, &whole[..whole.len() / 2]).unwrap();
+    let pids = ns.wireguard_go_pids();
+
+    // The daemon starts anyway, finds its device by its alias, and changes nothing.
+    let second = reconcile_once(&ns, dir.path(), &file);
+    assert_eq!(second["steps"], serde_json::json!([]), "{second}");
+    assert_eq!(second["writes"], 0, "{second}");
+    assert_eq!(ns.wireguard_go_pids(), pids, "wireguard-go was restarted");
+    let rebuilt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).expect("a rebuilt state file");
+    assert!(
+        rebuilt["devices"][dev.as_str()].is_object(),
+        "the device is recorded again: {rebuilt}"
+    );
+}

@@ -22,10 +22,19 @@ use super::{Dataplane, DataplaneError};
 use crate::backend::WireguardBackend;
 use crate::model::{IfaceName, LinkKind, ObservedNode, RouteId};
 use crate::observe::{ObserveError, forwarding_path, observe_kernel};
-use crate::ownership::{StateFile, StateFileError, device_alias, route_protocol};
+use crate::ownership::{OwnedDevices, StateFile, StateFileError, device_alias, route_protocol};
 use crate::plan::{ForwardingScope, Step};
 use crate::run::KernelEvent;
 use crate::userspace::{Supervisor, socket_answers};
+
+/// Why [`KernelDataplane::repair_state_file`] could not rebuild or write the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateRepairError {
+    #[error("rebuilding the state file from the kernel: {0}")]
+    Observe(#[from] ObserveError),
+    #[error(transparent)]
+    Write(#[from] StateFileError),
+}
 
 /// Settings of the [`KernelDataplane`].
 #[derive(Debug, Clone)]
@@ -79,21 +88,39 @@ fn tolerate(result: Result<(), rtnetlink::Error>, ok: &[i32]) -> Result<(), Data
 
 impl KernelDataplane {
     /// `handle` must belong to a running rtnetlink connection (see [`connect`]).
-    /// Process exits of wireguard-go are reported on `events`.
+    /// Process exits of wireguard-go are reported on `events`. A state file that cannot
+    /// be read or parsed is logged and rebuilt from the kernel at the first observation
+    /// (see [`crate::ownership`]); [`KernelDataplane::repair_state_file`] writes it back.
     pub fn new(
         handle: rtnetlink::Handle,
         config: KernelConfig,
         events: Option<UnboundedSender<KernelEvent>>,
-    ) -> Result<Self, StateFileError> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             handle,
             backend: config.backend,
-            state: StateFile::load(config.state_file)?,
+            state: StateFile::load_or_rebuild(config.state_file),
             sysctl_root: config.sysctl_root,
             supervisor: Supervisor::new(config.wireguard_go, events),
             kinds: BTreeMap::new(),
             writes: 0,
-        })
+        }
+    }
+
+    /// When the state file could not be loaded: rebuilds the record from the kernel and
+    /// writes the file. Returns whether it wrote. Not for a dry run, which writes nothing.
+    /// A failure is not fatal: the record is rebuilt by the next observation anyway and
+    /// written with the next change.
+    pub async fn repair_state_file(&mut self) -> Result<bool, StateRepairError> {
+        if self.state.needs_rebuild() {
+            self.observe().await?;
+        }
+        let wrote = self.state.save_if_unsaved()?;
+        if wrote {
+            tracing::info!(file = %self.state.path().display(), devices = self.state.devices().names().count(),
+                "rebuilt the state file from the kernel");
+        }
+        Ok(wrote)
     }
 
     pub fn backend(&self) -> WireguardBackend {
@@ -452,6 +479,9 @@ const ROUTE_PIPELINE_DEPTH: usize = 128;
 impl Dataplane for KernelDataplane {
     async fn observe(&mut self) -> Result<ObservedNode, ObserveError> {
         let node = observe_kernel(&self.handle, self.state.devices(), &self.sysctl_root).await?;
+        if self.state.needs_rebuild() {
+            self.state.rebuild(&OwnedDevices::marked(&node));
+        }
         self.kinds = node
             .devices
             .iter()

@@ -374,7 +374,7 @@ async fn inner(args: Args) -> Result<()> {
             wireguard_go: "wireguard-go".into(),
         },
         None,
-    )?;
+    );
     let mut rec = Reconciler::new(dataplane, Arc::new(Metrics::default()));
     let mut apply_all = Vec::new();
     let mut change_one = Vec::new();
