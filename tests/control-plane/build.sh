@@ -4,9 +4,11 @@
 #   kube-apiserver            k8s.io/kubernetes           (module .)
 #   kube-controller-manager   k8s.io/kubernetes           (module .)
 #   kubectl                   k8s.io/kubernetes           (module .)
+#   kubelet, kube-scheduler,  k8s.io/kubernetes           (module .)
+#   kube-proxy                (the kubelet nodes of `kwire sandbox up --nodes kubelet`)
 #   helm                      helm.sh/helm/v4             (module ./helm)
 #
-#   tests/control-plane/build.sh [NAME...]     (default: all five)
+#   tests/control-plane/build.sh [NAME...]     (default: all eight)
 #
 # The binaries of one module are built by one go build.
 #
@@ -126,14 +128,14 @@ build() {
   built=$((built + ${#names[@]}))
 }
 
-known=(etcd kube-apiserver kube-controller-manager kubectl helm)
+known=(etcd kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy helm)
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=("${known[@]}")
 etcd=() kube=() helm=()
 for name in "${names[@]}"; do
   case "$name" in
     etcd) current etcd "$here/etcd" || etcd=(etcd=./cmd/etcd) ;;
-    kube-apiserver | kube-controller-manager | kubectl)
+    kube-apiserver | kube-controller-manager | kubectl | kubelet | kube-scheduler | kube-proxy)
       current "$name" "$here" || kube+=("$name=k8s.io/kubernetes/cmd/$name") ;;
     helm) current helm "$here/helm" || helm=(helm=helm.sh/helm/v4/cmd/helm) ;;
     *)

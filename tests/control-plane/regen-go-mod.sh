@@ -80,7 +80,10 @@ regen_kubernetes() {
   (cd "$dir" && "$GO" get -tool \
     "$module/cmd/kube-apiserver@$version" \
     "$module/cmd/kube-controller-manager@$version" \
-    "$module/cmd/kubectl@$version")
+    "$module/cmd/kubectl@$version" \
+    "$module/cmd/kubelet@$version" \
+    "$module/cmd/kube-scheduler@$version" \
+    "$module/cmd/kube-proxy@$version")
   (cd "$dir" && "$GO" mod tidy)
 }
 

@@ -16,6 +16,11 @@
 # (nor needed in ./bin): no garbage collection, namespace deletion or
 # ServiceAccount token controllers, which a short-lived sandbox does without.
 #
+# With KWIRE_CP_WORKLOADS=1 (for kubelet nodes: `kwire sandbox up --nodes
+# kubelet`), kube-controller-manager also runs the controllers that turn
+# Deployments and DaemonSets into pods and keep Node conditions and taints,
+# and kube-scheduler runs beside it.
+#
 # With KWIRE_CP_WATCH_PID=<pid> set (the Rust test fixture does this), a
 # watchdog also runs that calls down.sh as soon as that process has exited:
 # test binaries never run destructors for statics, and a killed test run must
@@ -35,8 +40,14 @@ die() { log "error: $*"; exit 1; }
 controller_manager="${KWIRE_CP_CONTROLLER_MANAGER:-1}"
 [[ "$controller_manager" == 0 || "$controller_manager" == 1 ]] ||
   die "KWIRE_CP_CONTROLLER_MANAGER must be 0 or 1, not '$controller_manager'"
+workloads="${KWIRE_CP_WORKLOADS:-0}"
+[[ "$workloads" == 0 || "$workloads" == 1 ]] ||
+  die "KWIRE_CP_WORKLOADS must be 0 or 1, not '$workloads'"
+[[ "$workloads" == 0 || "$controller_manager" == 1 ]] ||
+  die "KWIRE_CP_WORKLOADS=1 needs kube-controller-manager (KWIRE_CP_CONTROLLER_MANAGER=1)"
 needed=(etcd kube-apiserver kubectl)
 [[ "$controller_manager" == 0 ]] || needed+=(kube-controller-manager)
+[[ "$workloads" == 0 ]] || needed+=(kube-scheduler)
 for b in "${needed[@]}"; do
   [[ -x "$bin/$b" ]] || die "$bin/$b is missing: run $here/build.sh ${needed[*]}"
 done
@@ -122,6 +133,7 @@ etcd_port=$(free_port)
 etcd_peer_port=$(free_port)
 api_port=$(free_port)
 kcm_port=$(free_port)
+scheduler_port=$(free_port)
 api_url="https://127.0.0.1:$api_port"
 
 # --- certificates, keys, tokens -------------------------------------------
@@ -162,10 +174,12 @@ chmod 600 "$pki"/*.key
 
 admin_token="$(openssl rand -hex 32)"
 kcm_token="$(openssl rand -hex 32)"
+scheduler_token="$(openssl rand -hex 32)"
 # token,user,uid,"groups"
 cat >"$pki/tokens.csv" <<CSV
 $admin_token,kwire-admin,kwire-admin,"system:masters"
 $kcm_token,system:kube-controller-manager,system:kube-controller-manager
+$scheduler_token,system:kube-scheduler,system:kube-scheduler
 CSV
 chmod 600 "$pki/tokens.csv"
 
@@ -197,6 +211,7 @@ KUBECONFIG
 }
 write_kubeconfig "$run/admin.kubeconfig" kwire-admin "$admin_token"
 write_kubeconfig "$run/kube-controller-manager.kubeconfig" system:kube-controller-manager "$kcm_token"
+write_kubeconfig "$run/kube-scheduler.kubeconfig" system:kube-scheduler "$scheduler_token"
 
 # --- etcd --------------------------------------------------------------------
 start etcd "$bin/etcd" \
@@ -268,6 +283,12 @@ log "kube-apiserver ready at $api_url"
 # Only the controllers a cluster without nodes and pods needs. Each one acts
 # with its own ServiceAccount's token (--use-service-account-credentials), as
 # in kubeadm clusters, so it is bound by the bootstrap RBAC roles.
+controllers=serviceaccount-token-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller
+# Pods from workloads, Node conditions and NotReady taints (the apiserver's
+# TaintNodesByCondition admission taints every new Node until this controller
+# sees it Ready), pods of deleted Nodes.
+[[ "$workloads" == 0 ]] ||
+  controllers+=,deployment-controller,replicaset-controller,daemonset-controller,node-lifecycle-controller,taint-eviction-controller,pod-garbage-collector-controller
 if [[ "$controller_manager" == 1 ]]; then
   start kube-controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$run/kube-controller-manager.kubeconfig" \
@@ -280,13 +301,27 @@ if [[ "$controller_manager" == 1 ]]; then
     --use-service-account-credentials=true \
     --service-account-private-key-file="$pki/sa.key" \
     --root-ca-file="$pki/ca.crt" \
-    --controllers=serviceaccount-token-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller \
+    --controllers="$controllers" \
     --profiling=false
 
   wait_ok 60 "https://127.0.0.1:$kcm_port/healthz" -k
   log "kube-controller-manager healthy on 127.0.0.1:$kcm_port"
 else
   log "kube-controller-manager not started (KWIRE_CP_CONTROLLER_MANAGER=0)"
+fi
+
+# --- kube-scheduler (KWIRE_CP_WORKLOADS=1) ----------------------------------
+if [[ "$workloads" == 1 ]]; then
+  start kube-scheduler "$bin/kube-scheduler" \
+    --kubeconfig="$run/kube-scheduler.kubeconfig" \
+    --authentication-kubeconfig="$run/kube-scheduler.kubeconfig" \
+    --authorization-kubeconfig="$run/kube-scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 \
+    --secure-port="$scheduler_port" \
+    --leader-elect=false \
+    --profiling=false
+  wait_ok 60 "https://127.0.0.1:$scheduler_port/healthz" -k
+  log "kube-scheduler healthy on 127.0.0.1:$scheduler_port"
 fi
 
 cat >"$run/env" <<ENV
