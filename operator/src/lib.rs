@@ -14,6 +14,7 @@ pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod secrets;
 pub mod topology;

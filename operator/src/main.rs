@@ -46,7 +46,8 @@ struct Args {
     /// Namespace of the Lease (default: the client's namespace, e.g. the pod's).
     #[arg(long, env = "POD_NAMESPACE")]
     leader_election_namespace: Option<String>,
-    /// This replica's identity for the Lease and for Events (e.g. the pod name).
+    /// This replica's identity for the Lease and for Events: the pod name. Without it, the
+    /// hostname (a pod's hostname is its name), else a random name; never the pid.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// Seconds between full reconciles of every object (the safety net behind watches).
@@ -128,6 +129,8 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let health = Health::default();
     let server = tokio::spawn(serve(args.metrics_addr, metrics.clone(), health.clone()));
+    let identity = kwire_operator::identity::of_this_replica(args.identity.as_deref())?;
+    tracing::info!(identity = %identity.name, from = %identity.source, "replica identity");
 
     let options = Options {
         namespace: args.namespace.clone(),
@@ -136,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
             resync: Duration::from_secs(args.resync_seconds.max(10)),
             default_keepalive: args.default_keepalive,
         },
-        instance: args.identity.clone(),
+        instance: Some(identity.name.clone()),
     };
 
     if !args.leader_election {
@@ -153,10 +156,7 @@ async fn main() -> anyhow::Result<()> {
         return result.map_err(Into::into);
     }
 
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("kwire-operator-{}", std::process::id()));
+    let identity = identity.name;
     let lease_ns = args
         .leader_election_namespace
         .clone()
