@@ -490,3 +490,56 @@ fn a_truncated_state_file_is_rebuilt_from_the_kernel_and_the_daemon_goes_on() {
         "the device is recorded again: {rebuilt}"
     );
 }
+
+/// A fake wireguard-go socket in the host-wide UAPI folder, removed on drop.
+struct FakeUapiSocket(PathBuf);
+
+impl Drop for FakeUapiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn an_odd_answer_from_wireguard_go_is_an_error_not_a_panic() {
+    require_prerequisites!();
+    use kwire_node_daemon::model::{IfaceName, LinkKind};
+    use kwire_node_daemon::observe::{WireguardReadError, read_wireguard};
+    use std::io::{Read as _, Write as _};
+
+    let dev = unique("ua");
+    std::fs::create_dir_all("/var/run/wireguard").unwrap();
+    let socket = FakeUapiSocket(PathBuf::from(format!("/var/run/wireguard/{dev}.sock")));
+    let _ = std::fs::remove_file(&socket.0);
+    let listener = std::os::unix::net::UnixListener::bind(&socket.0).unwrap();
+    // Answers every connection with an errno that is not a number, after a key that no
+    // wireguard-go sends today.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 64];
+            while !request.ends_with(b"\n\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(b"listen_port=51820\nnew_key=1\nerrno=oops\n\n");
+        }
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let name: IfaceName = dev.parse().unwrap();
+    let result = runtime.block_on(read_wireguard(&name, &LinkKind::Tun));
+    match result {
+        Err(WireguardReadError::Failed(e)) => {
+            let message = e.to_string();
+            assert!(
+                !message.contains("panicked"),
+                "the reader panicked: {message}"
+            );
+            assert!(message.contains("errno"), "{message}");
+        }
+        other => panic!("expected a read failure, got {other:?}"),
+    }
+}

@@ -25,7 +25,7 @@ pub use links::{RawLink, link_kind};
 pub use routes::{RawRoute, classify_routes};
 pub use sysctl::{forwarding_path, read_forwarding};
 pub use wireguard::{
-    WireguardReadError, backend_for, observed_wireguard, read_wireguard,
+    ReadFailure, WireguardReadError, backend_for, observed_wireguard, read_wireguard,
     wg_name as wg_interface_name,
 };
 
@@ -44,7 +44,7 @@ pub enum ObserveError {
     #[error("reading WireGuard device {device}: {source}")]
     ReadWireguard {
         device: IfaceName,
-        source: io::Error,
+        source: ReadFailure,
     },
     #[error("reading {path}: {source}")]
     ReadSysctl { path: PathBuf, source: io::Error },

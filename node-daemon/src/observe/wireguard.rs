@@ -1,4 +1,6 @@
-//! Reading one WireGuard device through wireguard-control.
+//! Reading one WireGuard device: a wireguard-go device with kwire's own `get=1`
+//! request ([`crate::uapi::get`], with a timeout), a kernel device through
+//! wireguard-control (generic netlink).
 //!
 //! wireguard-control's `Device` derives a `Debug` that prints the private key:
 //! it is converted into kwire's redacted types right here and never logged.
@@ -10,6 +12,8 @@ use std::collections::BTreeMap;
 
 use wireguard_control::{Backend, Device, InterfaceName, PeerInfo};
 
+use crate::uapi::UapiError;
+
 use crate::model::{
     IfaceName, LinkKind, ObservedPeer, ObservedWireguard, PeerConfig, PeerStats, PresharedKey,
     PrivateKey, PublicKey,
@@ -20,10 +24,23 @@ pub enum WireguardReadError {
     /// Nothing answers for this device: no UAPI socket, no such kernel
     /// device, or a link that is not WireGuard at all.
     #[error("no WireGuard configuration reachable: {0}")]
-    Unreachable(io::Error),
+    Unreachable(ReadFailure),
     /// Something answered, but reading failed.
     #[error("{0}")]
-    Failed(io::Error),
+    Failed(ReadFailure),
+}
+
+/// What went wrong reading a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFailure {
+    /// wireguard-go, over its UAPI socket.
+    #[error(transparent)]
+    Userspace(#[from] UapiError),
+    /// Kernel WireGuard, over generic netlink.
+    #[error("{0}")]
+    Kernel(io::Error),
+    #[error("{name} is a {kind} link, not WireGuard")]
+    NotWireguard { name: IfaceName, kind: LinkKind },
 }
 
 /// The wireguard-control backend that speaks to a link of this kind.
@@ -46,20 +63,32 @@ pub async fn read_wireguard(
     name: &IfaceName,
     kind: &LinkKind,
 ) -> Result<ObservedWireguard, WireguardReadError> {
-    let Some(backend) = backend_for(kind) else {
-        return Err(WireguardReadError::Unreachable(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name} is a {kind} link, not WireGuard"),
-        )));
-    };
-    let iface = wg_name(name).map_err(WireguardReadError::Failed)?;
-    let result = tokio::task::spawn_blocking(move || Device::get(&iface, backend))
-        .await
-        .map_err(|e| WireguardReadError::Failed(io::Error::other(e.to_string())))?;
-    match result {
-        Ok(device) => Ok(observed_wireguard(device)),
-        Err(e) if is_unreachable(&e) => Err(WireguardReadError::Unreachable(e)),
-        Err(e) => Err(WireguardReadError::Failed(e)),
+    match kind {
+        LinkKind::Tun => crate::uapi::get(name).await.map_err(|e| {
+            if e.is_unreachable() {
+                WireguardReadError::Unreachable(e.into())
+            } else {
+                WireguardReadError::Failed(e.into())
+            }
+        }),
+        LinkKind::Wireguard => {
+            let failed = |e| WireguardReadError::Failed(ReadFailure::Kernel(e));
+            let iface = wg_name(name).map_err(failed)?;
+            let result = tokio::task::spawn_blocking(move || Device::get(&iface, Backend::Kernel))
+                .await
+                .map_err(|e| failed(io::Error::other(e.to_string())))?;
+            match result {
+                Ok(device) => Ok(observed_wireguard(device)),
+                Err(e) if is_unreachable(&e) => {
+                    Err(WireguardReadError::Unreachable(ReadFailure::Kernel(e)))
+                }
+                Err(e) => Err(failed(e)),
+            }
+        }
+        LinkKind::Other(_) => Err(WireguardReadError::Unreachable(ReadFailure::NotWireguard {
+            name: name.clone(),
+            kind: kind.clone(),
+        })),
     }
 }
 
