@@ -993,8 +993,10 @@ async fn install_upgrade_and_uninstall_on_the_control_plane() -> Result<()> {
         get_required(cp, &ns_name, &format!("serviceaccount/{sa}"))?;
     }
 
-    // A user's object, which uninstalling must leave alone.
-    let interface = "apiVersion: kwire.dev/v1alpha1\nkind: Interface\nmetadata:\n  name: vm01-wg0\nspec:\n  nodeName: vm01\n  deviceName: wg0\n  addresses: [10.0.0.1/24]\n";
+    // A user's object, which uninstalling must leave alone. Its key stays on
+    // its node: with the default nodeSecretAccess.mode (none) the chart's
+    // admission policy rejects a key in a Secret.
+    let interface = "apiVersion: kwire.dev/v1alpha1\nkind: Interface\nmetadata:\n  name: vm01-wg0\nspec:\n  nodeName: vm01\n  deviceName: wg0\n  addresses: [10.0.0.1/24]\n  keyMode: NodeLocal\n";
     let manifest = scratch("install")?.join("interface.yaml");
     std::fs::write(&manifest, interface)?;
     run_ok(

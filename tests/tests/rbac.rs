@@ -4,12 +4,20 @@
 //! real requests made with their tokens. Least privilege, no wildcards, and
 //! neither component can write the spec of a kwire object.
 //!
+//! Key Secrets, per `nodeSecretAccess.mode` (docs/security.md): the node
+//! daemons read none (`none`, the default), only those of the listed
+//! namespaces (`namespaces`), or every one (`cluster`, opt-in); the
+//! ValidatingAdmissionPolicy of the first two rejects, at apply, keys the
+//! daemons could not read.
+//!
 //! `cargo test -p kwire-tests --test rbac -- --nocapture` prints the tables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Secret;
@@ -19,6 +27,7 @@ use kube::api::{
     PostParams,
 };
 use kwire_tests::control_plane::ControlPlane;
+use kwire_tests::wait::wait_for;
 use serde_json::{Value, json};
 
 const OPERATOR: &str = "kwire-operator";
@@ -60,17 +69,32 @@ fn run_ok(cmd: &mut Command) -> Result<String> {
     String::from_utf8(out.stdout).context("non-UTF-8 output")
 }
 
-/// Installs the chart with its default values as a release named after the
-/// namespace (so cluster-scoped names never collide between tests).
-fn install(cp: &ControlPlane, ns: &str) -> Result<String> {
+/// Installs the chart as a release named after the namespace (so
+/// cluster-scoped names never collide between tests), with the default
+/// values and `values` (`--set`/`--set-json` arguments) on top.
+fn install(cp: &ControlPlane, ns: &str, values: &[String]) -> Result<String> {
     let release = ns.to_string();
     run_ok(
         cp.helm()
             .args(["install", &release])
             .arg(chart_dir())
-            .args(["--namespace", ns]),
+            .args(["--namespace", ns])
+            .args(values),
     )?;
     Ok(release)
+}
+
+/// `--set nodeSecretAccess.mode=<mode>`, and for `namespaces` the list.
+fn secret_access_values(mode: &str, namespaces: &[&str]) -> Result<Vec<String>> {
+    let mut values = vec!["--set".to_string(), format!("nodeSecretAccess.mode={mode}")];
+    if !namespaces.is_empty() {
+        values.push("--set-json".into());
+        values.push(format!(
+            "nodeSecretAccess.namespaces={}",
+            serde_json::to_string(namespaces)?
+        ));
+    }
+    Ok(values)
 }
 
 fn subject(ns: &str, sa: &str) -> String {
@@ -112,13 +136,24 @@ fn parse_can_i_list(text: &str) -> Result<Permissions> {
 }
 
 fn can_i_list(cp: &ControlPlane, ns: &str, sa: &str) -> Result<(String, Permissions)> {
+    can_i_list_in(cp, ns, ns, sa)
+}
+
+/// `kubectl auth can-i --list` in namespace `query_ns` for ServiceAccount
+/// `sa_ns/sa`.
+fn can_i_list_in(
+    cp: &ControlPlane,
+    query_ns: &str,
+    sa_ns: &str,
+    sa: &str,
+) -> Result<(String, Permissions)> {
     let text = run_ok(cp.kubectl().args([
         "auth",
         "can-i",
         "--list",
         "--namespace",
-        ns,
-        &format!("--as={}", subject(ns, sa)),
+        query_ns,
+        &format!("--as={}", subject(sa_ns, sa)),
     ]))?;
     let perms = parse_can_i_list(&text)?;
     Ok((text, perms))
@@ -177,10 +212,17 @@ fn expected_node() -> Permissions {
         ("peers.kwire.dev/status", "patch"),
         ("routes.kwire.dev/status", "patch"),
         ("nodes", "get"),
-        ("secrets", "get"),
         ("events", "create patch"),
         ("events.events.k8s.io", "create patch"),
     ])
+}
+
+/// [`expected_node`] in a namespace where the node daemons may read key
+/// Secrets: `get` on top, never `list` or `watch`.
+fn expected_node_reading_secrets() -> Permissions {
+    let mut p = expected_node();
+    p.insert("secrets".into(), ["get".to_string()].into());
+    p
 }
 
 fn render_permissions(p: &Permissions) -> String {
@@ -303,9 +345,10 @@ const CHECKS: &[Check] = &[
         false,
         false,
     ),
-    // Keys.
-    check("get", "secrets", None, true, true, true),
-    check("get", "secrets", None, false, true, true),
+    // Keys: with the default nodeSecretAccess.mode (none) the node daemons
+    // read no Secret; the other modes are in `node_secret_access`.
+    check("get", "secrets", None, true, true, false),
+    check("get", "secrets", None, false, true, false),
     check("list", "secrets", None, true, true, false),
     check("watch", "secrets", None, false, true, false),
     check("create", "secrets", None, true, true, false),
@@ -411,6 +454,11 @@ fn can_i(cp: &ControlPlane, ns: &str, sa: &str, c: &Check) -> Result<bool> {
     if let Some(sub) = c.subresource {
         cmd.arg(format!("--subresource={sub}"));
     }
+    yes_or_no(cmd)
+}
+
+/// The answer of a `kubectl auth can-i <verb> <resource>` command.
+fn yes_or_no(mut cmd: Command) -> Result<bool> {
     let out = output(&mut cmd)?;
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
     match (out.status.code(), answer.as_str()) {
@@ -425,27 +473,63 @@ fn can_i(cp: &ControlPlane, ns: &str, sa: &str, c: &Check) -> Result<bool> {
     }
 }
 
-/// No `*` in any rule of the release's Roles and ClusterRoles, as stored.
-fn assert_installed_roles_have_no_wildcards(
-    cp: &ControlPlane,
-    ns: &str,
-    release: &str,
-) -> Result<usize> {
+/// The release's ClusterRoles and Roles (in every namespace), as stored.
+fn installed_roles(cp: &ControlPlane, release: &str) -> Result<Vec<Value>> {
     let selector = format!("app.kubernetes.io/instance={release}");
     let mut roles = Vec::new();
-    for (kind, scope) in [("clusterroles", None), ("roles", Some(ns))] {
+    for kind in ["clusterroles", "roles"] {
         let mut cmd = cp.kubectl();
         cmd.args(["get", kind, "-l", &selector, "-o", "json"]);
-        if let Some(ns) = scope {
-            cmd.args(["-n", ns]);
+        if kind == "roles" {
+            cmd.arg("--all-namespaces");
         }
         let list: Value = serde_json::from_str(&run_ok(&mut cmd)?)?;
         roles.extend(list["items"].as_array().cloned().unwrap_or_default());
     }
+    Ok(roles)
+}
+
+/// The chart's full name for a release whose name contains "kwire"
+/// (`kwire.fullname`): the release name, cut to 45 characters.
+fn fullname(release: &str) -> String {
+    let cut: String = release.chars().take(45).collect();
+    cut.trim_end_matches('-').to_string()
+}
+
+/// `<kind>/<namespace>/<name>` of each role, sorted.
+fn role_names(roles: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = roles
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}{}",
+                r["kind"].as_str().unwrap_or_default(),
+                r["metadata"]["namespace"]
+                    .as_str()
+                    .map(|ns| format!("{ns}/"))
+                    .unwrap_or_default(),
+                r["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// No `*` in any rule of the release's Roles and ClusterRoles, as stored,
+/// and exactly the `expected` roles (`<kind>/[<namespace>/]<name>`).
+fn assert_installed_roles_have_no_wildcards(
+    cp: &ControlPlane,
+    release: &str,
+    expected: &[String],
+) -> Result<usize> {
+    let roles = installed_roles(cp, release)?;
+    let mut want = expected.to_vec();
+    want.sort();
     ensure!(
-        roles.len() == 3,
-        "expected 2 ClusterRoles and 1 Role, found {}",
-        roles.len()
+        role_names(&roles) == want,
+        "release {release} installed {:?}, expected {want:?}",
+        role_names(&roles)
     );
     for role in &roles {
         let name = role["metadata"]["name"].as_str().unwrap_or_default();
@@ -477,8 +561,16 @@ fn assert_installed_roles_have_no_wildcards(
 async fn service_accounts_have_exactly_the_expected_permissions() -> Result<()> {
     let cp = ControlPlane::shared().await?;
     let ns = cp.namespace("kwire-rbac").await?;
-    let release = install(cp, ns.name())?;
-    let roles = assert_installed_roles_have_no_wildcards(cp, ns.name(), &release)?;
+    let release = install(cp, ns.name(), &[])?;
+    let roles = assert_installed_roles_have_no_wildcards(
+        cp,
+        &release,
+        &[
+            format!("ClusterRole/{}-operator", fullname(&release)),
+            format!("ClusterRole/{}-node", fullname(&release)),
+            format!("Role/{}/{}-leader-election", ns.name(), fullname(&release)),
+        ],
+    )?;
     println!("no wildcard in the {roles} Roles/ClusterRoles of release {release}");
 
     let (_, baseline) = can_i_list(cp, ns.name(), BASELINE)?;
@@ -581,15 +673,23 @@ async fn service_account_tokens_are_held_to_the_same_rules() -> Result<()> {
     let cp = ControlPlane::shared().await?;
     let ns = cp.namespace("kwire-rbac-tokens").await?;
     let ns_name = ns.name().to_string();
-    install(cp, &ns_name)?;
+    install(cp, &ns_name, &[])?;
 
-    // An Interface and a key Secret, made by the admin.
+    // An Interface and a key Secret, made by the admin. The Interface keeps
+    // its key on its node: with the default nodeSecretAccess.mode (none) the
+    // chart's admission policy, which applies to the whole cluster, rejects
+    // any other.
     let admin = cp.client().await?;
     let iface: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "kwire.dev/v1alpha1",
         "kind": "Interface",
         "metadata": {"name": "vm01-wg0"},
-        "spec": {"nodeName": "vm01", "deviceName": "wg0", "addresses": ["10.0.0.1/24"]},
+        "spec": {
+            "nodeName": "vm01",
+            "deviceName": "wg0",
+            "addresses": ["10.0.0.1/24"],
+            "keyMode": "NodeLocal",
+        },
     }))?;
     interfaces(admin.clone(), &ns_name)
         .create(&PostParams::default(), &iface)
@@ -659,22 +759,22 @@ async fn service_account_tokens_are_held_to_the_same_rules() -> Result<()> {
         )
         .await
         .with_context(|| format!("{sa}: apply of status"))?;
-        // A key Secret by name: both; the list of Secrets: the operator only.
+        // Secrets: the operator gets and lists them; the node daemon, with
+        // the default nodeSecretAccess.mode (none), neither.
         let secrets = Api::<Secret>::namespaced(client.clone(), &ns_name);
-        secrets
-            .get("vm01-wg0-key")
-            .await
-            .with_context(|| format!("{sa}: get Secret"))?;
+        let get = secrets.get("vm01-wg0-key").await;
         let list = secrets.list(&ListParams::default()).await;
-        let list = if sa == OPERATOR {
+        let (get, list) = if sa == OPERATOR {
+            get.with_context(|| format!("{sa}: get Secret"))?;
             list.with_context(|| format!("{sa}: list Secrets"))?;
-            "allowed"
+            ("allowed", "allowed")
         } else {
+            is_forbidden(get).with_context(|| format!("{sa}: get Secret"))?;
             is_forbidden(list).with_context(|| format!("{sa}: list Secrets"))?;
-            "forbidden"
+            ("forbidden", "forbidden")
         };
         rows.push(format!(
-            "{sa:<15} list Interfaces: allowed; patch/apply spec, delete: forbidden; apply status: allowed; get Secret: allowed; list Secrets: {list}"
+            "{sa:<15} list Interfaces: allowed; patch/apply spec, delete: forbidden; apply status: allowed; get Secret: {get}; list Secrets: {list}"
         ));
     }
     // The spec is untouched; both status fields arrived.
@@ -696,5 +796,762 @@ async fn service_account_tokens_are_held_to_the_same_rules() -> Result<()> {
     );
     println!("requests with ServiceAccount tokens:\n{}", rows.join("\n"));
     ns.delete().await?;
+    Ok(())
+}
+
+// Key Secrets, per nodeSecretAccess.mode.
+
+/// The verbs on Secrets asked about for the node daemon: only `get` may ever
+/// be granted.
+const SECRET_VERBS: &[&str] = &[
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+];
+
+/// The three namespaces of a mode's test: the release's, one listed in
+/// `nodeSecretAccess.namespaces` (with mode `namespaces`), one not listed.
+struct Scope<'a> {
+    mode: &'static str,
+    home: &'a str,
+    listed: &'a str,
+    other: &'a str,
+}
+
+impl Scope<'_> {
+    /// Whether the node daemons may get Secrets in `ns` under this mode.
+    fn readable(&self, ns: &str) -> bool {
+        match self.mode {
+            "cluster" => true,
+            "namespaces" => ns == self.listed,
+            _ => false,
+        }
+    }
+
+    fn namespaces(&self) -> [(&'static str, &str); 3] {
+        [
+            ("release", self.home),
+            ("listed", self.listed),
+            ("other", self.other),
+        ]
+    }
+}
+
+/// `kubectl auth can-i <verb> secrets` for the node daemon of `scope`, in
+/// namespace `ns` or (None) in all namespaces.
+fn node_can_i_secrets(
+    cp: &ControlPlane,
+    scope: &Scope,
+    verb: &str,
+    ns: Option<&str>,
+) -> Result<bool> {
+    let mut cmd = cp.kubectl();
+    cmd.args(["auth", "can-i", verb, "secrets"])
+        .arg(format!("--as={}", subject(scope.home, NODE)));
+    match ns {
+        Some(ns) => cmd.args(["--namespace", ns]),
+        None => cmd.arg("--all-namespaces"),
+    };
+    yes_or_no(cmd)
+}
+
+fn secret(name: &str, key: &str) -> Result<Secret> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": {"privateKey": key},
+    }))?)
+}
+
+/// Installs the chart with `nodeSecretAccess.mode=<mode>` and checks, in the
+/// release namespace, a listed and an unlisted namespace: the roles
+/// installed, `kubectl auth can-i --list` and the verbs on Secrets, and real
+/// requests made with the node daemon's token.
+async fn node_secret_access(mode: &'static str) -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let home = cp.namespace(&format!("kwire-keys-{mode}")).await?;
+    let listed = cp.namespace("kwire-keys-listed").await?;
+    let other = cp.namespace("kwire-keys-other").await?;
+    let scope = Scope {
+        mode,
+        home: home.name(),
+        listed: listed.name(),
+        other: other.name(),
+    };
+    let list: Vec<&str> = if mode == "namespaces" {
+        vec![scope.listed]
+    } else {
+        Vec::new()
+    };
+    let release = install(cp, scope.home, &secret_access_values(mode, &list)?)?;
+    let full = fullname(&release);
+    let mut roles = vec![
+        format!("ClusterRole/{full}-operator"),
+        format!("ClusterRole/{full}-node"),
+        format!("Role/{}/{full}-leader-election", scope.home),
+    ];
+    match mode {
+        "namespaces" => roles.push(format!("Role/{}/{full}-node-secrets", scope.listed)),
+        "cluster" => roles.push(format!("ClusterRole/{full}-node-secrets")),
+        _ => {}
+    }
+    assert_installed_roles_have_no_wildcards(cp, &release, &roles)?;
+    let mut report = format!(
+        "nodeSecretAccess.mode={mode}{}: roles {roles:?}\n",
+        if list.is_empty() {
+            String::new()
+        } else {
+            format!(", nodeSecretAccess.namespaces={list:?}")
+        }
+    );
+    let mut failures = Vec::new();
+
+    // Everything the node daemon may do in each namespace.
+    for (label, ns) in scope.namespaces() {
+        let (_, baseline) = can_i_list_in(cp, ns, scope.home, BASELINE)?;
+        let (raw, perms) = can_i_list_in(cp, ns, scope.home, NODE)?;
+        let granted = minus(&perms, &baseline);
+        let expected = if scope.readable(ns) {
+            expected_node_reading_secrets()
+        } else {
+            expected_node()
+        };
+        let _ = writeln!(
+            report,
+            "\nkubectl auth can-i --list --namespace {ns} ({label}) --as={}\n{raw}",
+            subject(scope.home, NODE)
+        );
+        if granted != expected {
+            failures.push(format!(
+                "{label} namespace {ns}: granted\n{}expected\n{}",
+                render_permissions(&granted),
+                render_permissions(&expected)
+            ));
+        }
+    }
+
+    // Each verb on Secrets, in each namespace and across all of them.
+    let _ = writeln!(
+        report,
+        "kubectl auth can-i <verb> secrets --as={} [--namespace <ns> | --all-namespaces]",
+        subject(scope.home, NODE)
+    );
+    let _ = writeln!(
+        report,
+        "    {:<17} {:<9} {:<9} {:<9} {:<15}",
+        "verb", "release", "listed", "other", "all namespaces"
+    );
+    for verb in SECRET_VERBS {
+        let mut cells = Vec::new();
+        let places = scope
+            .namespaces()
+            .map(|(label, ns)| (label, Some(ns)))
+            .into_iter()
+            .chain([("all namespaces", None)]);
+        for (label, ns) in places {
+            let want = *verb == "get"
+                && match ns {
+                    Some(ns) => scope.readable(ns),
+                    None => mode == "cluster",
+                };
+            let got = node_can_i_secrets(cp, &scope, verb, ns)?;
+            let cell = if got { "yes" } else { "no" };
+            if got == want {
+                cells.push(cell.to_string());
+            } else {
+                cells.push(format!("{cell} (WRONG)"));
+                failures.push(format!("can-i {verb} secrets in {label}: got {cell}"));
+            }
+        }
+        let _ = writeln!(
+            report,
+            "    {verb:<17} {:<9} {:<9} {:<9} {:<15}",
+            cells[0], cells[1], cells[2], cells[3]
+        );
+    }
+
+    // Real requests with a token of the node daemon's ServiceAccount.
+    let admin = cp.client().await?;
+    for (_, ns) in scope.namespaces() {
+        Api::<Secret>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &secret("probe-key", ns)?)
+            .await
+            .with_context(|| format!("creating Secret {ns}/probe-key"))?;
+    }
+    let node = cp.client_for_service_account(scope.home, NODE).await?;
+    let _ = writeln!(
+        report,
+        "\nrequests with a token of {}:",
+        subject(scope.home, NODE)
+    );
+    for (label, ns) in scope.namespaces() {
+        let api = Api::<Secret>::namespaced(node.clone(), ns);
+        let got = api.get("probe-key").await;
+        let get = if scope.readable(ns) {
+            let s = got.with_context(|| format!("node: get Secret {ns}/probe-key"))?;
+            let value = s
+                .data
+                .as_ref()
+                .and_then(|d| d.get("privateKey"))
+                .map(|v| v.0.clone());
+            ensure!(value.as_deref() == Some(ns.as_bytes()), "{ns}: {value:?}");
+            "200 OK (the key)"
+        } else {
+            is_forbidden(got).with_context(|| format!("node: get Secret {ns}/probe-key"))?;
+            "403 Forbidden"
+        };
+        is_forbidden(api.list(&ListParams::default()).await)
+            .with_context(|| format!("node: list Secrets in {ns}"))?;
+        let _ = writeln!(
+            report,
+            "    GET  secrets/probe-key in {label:<7} ({ns}): {get}; LIST secrets there: 403 Forbidden"
+        );
+    }
+    is_forbidden(Api::<Secret>::all(node).list(&ListParams::default()).await)
+        .context("node: list Secrets in all namespaces")?;
+    let _ = writeln!(report, "    LIST secrets in all namespaces: 403 Forbidden");
+    println!("{report}");
+    ensure!(
+        failures.is_empty(),
+        "nodeSecretAccess.mode={mode}:\n{}",
+        failures.join("\n")
+    );
+
+    // Cluster-scoped objects (ClusterRoles, the admission policy) go with the
+    // release.
+    run_ok(
+        cp.helm()
+            .args(["uninstall", &release, "--namespace", scope.home]),
+    )?;
+    for ns in [home, listed, other] {
+        ns.delete().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_daemons_read_no_secret_with_mode_none() -> Result<()> {
+    node_secret_access("none").await
+}
+
+#[tokio::test]
+async fn node_daemons_read_secrets_of_the_listed_namespaces_only_with_mode_namespaces() -> Result<()>
+{
+    node_secret_access("namespaces").await
+}
+
+#[tokio::test]
+async fn node_daemons_read_every_secret_only_when_opted_in_with_mode_cluster() -> Result<()> {
+    node_secret_access("cluster").await
+}
+
+/// `helm template` with values that do not fit together fails and says what
+/// to set.
+#[tokio::test]
+async fn inconsistent_node_secret_access_values_fail_with_what_to_do() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    for (values, mentions) in [
+        (
+            vec!["--set", "nodeSecretAccess.mode=namespaces"],
+            "nodeSecretAccess.namespaces is empty",
+        ),
+        (
+            vec!["--set-json", "nodeSecretAccess.namespaces=[\"keys\"]"],
+            "only used with nodeSecretAccess.mode namespaces, not none",
+        ),
+        (
+            vec!["--set", "nodeSecretAccess.mode=all"],
+            "/nodeSecretAccess/mode",
+        ),
+        (
+            vec![
+                "--set",
+                "nodeSecretAccess.mode=namespaces",
+                "--set-json",
+                "nodeSecretAccess.namespaces=[\"Not_A_Namespace\"]",
+            ],
+            "/nodeSecretAccess/namespaces/0",
+        ),
+    ] {
+        let out = output(
+            cp.helm()
+                .args(["template", "kwire"])
+                .arg(chart_dir())
+                .args(&values),
+        )?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && text.contains(mentions),
+            "helm template {values:?}: {}\n{text}",
+            out.status
+        );
+        println!(
+            "helm template {}: {}",
+            values.join(" "),
+            text.lines()
+                .find(|l| l.contains(mentions))
+                .unwrap_or_default()
+                .trim()
+        );
+    }
+    // Without the admission policy nothing admission-related is rendered.
+    let out = run_ok(
+        cp.helm()
+            .args(["template", "kwire"])
+            .arg(chart_dir())
+            .args(["--set", "nodeSecretAccess.admissionPolicy=false"]),
+    )?;
+    ensure!(!out.contains("ValidatingAdmissionPolicy"), "{out}");
+    Ok(())
+}
+
+// The admission policy.
+
+/// What the API server answered to a write.
+enum Answer {
+    Accepted,
+    Rejected(String),
+}
+
+impl Answer {
+    fn rejected_with(&self, parts: &[&str]) -> bool {
+        matches!(self, Answer::Rejected(m) if parts.iter().all(|p| m.contains(p)))
+    }
+}
+
+/// `kubectl <args>` with `input` on stdin; a failure is an answer, not an
+/// error, when the API server refused the request.
+fn kubectl_answer(cp: &ControlPlane, args: &[&str], input: Option<&Value>) -> Result<Answer> {
+    let mut cmd = cp.kubectl();
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", describe(&cmd)))?;
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().context("no stdin")?;
+        stdin.write_all(serde_json::to_string(input)?.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if out.status.success() {
+        return Ok(Answer::Accepted);
+    }
+    ensure!(
+        stderr.contains("denied request") || stderr.contains("is invalid"),
+        "{} failed ({}): {stderr}",
+        describe(&cmd),
+        out.status
+    );
+    Ok(Answer::Rejected(stderr))
+}
+
+fn interface(name: &str, spec: Value) -> Value {
+    let mut spec_all =
+        json!({"nodeName": "vm01", "deviceName": "wg0", "addresses": ["10.0.0.1/24"]});
+    if let (Some(all), Some(extra)) = (spec_all.as_object_mut(), spec.as_object()) {
+        all.extend(extra.clone());
+    }
+    json!({
+        "apiVersion": "kwire.dev/v1alpha1",
+        "kind": "Interface",
+        "metadata": {"name": name},
+        "spec": spec_all,
+    })
+}
+
+fn peer(name: &str, interface: &str, preshared_key: bool) -> Value {
+    let mut spec = json!({
+        "interface": interface,
+        "remote": {"publicKey": "OgbUF/E21zi9qHf5h9H6N/iM92nnNYgRtOMhReFm730="},
+        "allowedIPs": ["10.0.0.2/32"],
+    });
+    if preshared_key {
+        spec["presharedKey"] = json!({"generate": true});
+    }
+    json!({
+        "apiVersion": "kwire.dev/v1alpha1",
+        "kind": "Peer",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// One write and the answer it must get.
+struct Request<'a> {
+    what: &'static str,
+    ns: &'a str,
+    args: Vec<String>,
+    input: Option<Value>,
+    /// None: accepted; Some(parts): rejected with a message holding them all.
+    rejected_with: Option<Vec<String>>,
+}
+
+fn create<'a>(
+    what: &'static str,
+    ns: &'a str,
+    object: Value,
+    rejected_with: Option<Vec<String>>,
+) -> Request<'a> {
+    Request {
+        what,
+        ns,
+        args: vec![
+            "create".into(),
+            "-n".into(),
+            ns.into(),
+            "-f".into(),
+            "-".into(),
+        ],
+        input: Some(object),
+        rejected_with,
+    }
+}
+
+fn merge_patch<'a>(
+    what: &'static str,
+    ns: &'a str,
+    object: &str,
+    patch: Value,
+    rejected_with: Option<Vec<String>>,
+) -> Request<'a> {
+    Request {
+        what,
+        ns,
+        args: vec![
+            "patch".into(),
+            "-n".into(),
+            ns.into(),
+            object.into(),
+            "--type=merge".into(),
+            "-p".into(),
+            patch.to_string(),
+        ],
+        input: None,
+        rejected_with,
+    }
+}
+
+fn strs(parts: &[&str]) -> Option<Vec<String>> {
+    Some(parts.iter().map(|p| p.to_string()).collect())
+}
+
+/// Upgrades the release to `values` and waits until the API server enforces
+/// them (policies reach admission through a watch), judged by `probe`: a
+/// server-side dry run whose answer tells the new state from the old.
+fn upgrade_and_wait(
+    cp: &ControlPlane,
+    release: &str,
+    values: &[String],
+    probe: &Request,
+) -> Result<Duration> {
+    run_ok(
+        cp.helm()
+            .args(["upgrade", release])
+            .arg(chart_dir())
+            .args(["--namespace", release, "--reuse-values"])
+            .args(values),
+    )?;
+    let mut args: Vec<&str> = probe.args.iter().map(String::as_str).collect();
+    args.push("--dry-run=server");
+    let (_, took) = wait_for(
+        &format!("{values:?} to be enforced ({})", probe.what),
+        Duration::from_secs(60),
+        || {
+            let answer = kubectl_answer(cp, &args, probe.input.as_ref())?;
+            Ok(match (&probe.rejected_with, &answer) {
+                (None, Answer::Accepted) => Some(()),
+                (Some(parts), _) => {
+                    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                    answer.rejected_with(&parts).then_some(())
+                }
+                _ => None,
+            })
+        },
+    )?;
+    Ok(took)
+}
+
+/// Runs the writes, prints one line each, and returns what went wrong.
+fn run_writes(
+    cp: &ControlPlane,
+    mode: &str,
+    writes: &[Request],
+    report: &mut String,
+) -> Result<Vec<String>> {
+    let mut failures = Vec::new();
+    for w in writes {
+        let args: Vec<&str> = w.args.iter().map(String::as_str).collect();
+        let answer = kubectl_answer(cp, &args, w.input.as_ref())?;
+        let ok = match (&w.rejected_with, &answer) {
+            (None, Answer::Accepted) => true,
+            (Some(parts), _) => {
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                answer.rejected_with(&parts)
+            }
+            _ => false,
+        };
+        let shown = match &answer {
+            Answer::Accepted => "accepted".to_string(),
+            Answer::Rejected(m) => format!("rejected: {m}"),
+        };
+        let _ = writeln!(
+            report,
+            "    {mode:<15} {:<48} {:<28} {}{shown}",
+            w.what,
+            w.ns,
+            if ok { "" } else { "(WRONG) " }
+        );
+        if !ok {
+            failures.push(format!("{mode}: {} in {}: {shown}", w.what, w.ns));
+        }
+    }
+    Ok(failures)
+}
+
+/// The policy of modes `none` and `namespaces` rejects, at apply, an
+/// Interface with its key in a Secret and a Peer with a pre-shared key where
+/// the node daemons may not read Secrets, lets objects made before it be
+/// edited, and is gone with mode `cluster` or `admissionPolicy: false`.
+#[tokio::test]
+async fn admission_policy_rejects_keys_the_node_daemons_cannot_read() -> Result<()> {
+    // A policy applies to the whole cluster: another test's release would
+    // reject this test's objects. This test has a control plane of its own.
+    let run_dir = std::env::temp_dir().join(format!("kwire-rbac-admission-{}", std::process::id()));
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start_with(run_dir, false, false))
+        .await??;
+    let home = cp.namespace("kwire-adm").await?;
+    let listed = cp.namespace("kwire-adm-listed").await?;
+    let other = cp.namespace("kwire-adm-other").await?;
+    let (home, listed, other) = (home.name(), listed.name(), other.name());
+    let mut report = format!(
+        "admission of kwire objects (release namespace {home}, listed namespace {listed}, other {other})\n    {:<15} {:<48} {:<28} answer\n",
+        "mode", "request", "namespace"
+    );
+    let mut failures = Vec::new();
+
+    // Mode cluster: no policy; objects with keys in Secrets, made before any
+    // policy exists.
+    let release = install(&cp, home, &secret_access_values("cluster", &[])?)?;
+    let policies = run_ok(cp.kubectl().args([
+        "get",
+        "validatingadmissionpolicies,validatingadmissionpolicybindings",
+        "-l",
+        &format!("app.kubernetes.io/instance={release}"),
+        "-o",
+        "name",
+    ]))?;
+    ensure!(
+        policies.trim().is_empty(),
+        "mode cluster installed {policies}"
+    );
+    failures.extend(run_writes(
+        &cp,
+        "cluster",
+        &[
+            create(
+                "Interface, key in a generated Secret",
+                other,
+                interface("legacy-wg0", json!({})),
+                None,
+            ),
+            create(
+                "Peer with a pre-shared key",
+                other,
+                peer("legacy-psk", "legacy-wg0", true),
+                None,
+            ),
+        ],
+        &mut report,
+    )?);
+
+    // Mode none.
+    let none_msg = ["nodeSecretAccess.mode=none", "keyMode: NodeLocal"];
+    let took = upgrade_and_wait(
+        &cp,
+        &release,
+        &secret_access_values("none", &[])?,
+        &create(
+            "probe",
+            listed,
+            interface("probe-wg0", json!({})),
+            strs(&none_msg),
+        ),
+    )?;
+    let _ = writeln!(
+        report,
+        "    (mode none enforced {:.1}s after helm upgrade)",
+        took.as_secs_f64()
+    );
+    failures.extend(run_writes(
+        &cp,
+        "none",
+        &[
+            create(
+                "Interface, keyMode unset (a generated Secret)",
+                listed,
+                interface("a-wg0", json!({})),
+                strs(&none_msg),
+            ),
+            create(
+                "Interface, keyMode: Secret",
+                listed,
+                interface("b-wg0", json!({"keyMode": "Secret"})),
+                strs(&none_msg),
+            ),
+            create(
+                "Interface, privateKeySecretRef",
+                listed,
+                interface("c-wg0", json!({"privateKeySecretRef": {"name": "my-key"}})),
+                strs(&none_msg),
+            ),
+            create(
+                "Interface, keyMode: NodeLocal",
+                listed,
+                interface("local-wg0", json!({"keyMode": "NodeLocal"})),
+                None,
+            ),
+            create(
+                "Peer with a pre-shared key",
+                listed,
+                peer("local-psk", "local-wg0", true),
+                strs(&["presharedKey", "nodeSecretAccess.mode=none"]),
+            ),
+            create(
+                "Peer without a pre-shared key",
+                listed,
+                peer("local-peer", "local-wg0", false),
+                None,
+            ),
+            merge_patch(
+                "edit of an Interface made before (mtu)",
+                other,
+                "interface/legacy-wg0",
+                json!({"spec": {"mtu": 1400}}),
+                None,
+            ),
+            merge_patch(
+                "edit of a Peer made before (keepalive)",
+                other,
+                "peer/legacy-psk",
+                json!({"spec": {"persistentKeepalive": 25}}),
+                None,
+            ),
+            merge_patch(
+                "NodeLocal Interface moved to keyMode: Secret",
+                listed,
+                "interface/local-wg0",
+                json!({"spec": {"keyMode": "Secret"}}),
+                strs(&none_msg),
+            ),
+            merge_patch(
+                "pre-shared key added to a Peer",
+                listed,
+                "peer/local-peer",
+                json!({"spec": {"presharedKey": {"generate": true}}}),
+                strs(&["presharedKey"]),
+            ),
+        ],
+        &mut report,
+    )?);
+
+    // Mode namespaces: the listed namespace is readable, the others are not.
+    let ns_msg = [listed, "nodeSecretAccess.namespaces", "keyMode: NodeLocal"];
+    let took = upgrade_and_wait(
+        &cp,
+        &release,
+        &secret_access_values("namespaces", &[listed])?,
+        &create(
+            "probe",
+            other,
+            interface("probe-wg0", json!({})),
+            strs(&ns_msg),
+        ),
+    )?;
+    let _ = writeln!(
+        report,
+        "    (mode namespaces enforced {:.1}s after helm upgrade)",
+        took.as_secs_f64()
+    );
+    failures.extend(run_writes(
+        &cp,
+        "namespaces",
+        &[
+            create(
+                "Interface, keyMode unset (a generated Secret)",
+                listed,
+                interface("keyed-wg0", json!({})),
+                None,
+            ),
+            create(
+                "Peer with a pre-shared key",
+                listed,
+                peer("keyed-psk", "keyed-wg0", true),
+                None,
+            ),
+            create(
+                "Interface, keyMode unset (a generated Secret)",
+                other,
+                interface("keyed-wg0", json!({})),
+                strs(&ns_msg),
+            ),
+            create(
+                "Peer with a pre-shared key",
+                other,
+                peer("keyed-psk", "legacy-wg0", true),
+                strs(&["presharedKey", listed]),
+            ),
+            create(
+                "Interface, keyMode: NodeLocal",
+                other,
+                interface("local-wg0", json!({"keyMode": "NodeLocal"})),
+                None,
+            ),
+        ],
+        &mut report,
+    )?);
+
+    // No policy without admissionPolicy, nor with mode cluster.
+    let took = upgrade_and_wait(
+        &cp,
+        &release,
+        &[
+            "--set".into(),
+            "nodeSecretAccess.mode=none".into(),
+            "--set-json".into(),
+            "nodeSecretAccess.namespaces=[]".into(),
+            "--set".into(),
+            "nodeSecretAccess.admissionPolicy=false".into(),
+        ],
+        &create("probe", other, interface("probe-wg0", json!({})), None),
+    )?;
+    let _ = writeln!(
+        report,
+        "    (admissionPolicy=false enforced {:.1}s after helm upgrade)",
+        took.as_secs_f64()
+    );
+    failures.extend(run_writes(
+        &cp,
+        "none, no policy",
+        &[create(
+            "Interface, keyMode unset (a generated Secret)",
+            other,
+            interface("unchecked-wg0", json!({})),
+            None,
+        )],
+        &mut report,
+    )?);
+    println!("{report}");
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }

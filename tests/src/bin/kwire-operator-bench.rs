@@ -313,6 +313,11 @@ async fn bench(
             SYSTEM_NAMESPACE,
             "--create-namespace",
             "--wait=false",
+            // The benchmark's Interfaces keep generated keys in Secrets and no
+            // node daemon runs: without this, the chart's default admission
+            // policy (nodeSecretAccess.mode none) rejects them.
+            "--set",
+            "nodeSecretAccess.admissionPolicy=false",
         ])
         .output()?;
     ensure!(
