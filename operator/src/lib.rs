@@ -12,6 +12,8 @@ pub mod context;
 pub mod controllers;
 pub mod error;
 #[cfg(test)]
+mod fake_api;
+#[cfg(test)]
 mod fixtures;
 pub mod http;
 pub mod identity;

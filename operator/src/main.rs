@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
@@ -128,10 +128,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let health = Health::default();
-    let server = tokio::spawn(serve(args.metrics_addr, metrics.clone(), health.clone()));
+    let mut server = tokio::spawn(serve(args.metrics_addr, metrics.clone(), health.clone()));
     let identity = kwire_operator::identity::of_this_replica(args.identity.as_deref())?;
     tracing::info!(identity = %identity.name, from = %identity.source, "replica identity");
-
     let options = Options {
         namespace: args.namespace.clone(),
         config: Config {
@@ -141,22 +140,41 @@ async fn main() -> anyhow::Result<()> {
         },
         instance: Some(identity.name.clone()),
     };
+    // The probe server runs as long as the rest: if it stops, so does the process.
+    let operate = operate(&args, client, options, identity.name, metrics, health);
+    tokio::select! {
+        result = operate => {
+            server.abort();
+            result
+        }
+        stopped = &mut server => Err(match stopped {
+            Ok(Ok(())) => anyhow!("the /healthz, /readyz and /metrics server stopped"),
+            Ok(Err(error)) => anyhow!(error).context(format!(
+                "serving /healthz, /readyz and /metrics on {}",
+                args.metrics_addr
+            )),
+            Err(error) => anyhow!("the /healthz, /readyz and /metrics server stopped: {error}"),
+        }),
+    }
+}
 
+/// Runs the controllers, under leader election if asked, until a shutdown signal (or the
+/// loss of the Lease, an error).
+async fn operate(
+    args: &Args,
+    client: Client,
+    options: Options,
+    identity: String,
+    metrics: Arc<Metrics>,
+    health: Health,
+) -> anyhow::Result<()> {
     if !args.leader_election {
         metrics.leader.set(1);
-        let result = run(
-            client,
-            options,
-            metrics,
-            health.ready.clone(),
-            shutdown_signal(),
-        )
-        .await;
-        server.abort();
-        return result.map_err(Into::into);
+        return run(client, options, metrics, health, shutdown_signal())
+            .await
+            .map_err(Into::into);
     }
 
-    let identity = identity.name;
     let lease_ns = args
         .leader_election_namespace
         .clone()
@@ -211,14 +229,14 @@ async fn main() -> anyhow::Result<()> {
             () = shutdown => { let _ = stop_tx.send(false); }
         }
     };
-    let result = run(client, options, metrics.clone(), health.ready.clone(), stop).await;
+    let result = run(client, options, metrics.clone(), health.clone(), stop).await;
     metrics.leader.set(0);
+    // After a stopped task, `stop` never completed: the sender is gone and this is false.
     let lost_leadership = stop_rx.await.unwrap_or(false);
     drop(leading);
     if let Ok(Ok(manager)) = lease_task.await {
         let _ = manager.release().await;
     }
-    server.abort();
     result?;
     if lost_leadership {
         bail!("lost the leader lease; exiting so that a fresh process competes again");

@@ -16,12 +16,17 @@
 //! task recomputes them after changes (coalesced over [`FINDINGS_DEBOUNCE`]) and enqueues
 //! every object whose findings changed; reconciles read the latest ones from the context.
 //! Triggers ([`triggers`]) therefore only follow direct data dependencies.
+//!
+//! The router, the findings task and the controllers run until shutdown. If one of them
+//! ends or panics, the others would go on from frozen state behind a green `/healthz`; so
+//! [`run`] fails the health probe and returns [`RunError::TaskEnded`], and the process
+//! exits for a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::channel::mpsc::{UnboundedSender, unbounded};
@@ -40,6 +45,7 @@ use tokio::sync::Notify;
 use super::triggers::{Changed, Key, Triggers, triggers};
 use super::{error_policy, interface, network, peer, route};
 use crate::context::{Config, Context, Events, Stores};
+use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::secrets::managed_selector;
 use crate::status::SystemClock;
@@ -60,6 +66,39 @@ pub struct Options {
 pub enum RunError {
     #[error("a reflector store was dropped before it became ready")]
     StoreDropped,
+    /// A task that runs until shutdown stopped; the operator exits so that it is restarted
+    /// with fresh state rather than serve frozen state.
+    #[error(
+        "the {task} task {how}; exiting so that the operator restarts rather than work from frozen state"
+    )]
+    TaskEnded { task: &'static str, how: String },
+}
+
+impl RunError {
+    /// The error for task `task` that ended with `result` (a panic or a plain return).
+    fn ended(task: &'static str, result: Result<(), tokio::task::JoinError>) -> Self {
+        RunError::TaskEnded {
+            task,
+            how: match result {
+                Ok(()) => "ended".into(),
+                Err(error) => join_failure(error),
+            },
+        }
+    }
+}
+
+/// What a failed join says: the panic message, or that the task was cancelled.
+fn join_failure(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return "was cancelled".into();
+    }
+    let payload = error.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text payload".into());
+    format!("panicked: {message}")
 }
 
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -249,15 +288,24 @@ pub fn changed_findings(old: &[Finding], new: &[Finding]) -> BTreeSet<(ObjectKin
         .collect()
 }
 
+/// The topology check ([`topology::check`]; tests inject a failing one).
+type Check = fn(&World) -> Vec<Finding>;
+
 /// Keeps `ctx.findings` current: recomputes them after changes and reconciles the objects
-/// whose findings changed.
-async fn keep_findings(ctx: Arc<Context>, changed: Arc<Notify>, queues: Queues) {
+/// whose findings changed. Returns only if a check fails, saying how.
+async fn keep_findings(
+    ctx: Arc<Context>,
+    changed: Arc<Notify>,
+    queues: Queues,
+    check: Check,
+) -> String {
     loop {
         changed.notified().await;
         tokio::time::sleep(FINDINGS_DEBOUNCE).await;
         let world = ctx.stores.world();
-        let Ok(new) = tokio::task::spawn_blocking(move || topology::check(&world)).await else {
-            return;
+        let new = match tokio::task::spawn_blocking(move || check(&world)).await {
+            Ok(new) => new,
+            Err(error) => return format!("stopped: the topology check {}", join_failure(error)),
         };
         ctx.metrics.topology_checks.inc();
         let old = ctx.findings.replace(new);
@@ -293,14 +341,51 @@ fn queue<K: Resource<DynamicType = ()>>(
     rx.map(Ok)
 }
 
-/// Runs every controller until `shutdown` completes. `ready` turns true once the stores are
-/// synced and the controllers run.
+/// Runs every controller until `shutdown` completes. `health.ready` turns true once the
+/// stores are synced and the controllers run. If a task ends before shutdown, `health`
+/// fails and [`RunError::TaskEnded`] says which and how.
 pub async fn run(
     client: Client,
     options: Options,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    run_reporting(
+        client,
+        options,
+        metrics,
+        health,
+        shutdown,
+        Faults::default(),
+    )
+    .await
+}
+
+/// [`run_with`], then the end in `health`: not ready any more, and failed if a task ended.
+async fn run_reporting(
+    client: Client,
+    options: Options,
+    metrics: Arc<Metrics>,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    faults: Faults,
+) -> Result<(), RunError> {
+    let result = run_with(client, options, metrics, &health, shutdown, faults).await;
+    health.ready.store(false, Ordering::SeqCst);
+    if let Err(error) = &result {
+        health.fail(error.to_string());
+    }
+    result
+}
+
+async fn run_with(
+    client: Client,
+    options: Options,
+    metrics: Arc<Metrics>,
+    health: &Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    faults: Faults,
 ) -> Result<(), RunError> {
     let ns = &options.namespace;
     let all = watcher::Config::default();
@@ -352,7 +437,7 @@ pub async fn run(
     let world_changed = Arc::new(Notify::new());
     let router_changed = world_changed.clone();
     let findings_queues = queues.clone();
-    let router = tokio::spawn(async move {
+    let mut router = tokio::spawn(faults.router(async move {
         let mut batches = futures::stream::select_all([s1, s2, s3, s4, s5, s6]).ready_chunks(1024);
         let mut last_batch: Option<tokio::time::Instant> = None;
         while let Some(mut batch) = batches.next().await {
@@ -366,15 +451,16 @@ pub async fn run(
             route_batch(batch, &router_stores, &queues, &router_changed);
             last_batch = Some(tokio::time::Instant::now());
         }
-    });
+    }));
 
     tracing::info!("waiting for the first list of every watched kind");
     stores
         .wait_until_ready()
         .await
         .map_err(|_| RunError::StoreDropped)?;
-    ready.store(true, Ordering::SeqCst);
+    health.ready.store(true, Ordering::SeqCst);
     tracing::info!("stores synced; controllers start");
+    faults.synced();
 
     let recorder = Recorder::new(
         client.clone(),
@@ -396,10 +482,21 @@ pub async fn run(
     let world = stores.world();
     let first = tokio::task::spawn_blocking(move || topology::check(&world))
         .await
-        .unwrap_or_default();
+        .map_err(|error| {
+            router.abort();
+            RunError::TaskEnded {
+                task: "first topology check",
+                how: join_failure(error),
+            }
+        })?;
     ctx.metrics.topology_checks.inc();
     ctx.findings.replace(first);
-    let findings_task = tokio::spawn(keep_findings(ctx.clone(), world_changed, findings_queues));
+    let mut findings_task = tokio::spawn(keep_findings(
+        ctx.clone(),
+        world_changed,
+        findings_queues,
+        faults.check(),
+    ));
     // No debounce here: the router gathers requests (see `COALESCE`).
     let config = kube::runtime::controller::Config::default().concurrency(4);
     let networks = applier(
@@ -442,19 +539,172 @@ pub async fn run(
     let controllers = async {
         futures::join!(networks, interfaces, peers, routes);
     };
-    tokio::select! {
-        () = controllers => {}
-        () = shutdown => tracing::info!("shutting down"),
-    }
+    // Every task runs until shutdown: one that ends first ends the run.
+    let ended = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            None
+        }
+        () = controllers => Some(RunError::TaskEnded {
+            task: "controllers",
+            how: "ended (their queues closed)".into(),
+        }),
+        result = &mut router => Some(RunError::ended("router", result)),
+        result = &mut findings_task => Some(match result {
+            Ok(how) => RunError::TaskEnded { task: "findings", how },
+            Err(error) => RunError::TaskEnded { task: "findings", how: join_failure(error) },
+        }),
+    };
     router.abort();
     findings_task.abort();
-    ready.store(false, Ordering::SeqCst);
-    Ok(())
+    match ended {
+        None => Ok(()),
+        Some(error) => {
+            tracing::error!(%error, "a long-lived task stopped");
+            Err(error)
+        }
+    }
+}
+
+/// Failures a test injects into the tasks of [`run`]. Production builds have an empty
+/// type whose hooks change nothing ([`Faults`] under `cfg(test)` is the other one).
+#[cfg(not(test))]
+#[derive(Clone, Copy, Default)]
+struct Faults {}
+
+#[cfg(not(test))]
+impl Faults {
+    fn router<F>(&self, router: F) -> F {
+        router
+    }
+
+    fn check(&self) -> Check {
+        topology::check
+    }
+
+    fn synced(&self) {}
+}
+
+#[cfg(test)]
+#[derive(Clone, Default)]
+struct Faults {
+    /// The router panics once the stores are synced.
+    router_panics: bool,
+    /// The findings task's topology check panics (the first check, before the
+    /// controllers start, is not affected).
+    check_panics: bool,
+    synced: Arc<Notify>,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn router<F>(&self, router: F) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (panics, synced) = (self.router_panics, self.synced.clone());
+        async move {
+            if !panics {
+                return router.await;
+            }
+            tokio::select! {
+                () = router => {}
+                () = synced.notified() => panic!("injected failure in the router"),
+            }
+        }
+    }
+
+    fn check(&self) -> Check {
+        if self.check_panics {
+            |_| panic!("injected failure in the topology check")
+        } else {
+            topology::check
+        }
+    }
+
+    fn synced(&self) {
+        self.synced.notify_one();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the operator as the binary does, against the fake API server, with `faults`,
+    /// until a task ends or `shutdown`; `None` if it still ran after a minute.
+    async fn run_faulty(
+        faults: Faults,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> (Option<Result<(), RunError>>, Health) {
+        let health = Health::default();
+        let run = run_reporting(
+            crate::fake_api::client(),
+            Options::default(),
+            Arc::new(Metrics::default()),
+            health.clone(),
+            shutdown,
+            faults,
+        );
+        let result = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .ok();
+        (result, health)
+    }
+
+    fn healthz(health: &Health) -> hyper::StatusCode {
+        crate::http::respond("/healthz", &Metrics::default(), health).status()
+    }
+
+    #[tokio::test]
+    async fn a_router_that_panics_ends_the_run_and_fails_the_probe() {
+        let faults = Faults {
+            router_panics: true,
+            ..Faults::default()
+        };
+        let (result, health) = run_faulty(faults, std::future::pending()).await;
+        let Some(Err(RunError::TaskEnded { task, how })) = result else {
+            panic!("the run went on without its router: {result:?}");
+        };
+        assert_eq!(task, "router");
+        assert_eq!(how, "panicked: injected failure in the router");
+        assert_eq!(healthz(&health), hyper::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            health
+                .failed()
+                .is_some_and(|why| why.starts_with("the router task panicked")),
+            "{:?}",
+            health.failed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_findings_task_whose_check_panics_ends_the_run_and_fails_the_probe() {
+        let faults = Faults {
+            check_panics: true,
+            ..Faults::default()
+        };
+        let (result, health) = run_faulty(faults, std::future::pending()).await;
+        let Some(Err(RunError::TaskEnded { task, how })) = result else {
+            panic!("the run went on without its findings task: {result:?}");
+        };
+        assert_eq!(task, "findings");
+        assert_eq!(
+            how,
+            "stopped: the topology check panicked: injected failure in the topology check"
+        );
+        assert_eq!(healthz(&health), hyper::StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_after_the_stores_synced_is_no_failure() {
+        let faults = Faults::default();
+        let synced = faults.synced.clone();
+        let (result, health) = run_faulty(faults, async move { synced.notified().await }).await;
+        assert!(matches!(result, Some(Ok(()))), "{result:?}");
+        assert_eq!(healthz(&health), hyper::StatusCode::OK);
+        assert!(!health.ready.load(Ordering::SeqCst));
+    }
 
     fn finding(kind: ObjectKind, name: &str, reason: &'static str) -> Finding {
         Finding {
