@@ -175,9 +175,8 @@ async fn main() -> Result<()> {
     if let Some(addr) = args.metrics_addr {
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, metrics).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
+            let Err(e) = metrics::serve(addr, metrics).await;
+            tracing::error!(error = %e, "metrics server stopped");
         });
     }
     run::spawn_kernel_monitor(events_tx).context("subscribing to rtnetlink events")?;

@@ -1,9 +1,11 @@
-//! What the daemon tells Prometheus and the kubelet, served on `--metrics-addr`:
+//! What the daemon tells Prometheus and the kubelet, served on `--metrics-addr` with
+//! hyper, the metrics kept and encoded by prometheus-client (as the operator does):
 //!
 //! - `GET /metrics`: counters (reconciles, steps, kernel writes, errors), the last
 //!   reconcile (steps, writes, duration, conflicts), and per WireGuard peer the
 //!   latest handshake, its age and the bytes received and sent, as of the last
-//!   full observation (the resync period bounds how old they are);
+//!   full observation (the resync period bounds how old they are), in the
+//!   OpenMetrics text format;
 //! - `GET /healthz`: 200 while the reconcile loop turns; 503 when it has not
 //!   come round for [`Metrics::stall_after`] (a wedged kernel or wireguard-go call);
 //! - `GET /readyz`: 200 once the desired state is known and the first reconcile
@@ -11,38 +13,60 @@
 //!   one object is that object's condition, not the daemon's unreadiness: one bad
 //!   Interface must not hold a rollout of the whole DaemonSet.
 //!
-//! Anything else is a 404. Nothing here carries key material: peers are labelled
-//! with their public key.
+//! `HEAD` is answered like `GET` without a body; any other method is a 405, any other
+//! path a 404. A connection gets [`HEADER_TIMEOUT`] to send its request and
+//! [`CONNECTION_TIMEOUT`] in all; an `accept` that fails (out of file descriptors, say)
+//! is logged and the server goes on. Nothing here carries key material: peers are
+//! labelled with their public key.
 
-use std::fmt::Write as _;
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::model::ObservedNode;
 
+/// How long a connection may take to send its request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may stay open in all, answer included.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause after a failed `accept`, so that a lasting failure does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A count as a gauge (prometheus-client's default gauge is signed).
+type CountGauge = Gauge<u64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    device: String,
+    public_key: String,
+}
+
+/// What the loop and the scrapes share besides the registered metrics.
 #[derive(Debug)]
-pub struct Metrics {
-    pub reconciles_full: AtomicU64,
-    pub reconciles_delta: AtomicU64,
-    pub steps_applied: AtomicU64,
-    pub kernel_writes: AtomicU64,
-    pub apply_errors: AtomicU64,
-    pub observe_errors: AtomicU64,
-    pub last_plan_steps: AtomicU64,
-    pub conflicts: AtomicU64,
-    /// Kernel writes of the most recent reconcile.
-    pub last_reconcile_writes: AtomicU64,
-    /// Failed steps of the most recent reconcile.
-    pub last_reconcile_errors: AtomicU64,
-    /// Duration of the most recent reconcile, in microseconds.
-    pub last_reconcile_micros: AtomicU64,
-    /// Set once the first reconcile completed; never cleared.
-    pub ready: AtomicBool,
+struct Live {
     /// Milliseconds since [`process_start`] when the loop last came round.
     heartbeat_millis: AtomicU64,
     /// `/healthz` fails after this long without a heartbeat, in milliseconds.
@@ -51,24 +75,129 @@ pub struct Metrics {
     observed: Mutex<Option<(Arc<ObservedNode>, SystemTime)>>,
 }
 
+impl Live {
+    fn since_heartbeat(&self) -> Duration {
+        let now = since_start(Instant::now());
+        Duration::from_millis(now.saturating_sub(self.heartbeat_millis.load(Relaxed)))
+    }
+}
+
+/// The daemon's metrics (prefix `kwire_node_`) and what its probes read.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    live: Arc<Live>,
+    pub reconciles_full: Counter,
+    pub reconciles_delta: Counter,
+    pub steps_applied: Counter,
+    pub kernel_writes: Counter,
+    pub apply_errors: Counter,
+    pub observe_errors: Counter,
+    pub last_plan_steps: CountGauge,
+    pub conflicts: CountGauge,
+    /// Kernel writes of the most recent reconcile.
+    pub last_reconcile_writes: CountGauge,
+    /// Failed steps of the most recent reconcile.
+    pub last_reconcile_errors: CountGauge,
+    /// Duration of the most recent reconcile, in seconds.
+    pub last_reconcile_seconds: Gauge<f64, AtomicU64>,
+    /// 1 once the first reconcile completed; never cleared.
+    ready: CountGauge,
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        Self {
-            reconciles_full: AtomicU64::new(0),
-            reconciles_delta: AtomicU64::new(0),
-            steps_applied: AtomicU64::new(0),
-            kernel_writes: AtomicU64::new(0),
-            apply_errors: AtomicU64::new(0),
-            observe_errors: AtomicU64::new(0),
-            last_plan_steps: AtomicU64::new(0),
-            conflicts: AtomicU64::new(0),
-            last_reconcile_writes: AtomicU64::new(0),
-            last_reconcile_errors: AtomicU64::new(0),
-            last_reconcile_micros: AtomicU64::new(0),
-            ready: AtomicBool::new(false),
+        let mut registry = Registry::with_prefix("kwire_node");
+        let reconciles = Family::<ModeLabels, Counter>::default();
+        let reconciles_full = reconciles
+            .get_or_create(&ModeLabels { mode: "full" })
+            .clone();
+        let reconciles_delta = reconciles
+            .get_or_create(&ModeLabels { mode: "delta" })
+            .clone();
+        registry.register(
+            "reconciles",
+            "Reconciles, by whether the kernel was observed in full",
+            reconciles,
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let steps_applied = counter(
+            &mut registry,
+            "steps_applied",
+            "Plan steps applied successfully",
+        );
+        let kernel_writes = counter(
+            &mut registry,
+            "kernel_writes",
+            "Kernel writes attempted (netlink changes, WireGuard configuration requests, sysctls, processes)",
+        );
+        let apply_errors = counter(&mut registry, "apply_errors", "Plan steps that failed");
+        let observe_errors = counter(
+            &mut registry,
+            "observe_errors",
+            "Kernel observations that failed",
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = CountGauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let last_plan_steps = gauge(
+            &mut registry,
+            "last_plan_steps",
+            "Steps in the most recent plan",
+        );
+        let last_reconcile_writes = gauge(
+            &mut registry,
+            "last_reconcile_writes",
+            "Kernel writes of the most recent reconcile (0 on a converged node)",
+        );
+        let last_reconcile_errors = gauge(
+            &mut registry,
+            "last_reconcile_errors",
+            "Failed steps in the most recent reconcile",
+        );
+        let last_reconcile_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_reconcile_duration_seconds",
+            "How long the most recent reconcile took",
+            last_reconcile_seconds.clone(),
+        );
+        let conflicts = gauge(
+            &mut registry,
+            "conflicts",
+            "Desired objects blocked by foreign kernel state in the most recent plan",
+        );
+        let ready = gauge(
+            &mut registry,
+            "ready",
+            "1 once the first reconcile completed",
+        );
+        let live = Arc::new(Live {
             heartbeat_millis: AtomicU64::new(since_start(Instant::now())),
             stall_after_millis: AtomicU64::new(120_000),
             observed: Mutex::new(None),
+        });
+        registry.register_collector(Box::new(HeartbeatCollector(live.clone())));
+        Self {
+            registry,
+            live,
+            reconciles_full,
+            reconciles_delta,
+            steps_applied,
+            kernel_writes,
+            apply_errors,
+            observe_errors,
+            last_plan_steps,
+            conflicts,
+            last_reconcile_writes,
+            last_reconcile_errors,
+            last_reconcile_seconds,
+            ready,
         }
     }
 }
@@ -83,46 +212,52 @@ fn since_start(at: Instant) -> u64 {
     at.saturating_duration_since(process_start()).as_millis() as u64
 }
 
-/// Escapes a Prometheus label value.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl Metrics {
     /// The reconcile loop came round.
     pub fn beat(&self) {
-        self.heartbeat_millis
+        self.live
+            .heartbeat_millis
             .store(since_start(Instant::now()), Relaxed);
     }
 
     /// How long the loop may go without a heartbeat before `/healthz` fails. The
     /// loop comes round at least once per resync period, so a few periods is generous.
     pub fn set_stall_after(&self, after: Duration) {
-        self.stall_after_millis
+        self.live
+            .stall_after_millis
             .store(after.as_millis() as u64, Relaxed);
     }
 
     pub fn stall_after(&self) -> Duration {
-        Duration::from_millis(self.stall_after_millis.load(Relaxed))
+        Duration::from_millis(self.live.stall_after_millis.load(Relaxed))
     }
 
     /// Time since the last heartbeat.
     pub fn since_heartbeat(&self) -> Duration {
-        let now = since_start(Instant::now());
-        Duration::from_millis(now.saturating_sub(self.heartbeat_millis.load(Relaxed)))
+        self.live.since_heartbeat()
     }
 
     /// Keeps the last full observation for the per-peer metrics.
     pub fn set_observed(&self, observed: Arc<ObservedNode>, at: SystemTime) {
-        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = Some((observed, at));
+        *self.live.observed.lock().unwrap_or_else(|e| e.into_inner()) = Some((observed, at));
+    }
+
+    /// The first reconcile completed.
+    pub fn set_ready(&self) {
+        self.ready.set(1);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.get() == 1
     }
 
     /// `/healthz`: `Err(why)` when the loop has stalled.
     pub fn health(&self) -> Result<(), String> {
-        let quiet = self.since_heartbeat();
+        self.health_after(self.since_heartbeat())
+    }
+
+    /// [`Metrics::health`] when the loop last came round `quiet` ago.
+    fn health_after(&self, quiet: Duration) -> Result<(), String> {
         if quiet > self.stall_after() {
             Err(format!(
                 "the reconcile loop has not come round for {}s",
@@ -135,188 +270,141 @@ impl Metrics {
 
     /// `/readyz`: `Err(why)` until the first reconcile completed.
     pub fn readiness(&self) -> Result<(), String> {
-        if self.ready.load(Relaxed) {
+        if self.is_ready() {
             Ok(())
         } else {
             Err("waiting for the desired state and the first reconcile".into())
         }
     }
 
-    /// The Prometheus text exposition, with peer ages computed at `now`.
+    /// The OpenMetrics text exposition, with peer ages computed at `now`.
     pub fn render_at(&self, now: SystemTime) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        // The per-peer families depend on the moment of the scrape: they come from a
+        // registry made for it.
+        let mut peers = Registry::with_prefix("kwire_node");
+        peers.register_collector(Box::new(PeerCollector {
+            live: self.live.clone(),
+            now,
+        }));
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP kwire_node_reconciles_total Reconciles, by whether the kernel was observed in full.\n\
-             # TYPE kwire_node_reconciles_total counter\n\
-             kwire_node_reconciles_total{{mode=\"full\"}} {}\n\
-             kwire_node_reconciles_total{{mode=\"delta\"}} {}",
-            self.reconciles_full.load(Relaxed),
-            self.reconciles_delta.load(Relaxed)
-        );
-        let mut emit = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
-        };
-        let n = |v: &AtomicU64| v.load(Relaxed).to_string();
-        emit(
-            "kwire_node_steps_applied_total",
-            "counter",
-            "Plan steps applied successfully.",
-            n(&self.steps_applied),
-        );
-        emit(
-            "kwire_node_kernel_writes_total",
-            "counter",
-            "Kernel writes attempted (netlink changes, WireGuard configuration requests, sysctls, processes).",
-            n(&self.kernel_writes),
-        );
-        emit(
-            "kwire_node_apply_errors_total",
-            "counter",
-            "Plan steps that failed.",
-            n(&self.apply_errors),
-        );
-        emit(
-            "kwire_node_observe_errors_total",
-            "counter",
-            "Kernel observations that failed.",
-            n(&self.observe_errors),
-        );
-        emit(
-            "kwire_node_last_plan_steps",
-            "gauge",
-            "Steps in the most recent plan.",
-            n(&self.last_plan_steps),
-        );
-        emit(
-            "kwire_node_last_reconcile_writes",
-            "gauge",
-            "Kernel writes of the most recent reconcile (0 on a converged node).",
-            n(&self.last_reconcile_writes),
-        );
-        emit(
-            "kwire_node_last_reconcile_errors",
-            "gauge",
-            "Failed steps in the most recent reconcile.",
-            n(&self.last_reconcile_errors),
-        );
-        emit(
-            "kwire_node_last_reconcile_duration_seconds",
-            "gauge",
-            "How long the most recent reconcile took.",
-            format!(
-                "{:.6}",
-                self.last_reconcile_micros.load(Relaxed) as f64 / 1e6
-            ),
-        );
-        emit(
-            "kwire_node_conflicts",
-            "gauge",
-            "Desired objects blocked by foreign kernel state in the most recent plan.",
-            n(&self.conflicts),
-        );
-        emit(
-            "kwire_node_ready",
-            "gauge",
-            "1 once the first reconcile completed.",
-            u8::from(self.ready.load(Relaxed)).to_string(),
-        );
-        emit(
-            "kwire_node_seconds_since_loop_heartbeat",
-            "gauge",
-            "Seconds since the reconcile loop last came round.",
-            format!("{:.3}", self.since_heartbeat().as_secs_f64()),
-        );
-        self.render_peers(&mut out, now);
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &peers))
+            .and_then(|()| encode_eof(&mut out));
+        if encoded.is_err() {
+            out.clear();
+        }
         out
     }
 
     pub fn render(&self) -> String {
         self.render_at(SystemTime::now())
     }
+}
 
-    fn render_peers(&self, out: &mut String, now: SystemTime) {
+/// `kwire_node_seconds_since_loop_heartbeat`, computed at each scrape.
+#[derive(Debug)]
+struct HeartbeatCollector(Arc<Live>);
+
+impl Collector for HeartbeatCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(self.0.since_heartbeat().as_secs_f64());
+        let metric = encoder.encode_descriptor(
+            "seconds_since_loop_heartbeat",
+            "Seconds since the reconcile loop last came round.",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+/// The per-peer families, from the last full observation, with ages at `now`.
+#[derive(Debug)]
+struct PeerCollector {
+    live: Arc<Live>,
+    now: SystemTime,
+}
+
+impl Collector for PeerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let observed = self
+            .live
             .observed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let families = [
-            (
-                "kwire_node_peer_latest_handshake_seconds",
-                "gauge",
-                "Unix time of the peer's latest handshake (0: none yet).",
-            ),
-            (
-                "kwire_node_peer_handshake_age_seconds",
-                "gauge",
-                "Seconds since the peer's latest handshake; absent before the first one.",
-            ),
-            (
-                "kwire_node_peer_receive_bytes_total",
-                "counter",
-                "Bytes received from the peer.",
-            ),
-            (
-                "kwire_node_peer_transmit_bytes_total",
-                "counter",
-                "Bytes sent to the peer.",
-            ),
-        ];
-        let mut lines: [String; 4] = Default::default();
-        let mut at_secs = 0.0;
-        if let Some((node, at)) = &observed {
-            at_secs = unix_secs(*at);
+        struct Row {
+            labels: PeerLabels,
+            handshake: Option<SystemTime>,
+            rx: u64,
+            tx: u64,
+        }
+        let mut rows = Vec::new();
+        if let Some((node, _)) = &observed {
             for (device, d) in node.owned_devices() {
                 let Some(wg) = &d.wireguard else { continue };
                 for (key, peer) in &wg.peers {
-                    let labels = format!(
-                        "{{device=\"{}\",public_key=\"{}\"}}",
-                        label(device.as_str()),
-                        label(&key.to_base64())
-                    );
-                    let handshake = peer.stats.last_handshake;
-                    let _ = writeln!(
-                        lines[0],
-                        "{}{labels} {:.3}",
-                        families[0].0,
-                        handshake.map_or(0.0, unix_secs)
-                    );
-                    if let Some(h) = handshake {
-                        let age = now.duration_since(h).unwrap_or_default();
-                        let _ = writeln!(
-                            lines[1],
-                            "{}{labels} {:.3}",
-                            families[1].0,
-                            age.as_secs_f64()
-                        );
-                    }
-                    let _ = writeln!(
-                        lines[2],
-                        "{}{labels} {}",
-                        families[2].0, peer.stats.rx_bytes
-                    );
-                    let _ = writeln!(
-                        lines[3],
-                        "{}{labels} {}",
-                        families[3].0, peer.stats.tx_bytes
-                    );
+                    rows.push(Row {
+                        labels: PeerLabels {
+                            device: device.to_string(),
+                            public_key: key.to_base64(),
+                        },
+                        handshake: peer.stats.last_handshake,
+                        rx: peer.stats.rx_bytes,
+                        tx: peer.stats.tx_bytes,
+                    });
                 }
             }
         }
-        for ((name, kind, help), body) in families.iter().zip(lines) {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            out.push_str(&body);
+        let mut family = encoder.encode_descriptor(
+            "peer_latest_handshake_seconds",
+            "Unix time of the peer's latest handshake (0: none yet).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for row in &rows {
+            let value = row.handshake.map_or(0.0, unix_secs);
+            ConstGauge::new(value).encode(family.encode_family(&row.labels)?)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP kwire_node_peer_stats_timestamp_seconds Unix time of the observation the peer metrics come from.\n\
-             # TYPE kwire_node_peer_stats_timestamp_seconds gauge\n\
-             kwire_node_peer_stats_timestamp_seconds {at_secs:.3}"
-        );
+        let mut family = encoder.encode_descriptor(
+            "peer_handshake_age_seconds",
+            "Seconds since the peer's latest handshake; absent before the first one.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for row in &rows {
+            if let Some(h) = row.handshake {
+                let age = self.now.duration_since(h).unwrap_or_default();
+                ConstGauge::new(age.as_secs_f64()).encode(family.encode_family(&row.labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "peer_receive_bytes",
+            "Bytes received from the peer.",
+            None,
+            MetricType::Counter,
+        )?;
+        for row in &rows {
+            ConstCounter::new(row.rx).encode(family.encode_family(&row.labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "peer_transmit_bytes",
+            "Bytes sent to the peer.",
+            None,
+            MetricType::Counter,
+        )?;
+        for row in &rows {
+            ConstCounter::new(row.tx).encode(family.encode_family(&row.labels)?)?;
+        }
+        let at = ConstGauge::new(observed.as_ref().map_or(0.0, |(_, at)| unix_secs(*at)));
+        let metric = encoder.encode_descriptor(
+            "peer_stats_timestamp_seconds",
+            "Unix time of the observation the peer metrics come from.",
+            None,
+            at.metric_type(),
+        )?;
+        at.encode(metric)
     }
 }
 
@@ -325,105 +413,131 @@ fn unix_secs(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The answer to one request: status code, reason phrase, content type, body.
-pub fn respond(metrics: &Metrics, path: &str) -> (u16, &'static str, &'static str, String) {
+/// The answer to a request for `path` with `method`.
+pub fn respond(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "only GET and HEAD\n".into(),
+        );
+        response.headers_mut().insert(
+            "allow",
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return response;
+    }
     match path {
-        "/metrics" => (
-            200,
-            "OK",
-            "text/plain; version=0.0.4; charset=utf-8",
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(),
         ),
         "/healthz" | "/livez" => match metrics.health() {
-            Ok(()) => (200, "OK", TEXT, "ok\n".into()),
-            Err(why) => (503, "Service Unavailable", TEXT, format!("{why}\n")),
+            Ok(()) => reply(StatusCode::OK, TEXT, "ok\n".into()),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
         },
         "/readyz" => match metrics.readiness() {
-            Ok(()) => (200, "OK", TEXT, "ready\n".into()),
-            Err(why) => (503, "Service Unavailable", TEXT, format!("{why}\n")),
+            Ok(()) => reply(StatusCode::OK, TEXT, "ready\n".into()),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
         },
-        _ => (
-            404,
-            "Not Found",
+        _ => reply(
+            StatusCode::NOT_FOUND,
             TEXT,
             "not found: try /metrics, /healthz or /readyz\n".into(),
         ),
     }
 }
 
-/// The path of an HTTP request line (`GET /metrics?x HTTP/1.1` → `/metrics`).
-fn request_path(head: &str) -> Option<&str> {
-    let mut parts = head.lines().next()?.split_whitespace();
-    let _method = parts.next()?;
-    let target = parts.next()?;
-    Some(target.split(['?', '#']).next().unwrap_or(target))
+/// Where connections come from: a TCP listener, or a fake in tests.
+pub trait Accept {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
 }
 
-/// Serves [`respond`] over plain HTTP/1.1 until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&mut self) -> std::io::Result<Self::Stream> {
+        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+/// Binds `addr` and serves [`respond`] on it. Returns only if binding fails.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<Infallible> {
     let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    Ok(serve_connections(listener, metrics).await)
+}
+
+/// Serves every connection `listener` accepts, each on a task of its own, forever: a
+/// failed `accept` is logged and tried again after a short pause.
+pub async fn serve_connections(mut listener: impl Accept, metrics: Arc<Metrics>) -> Infallible {
     loop {
-        let (mut stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a metrics connection failed; going on");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut head = Vec::with_capacity(512);
-            let mut buf = [0u8; 1024];
-            let read_head = async {
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(5), read_head).await;
-            let head = String::from_utf8_lossy(&head);
-            let (code, phrase, content_type, body) = match request_path(&head) {
-                Some(path) => respond(&metrics, path),
-                None => (
-                    400,
-                    "Bad Request",
-                    "text/plain; charset=utf-8",
-                    "bad request\n".into(),
-                ),
-            };
-            let response = format!(
-                "HTTP/1.1 {code} {phrase}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let response = respond(&metrics, request.method(), request.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "metrics connection failed"),
+                Err(_) => tracing::debug!("metrics connection timed out"),
+            }
         });
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+    use tokio::sync::mpsc;
+
     use super::*;
     use crate::fixtures::*;
     use crate::model::{DesiredDevice, DesiredNode, PeerStats};
 
     #[test]
-    fn metrics_render_in_the_prometheus_text_format() {
+    fn metrics_render_in_the_openmetrics_text_format_with_the_node_prefix() {
         let m = Metrics::default();
-        m.kernel_writes.store(7, Relaxed);
-        m.reconciles_delta.store(2, Relaxed);
+        m.kernel_writes.inc_by(7);
+        m.reconciles_delta.inc_by(2);
         let text = m.render();
-        assert!(
-            text.contains("kwire_node_kernel_writes_total 7\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kwire_node_reconciles_total{mode=\"delta\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE kwire_node_conflicts gauge\n"),
-            "{text}"
-        );
-        assert!(text.contains("kwire_node_ready 0\n"), "{text}");
+        for line in [
+            "kwire_node_kernel_writes_total 7\n",
+            "kwire_node_reconciles_total{mode=\"delta\"} 2\n",
+            "kwire_node_reconciles_total{mode=\"full\"} 0\n",
+            "# TYPE kwire_node_conflicts gauge\n",
+            "# TYPE kwire_node_kernel_writes counter\n",
+            "kwire_node_ready 0\n",
+            "# TYPE kwire_node_seconds_since_loop_heartbeat gauge\n",
+            "kwire_node_peer_stats_timestamp_seconds 0.0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
     }
 
     #[test]
@@ -454,12 +568,13 @@ mod tests {
         let two = format!("{{device=\"wg0\",public_key=\"{}\"}}", pk(2));
         let three = format!("{{device=\"wg0\",public_key=\"{}\"}}", pk(3));
         for line in [
-            format!("kwire_node_peer_handshake_age_seconds{two} 42.000\n"),
-            format!("kwire_node_peer_latest_handshake_seconds{two} 1800000000.000\n"),
-            format!("kwire_node_peer_latest_handshake_seconds{three} 0.000\n"),
+            format!("kwire_node_peer_handshake_age_seconds{two} 42.0\n"),
+            format!("kwire_node_peer_latest_handshake_seconds{two} 1800000000.0\n"),
+            format!("kwire_node_peer_latest_handshake_seconds{three} 0.0\n"),
             format!("kwire_node_peer_receive_bytes_total{two} 1234\n"),
             format!("kwire_node_peer_transmit_bytes_total{two} 5678\n"),
             format!("kwire_node_peer_receive_bytes_total{three} 0\n"),
+            "kwire_node_peer_stats_timestamp_seconds 1800000000.0\n".to_string(),
         ] {
             assert!(text.contains(&line), "missing {line:?} in\n{text}");
         }
@@ -469,32 +584,116 @@ mod tests {
         );
     }
 
-    #[test]
-    fn readyz_waits_for_the_first_reconcile_and_healthz_for_a_stalled_loop() {
-        let m = Metrics::default();
-        assert_eq!(respond(&m, "/readyz").0, 503);
-        m.ready.store(true, Relaxed);
-        assert_eq!(respond(&m, "/readyz").0, 200);
-        assert_eq!(respond(&m, "/healthz").0, 200);
-        m.set_stall_after(Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(5));
-        let (code, _, _, body) = respond(&m, "/healthz");
-        assert_eq!(code, 503);
-        assert!(body.contains("has not come round"), "{body}");
-        m.beat();
-        m.set_stall_after(Duration::from_secs(60));
-        assert_eq!(respond(&m, "/healthz").0, 200);
-        assert_eq!(respond(&m, "/nope").0, 404);
-        assert_eq!(respond(&m, "/metrics").0, 200);
+    fn status(m: &Metrics, method: Method, path: &str) -> StatusCode {
+        respond(m, &method, path).status()
     }
 
     #[test]
-    fn request_paths_drop_the_query() {
-        assert_eq!(request_path("GET /metrics HTTP/1.1\r\n"), Some("/metrics"));
-        assert_eq!(
-            request_path("GET /readyz?verbose HTTP/1.1"),
-            Some("/readyz")
+    fn readyz_waits_for_the_first_reconcile_and_healthz_for_a_stalled_loop() {
+        let m = Metrics::default();
+        assert_eq!(status(&m, Method::GET, "/readyz"), 503);
+        m.set_ready();
+        assert_eq!(status(&m, Method::GET, "/readyz"), 200);
+        assert_eq!(status(&m, Method::GET, "/healthz"), 200);
+        let why = m.health_after(Duration::from_secs(121)).unwrap_err();
+        assert!(why.contains("has not come round for 121s"), "{why}");
+        assert!(m.health_after(Duration::from_secs(119)).is_ok());
+        m.beat();
+        m.set_stall_after(Duration::from_secs(60));
+        assert_eq!(status(&m, Method::GET, "/healthz"), 200);
+        assert_eq!(status(&m, Method::GET, "/nope"), 404);
+        assert_eq!(status(&m, Method::GET, "/metrics"), 200);
+    }
+
+    #[test]
+    fn only_get_and_head_are_allowed() {
+        let m = Metrics::default();
+        assert_eq!(status(&m, Method::HEAD, "/metrics"), 200);
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            let response = respond(&m, &method, "/metrics");
+            assert_eq!(response.status(), 405, "{method}");
+            assert_eq!(response.headers()["allow"], "GET, HEAD");
+        }
+    }
+
+    /// Connections handed over a channel; an `Err` stands for a failed `accept`.
+    struct FakeListener(mpsc::UnboundedReceiver<std::io::Result<DuplexStream>>);
+
+    impl Accept for FakeListener {
+        type Stream = DuplexStream;
+        async fn accept(&mut self) -> std::io::Result<DuplexStream> {
+            match self.0.recv().await {
+                Some(next) => next,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    async fn exchange(
+        connections: &mpsc::UnboundedSender<std::io::Result<DuplexStream>>,
+        request: &str,
+    ) -> String {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        connections.send(Ok(server)).unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_server_outlives_failed_accepts_and_refuses_other_methods() {
+        let (connections, rx) = mpsc::unbounded_channel();
+        let m = Arc::new(Metrics::default());
+        let server = tokio::spawn(serve_connections(FakeListener(rx), m));
+        for _ in 0..3 {
+            connections
+                .send(Err(std::io::Error::from_raw_os_error(nix::libc::EMFILE)))
+                .unwrap();
+        }
+        let answer = exchange(
+            &connections,
+            "POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        assert!(answer.contains("allow: GET, HEAD"), "{answer}");
+        let answer = exchange(
+            &connections,
+            "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok\n"), "{answer}");
+        let answer = exchange(
+            &connections,
+            "HEAD /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n"), "no body for HEAD: {answer}");
+        assert!(!server.is_finished());
+        server.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_closed() {
+        let (connections, rx) = mpsc::unbounded_channel();
+        let server = tokio::spawn(serve_connections(
+            FakeListener(rx),
+            Arc::new(Metrics::default()),
+        ));
+        let (mut client, server_side) = tokio::io::duplex(1024);
+        connections.send(Ok(server_side)).unwrap();
+        // Half a request head, then silence: the server hangs up (the paused clock
+        // runs ahead to its header timeout).
+        client.write_all(b"GET /metrics HTT").await.unwrap();
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("200 OK"),
+            "{answer:?}"
         );
-        assert_eq!(request_path(""), None);
+        server.abort();
     }
 }

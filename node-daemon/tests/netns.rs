@@ -543,3 +543,44 @@ fn an_odd_answer_from_wireguard_go_is_an_error_not_a_panic() {
         other => panic!("expected a read failure, got {other:?}"),
     }
 }
+
+/// `curl` inside `ns`: the status code of `method url`.
+fn http_status(ns: &Netns, method: &str, url: &str) -> Option<u16> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "curl", "-s", "-o", "/dev/null"])
+        .args(["--max-time", "5", "-w", "%{http_code}", "-X", method, url])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn the_metrics_server_answers_get_and_head_and_refuses_other_methods() {
+    require_prerequisites!();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::new("mt");
+    let file = dir.path().join("node.yaml");
+    std::fs::write(&file, "devices: {}\n").unwrap();
+    let _daemon = Daemon::start(
+        &ns,
+        dir.path(),
+        &file,
+        &["--metrics-addr", "127.0.0.1:9464"],
+    );
+    let url = |path: &str| format!("http://127.0.0.1:9464{path}");
+    wait_until(Duration::from_secs(20), "the daemon to be ready", || {
+        http_status(&ns, "GET", &url("/readyz")) == Some(200)
+    });
+    assert_eq!(http_status(&ns, "GET", &url("/metrics")), Some(200));
+    assert_eq!(http_status(&ns, "GET", &url("/healthz")), Some(200));
+    assert_eq!(http_status(&ns, "GET", &url("/nothing")), Some(404));
+    for method in ["POST", "PUT", "DELETE"] {
+        assert_eq!(
+            http_status(&ns, method, &url("/metrics")),
+            Some(405),
+            "{method}"
+        );
+    }
+    let head = ns.exec(&["curl", "-s", "-I", "--max-time", "5", &url("/metrics")]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

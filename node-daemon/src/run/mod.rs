@@ -28,7 +28,6 @@ pub mod followup;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant as StdInstant, SystemTime};
 
 use futures::StreamExt;
@@ -188,12 +187,12 @@ impl<D: Dataplane> Reconciler<D> {
         let observed = match self.dataplane.observe().await {
             Ok(o) => o,
             Err(e) => {
-                self.metrics.observe_errors.fetch_add(1, Relaxed);
+                self.metrics.observe_errors.inc();
                 self.last = None;
                 return Err(e);
             }
         };
-        self.metrics.reconciles_full.fetch_add(1, Relaxed);
+        self.metrics.reconciles_full.inc();
         let snapshot = Arc::new(observed.clone());
         Ok(self
             .plan_and_apply(desired, observed, Mode::Full, Some(snapshot), began)
@@ -208,7 +207,7 @@ impl<D: Dataplane> Reconciler<D> {
     ) -> Result<Outcome, ObserveError> {
         match self.last.take() {
             Some(last) => {
-                self.metrics.reconciles_delta.fetch_add(1, Relaxed);
+                self.metrics.reconciles_delta.inc();
                 Ok(self
                     .plan_and_apply(desired, last, Mode::Delta, None, StdInstant::now())
                     .await)
@@ -231,29 +230,16 @@ impl<D: Dataplane> Reconciler<D> {
         }
         let added = added_peers(&plan, &state);
         let report = apply(&plan, &mut self.dataplane).await;
-        self.metrics
-            .last_plan_steps
-            .store(plan.steps.len() as u64, Relaxed);
-        self.metrics
-            .conflicts
-            .store(plan.conflicts.len() as u64, Relaxed);
-        self.metrics
-            .steps_applied
-            .fetch_add(report.applied as u64, Relaxed);
-        self.metrics.kernel_writes.fetch_add(report.writes, Relaxed);
-        self.metrics
-            .apply_errors
-            .fetch_add(report.errors.len() as u64, Relaxed);
-        self.metrics
-            .last_reconcile_writes
-            .store(report.writes, Relaxed);
-        self.metrics
-            .last_reconcile_errors
-            .store(report.errors.len() as u64, Relaxed);
-        self.metrics
-            .last_reconcile_micros
-            .store(began.elapsed().as_micros() as u64, Relaxed);
-        self.metrics.ready.store(true, Relaxed);
+        let m = &self.metrics;
+        m.last_plan_steps.set(plan.steps.len() as u64);
+        m.conflicts.set(plan.conflicts.len() as u64);
+        m.steps_applied.inc_by(report.applied as u64);
+        m.kernel_writes.inc_by(report.writes);
+        m.apply_errors.inc_by(report.errors.len() as u64);
+        m.last_reconcile_writes.set(report.writes);
+        m.last_reconcile_errors.set(report.errors.len() as u64);
+        m.last_reconcile_seconds.set(began.elapsed().as_secs_f64());
+        m.set_ready();
         if let Some(snapshot) = &snapshot {
             self.metrics
                 .set_observed(snapshot.clone(), SystemTime::now());
@@ -314,10 +300,8 @@ impl<D: Dataplane> Reconciler<D> {
             "restarting the first handshake of peers whose initiations crossed"
         );
         let report = apply(&plan, &mut self.dataplane).await;
-        self.metrics.kernel_writes.fetch_add(report.writes, Relaxed);
-        self.metrics
-            .apply_errors
-            .fetch_add(report.errors.len() as u64, Relaxed);
+        self.metrics.kernel_writes.inc_by(report.writes);
+        self.metrics.apply_errors.inc_by(report.errors.len() as u64);
         let success = report.is_success();
         self.last = match (self.last.take(), success) {
             (Some(mut last), true) => sim::apply_steps(&mut last, &plan.steps).ok().map(|()| last),
