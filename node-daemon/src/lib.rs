@@ -37,4 +37,4 @@ pub use model::{
     PeerConfig, PresharedKey, PrivateKey, PublicKey, RouteKey,
 };
 pub use plan::{Conflict, Plan, Step, plan};
-pub use run::{KernelEvent, NodeStatus, Reconciler, RunConfig, run};
+pub use run::{KernelEvent, KernelEvents, NodeStatus, Reconciler, RunConfig, run};

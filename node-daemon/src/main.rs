@@ -15,7 +15,7 @@ use kwire_node_daemon::metrics::{self, Metrics};
 use kwire_node_daemon::model::DesiredNode;
 use kwire_node_daemon::ownership::DEFAULT_STATE_FILE;
 use kwire_node_daemon::run::{self, Outcome, Reconciler, RunConfig};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -142,14 +142,14 @@ async fn main() -> Result<()> {
     };
     tracing::info!(node = ?args.node_name, backend = %chosen, "starting");
 
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let events = run::KernelEvents::new();
     let config = KernelConfig {
         backend: chosen,
         state_file: args.state_file.clone(),
         sysctl_root: args.sysctl_root.clone(),
         wireguard_go: args.wireguard_go.clone(),
     };
-    let dataplane = KernelDataplane::new(handle, config, Some(events_tx.clone()));
+    let dataplane = KernelDataplane::new(handle, config, Some(events.clone()));
     let metrics = Arc::new(Metrics::default());
     let mut reconciler = Reconciler::new(dataplane, metrics.clone());
 
@@ -179,7 +179,7 @@ async fn main() -> Result<()> {
             tracing::error!(error = %e, "metrics server stopped");
         });
     }
-    run::spawn_kernel_monitor(events_tx).context("subscribing to rtnetlink events")?;
+    run::spawn_kernel_monitor(events.clone()).context("subscribing to rtnetlink events")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -218,7 +218,7 @@ async fn main() -> Result<()> {
         resync_period: args.resync_period,
         ..RunConfig::default()
     };
-    run::run(reconciler, desired_rx, events_rx, config, stopped()).await;
+    run::run(reconciler, desired_rx, events, config, stopped()).await;
     tracing::info!("stopped; the data plane is left as it is");
     Ok(())
 }

@@ -25,12 +25,11 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Command;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
 use crate::apply::DataplaneError;
 use crate::model::IfaceName;
-use crate::run::KernelEvent;
+use crate::run::{KernelEvent, KernelEvents};
 
 /// Where wireguard-go puts its UAPI sockets (and where wireguard-control
 /// looks first).
@@ -59,12 +58,12 @@ pub struct Supervisor {
     program: PathBuf,
     start_timeout: Duration,
     children: BTreeMap<IfaceName, Child>,
-    events: Option<UnboundedSender<KernelEvent>>,
+    events: Option<KernelEvents>,
 }
 
 impl Supervisor {
     /// `program` is the wireguard-go binary; exits are reported on `events`.
-    pub fn new(program: impl Into<PathBuf>, events: Option<UnboundedSender<KernelEvent>>) -> Self {
+    pub fn new(program: impl Into<PathBuf>, events: Option<KernelEvents>) -> Self {
         Self {
             program: program.into(),
             start_timeout: Duration::from_secs(10),
@@ -125,7 +124,7 @@ impl Supervisor {
             let status = child.wait().await;
             tracing::warn!(device = %device, pid, ?status, "wireguard-go exited");
             if let Some(tx) = events {
-                let _ = tx.send(KernelEvent::UserspaceExited(device));
+                tx.send(KernelEvent::UserspaceExited(device));
             }
         });
         tracing::info!(device = %name, pid, "started wireguard-go");

@@ -15,7 +15,6 @@ use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkWireguard, RouteMessageBuilder};
-use tokio::sync::mpsc::UnboundedSender;
 use wireguard_control::{Backend, DeviceUpdate, Key, PeerConfigBuilder};
 
 use super::{Dataplane, DataplaneError};
@@ -24,7 +23,7 @@ use crate::model::{IfaceName, LinkKind, ObservedNode, RouteId};
 use crate::observe::{ObserveError, forwarding_path, observe_kernel};
 use crate::ownership::{OwnedDevices, StateFile, StateFileError, device_alias, route_protocol};
 use crate::plan::{ForwardingScope, Step};
-use crate::run::KernelEvent;
+use crate::run::KernelEvents;
 use crate::userspace::{Supervisor, socket_answers};
 
 /// Why [`KernelDataplane::repair_state_file`] could not rebuild or write the state file.
@@ -94,7 +93,7 @@ impl KernelDataplane {
     pub fn new(
         handle: rtnetlink::Handle,
         config: KernelConfig,
-        events: Option<UnboundedSender<KernelEvent>>,
+        events: Option<KernelEvents>,
     ) -> Self {
         Self {
             handle,

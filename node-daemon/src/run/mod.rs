@@ -23,6 +23,7 @@
 //! - an unchanged desired state on a converged node makes zero kernel writes;
 //! - stopping the loop (SIGTERM) leaves the data plane as it is.
 
+pub mod events;
 pub mod followup;
 
 use std::collections::BTreeSet;
@@ -34,7 +35,7 @@ use futures::StreamExt;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::LinkAttribute;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::apply::{ApplyError, ApplyReport, Dataplane, apply};
@@ -44,6 +45,7 @@ use crate::observe::ObserveError;
 use crate::ownership::route_protocol;
 use crate::plan::{Conflict, Plan, plan};
 use crate::sim;
+pub use events::{KernelEvents, Pending};
 use followup::{Followup, PeerEntry, added_peers};
 
 /// Something happened in the kernel that may concern kwire.
@@ -314,18 +316,15 @@ impl<D: Dataplane> Reconciler<D> {
         report
     }
 
-    /// Whether a kernel event concerns an object kwire has or wants.
-    fn concerns(&self, event: &KernelEvent, desired: Option<&DesiredNode>) -> bool {
-        match event {
-            KernelEvent::RouteRemoved | KernelEvent::UserspaceExited(_) => true,
-            KernelEvent::LinkRemoved(name) => {
-                desired.is_some_and(|d| d.devices.contains_key(name))
-                    || self
-                        .last
-                        .as_ref()
-                        .is_some_and(|l| l.devices.contains_key(name))
-            }
-        }
+    /// Whether kernel events concern an object kwire has or wants.
+    fn concerns(&self, pending: &Pending, desired: Option<&DesiredNode>) -> bool {
+        pending.concerns(|name| {
+            desired.is_some_and(|d| d.devices.contains_key(name))
+                || self
+                    .last
+                    .as_ref()
+                    .is_some_and(|l| l.devices.contains_key(name))
+        })
     }
 }
 
@@ -334,7 +333,7 @@ impl<D: Dataplane> Reconciler<D> {
 pub async fn run<D: Dataplane>(
     mut reconciler: Reconciler<D>,
     mut desired: watch::Receiver<Option<DesiredNode>>,
-    mut events: mpsc::UnboundedReceiver<KernelEvent>,
+    events: KernelEvents,
     config: RunConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Reconciler<D> {
@@ -345,7 +344,6 @@ pub async fn run<D: Dataplane>(
     let mut retry_at: Option<Instant> = None;
     let mut next_resync = Instant::now() + config.resync_period;
     let mut desired_open = true;
-    let mut events_open = true;
     // Looking again soon after a change (see `followup`), and the last full reconcile's end
     // and duration, which paces it.
     let mut followup: Option<Followup> = None;
@@ -443,21 +441,19 @@ pub async fn run<D: Dataplane>(
                     dirty = true;
                 }
             }
-            event = events.recv(), if events_open => {
-                match event {
-                    Some(event) => {
-                        let mut relevant = reconciler.concerns(&event, current.as_ref());
-                        // Coalesce a burst of events into one reconcile.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        while let Ok(more) = events.try_recv() {
-                            relevant |= reconciler.concerns(&more, current.as_ref());
-                        }
-                        if relevant {
-                            tracing::info!(?event, "kernel event; full reconcile");
-                            need_full = true;
-                        }
-                    }
-                    None => events_open = false,
+            mut pending = events.next() => {
+                // A burst rarely ends with its first event: look a moment later, once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                pending.merge(events.take());
+                if reconciler.concerns(&pending, current.as_ref()) {
+                    tracing::info!(
+                        links_removed = pending.links_removed.len(),
+                        route_removed = pending.route_removed,
+                        userspace_exited = pending.userspace_exited.len(),
+                        more = pending.overflowed,
+                        "kernel events; full reconcile"
+                    );
+                    need_full = true;
                 }
             }
             () = tokio::time::sleep_until(next_resync) => {
@@ -487,7 +483,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 /// Watches rtnetlink for deleted links and deleted kwire routes, and reports
 /// them on `events`.
-pub fn spawn_kernel_monitor(events: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()> {
+pub fn spawn_kernel_monitor(events: KernelEvents) -> std::io::Result<()> {
     use rtnetlink::MulticastGroup;
     let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
@@ -513,10 +509,8 @@ pub fn spawn_kernel_monitor(events: mpsc::UnboundedSender<KernelEvent>) -> std::
                 }
                 _ => None,
             };
-            if let Some(event) = event
-                && events.send(event).is_err()
-            {
-                return;
+            if let Some(event) = event {
+                events.send(event);
             }
         }
     });

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::*;
 use crate::apply::RecordingDataplane;
@@ -25,7 +25,7 @@ struct Harness {
     fake: RecordingDataplane,
     status: watch::Receiver<NodeStatus>,
     desired: watch::Sender<Option<DesiredNode>>,
-    events: mpsc::UnboundedSender<KernelEvent>,
+    events: KernelEvents,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Reconciler<RecordingDataplane>>,
 }
@@ -35,13 +35,13 @@ fn start(initial: Option<DesiredNode>, resync: Duration) -> Harness {
     let reconciler = Reconciler::new(fake.clone(), Default::default());
     let status = reconciler.subscribe();
     let (desired, rx) = watch::channel(initial);
-    let (events, ev_rx) = mpsc::unbounded_channel();
+    let events = KernelEvents::new();
     let (stop, stop_rx) = oneshot::channel::<()>();
     let config = RunConfig {
         resync_period: resync,
         ..RunConfig::default()
     };
-    let task = tokio::spawn(run(reconciler, rx, ev_rx, config, async {
+    let task = tokio::spawn(run(reconciler, rx, events.clone(), config, async {
         let _ = stop_rx.await;
     }));
     Harness {
@@ -191,9 +191,7 @@ async fn a_link_removed_event_triggers_a_full_reconcile_that_restores_the_device
         s.routes.clear();
     });
     h.fake.clear_log();
-    h.events
-        .send(KernelEvent::LinkRemoved(name("wg0")))
-        .unwrap();
+    h.events.send(KernelEvent::LinkRemoved(name("wg0")));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = h.fake.log();
     assert!(matches!(log.first(), Some(Step::CreateDevice { .. })));
@@ -207,11 +205,29 @@ async fn an_event_about_an_unrelated_link_does_not_observe_the_kernel() {
     let h = start(Some(desired()), Duration::from_secs(3600));
     past_followup().await;
     let observes = h.fake.observes();
-    h.events
-        .send(KernelEvent::LinkRemoved(name("veth1234")))
-        .unwrap();
+    h.events.send(KernelEvent::LinkRemoved(name("veth1234")));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(h.fake.observes(), observes);
+    h.stop.send(()).unwrap();
+    h.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_kernel_events_is_coalesced_into_one_full_reconcile() {
+    let h = start(Some(desired()), Duration::from_secs(3600));
+    past_followup().await;
+    let observes = h.fake.observes();
+    // Far more deletions than any queue should hold, one of them kwire's, sent while the
+    // loop cannot run (this runtime has one thread): they are merged, not queued.
+    for i in 0..50_000 {
+        h.events
+            .send(KernelEvent::LinkRemoved(name(&format!("veth{i}"))));
+    }
+    h.events.send(KernelEvent::RouteRemoved);
+    assert!(h.events.peek().names() <= events::MAX_NAMES);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.fake.observes(), observes + 1, "one full reconcile");
+    assert!(h.events.peek().is_empty());
     h.stop.send(()).unwrap();
     h.task.await.unwrap();
 }
@@ -243,7 +259,7 @@ async fn a_failed_observation_is_retried_and_nothing_is_torn_down() {
     let writes = h.fake.writes();
     let observes = h.fake.observes();
     h.fake.fail_observes(3);
-    h.events.send(KernelEvent::RouteRemoved).unwrap();
+    h.events.send(KernelEvent::RouteRemoved);
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(h.fake.writes(), writes);
     assert_eq!(h.fake.state().devices.len(), 1);
