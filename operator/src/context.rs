@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -277,6 +278,15 @@ impl KeyCache {
     }
 }
 
+/// Failures of one object in a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Streak {
+    /// How many (1 for the first).
+    pub attempt: u32,
+    /// Since the first of them (by the context's clock).
+    pub failing_for: Duration,
+}
+
 /// The context of every reconcile.
 pub struct Context {
     pub client: Client,
@@ -292,8 +302,8 @@ pub struct Context {
     /// CIDRs carved in this process, by Network UID: covers the moment between a carve and
     /// the Network's status showing it in the store.
     pub(crate) carved: tokio::sync::Mutex<BTreeMap<String, IpNet>>,
-    /// Consecutive failures by object, for backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failures by object, for backoff, and when the first of them happened.
+    failures: Mutex<HashMap<String, (u32, Timestamp)>>,
     /// The versions of the Interfaces whose status the operator applied last.
     pub written: crate::written::WrittenVersions,
 }
@@ -322,12 +332,16 @@ impl Context {
         }
     }
 
-    /// Counts one more failure of `key` and returns how many in a row.
-    pub fn failed(&self, key: &str) -> u32 {
+    /// Counts one more failure of `key` and returns the streak it extends.
+    pub fn failed(&self, key: &str) -> Streak {
+        let now = self.clock.now().0;
         let mut failures = self.failures.lock().expect("failures lock");
-        let count = failures.entry(key.to_string()).or_insert(0);
+        let (count, since) = failures.entry(key.to_string()).or_insert((0, now));
         *count = count.saturating_add(1);
-        *count
+        Streak {
+            attempt: *count,
+            failing_for: Duration::try_from(now.duration_since(*since)).unwrap_or_default(),
+        }
     }
 
     /// Forgets the failures of `key` after a success.

@@ -30,6 +30,7 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// The object is in the cache but a read found it gone (deleted since the cache saw it).
     #[error(
         "{kind} {namespace}/{name} is in the operator's cache but no longer in the API; retrying once the cache catches up"
     )]
@@ -37,6 +38,18 @@ pub enum Error {
         kind: &'static str,
         namespace: String,
         name: String,
+    },
+    /// The cached copy predates the operator's own last write to the object: planning from
+    /// it would undo part of that write. The watch brings the newer copy in milliseconds.
+    #[error(
+        "the operator's cached copy of {kind} {namespace}/{name} (resourceVersion {cached}) predates its own last status write (resourceVersion {written}); waiting for the watch to bring the newer copy"
+    )]
+    CacheBehindOwnWrite {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        cached: u64,
+        written: u64,
     },
     #[error("adding an ownerReference to Secret {namespace}/{name}: {source}")]
     AdoptSecret {
@@ -89,6 +102,7 @@ impl Error {
             Error::AdoptSecret { .. } => "adopt_secret",
             Error::DeleteSecret { .. } => "delete_secret",
             Error::StaleStore { .. } => "stale_store",
+            Error::CacheBehindOwnWrite { .. } => "cache_behind_own_write",
             Error::PatchStatus { .. } => "patch_status",
             Error::GenerateKey { .. } => "generate_key",
             Error::MissingMetadata { .. } => "missing_metadata",
@@ -103,10 +117,34 @@ impl Error {
             | Error::AdoptSecret { source, .. }
             | Error::DeleteSecret { source, .. }
             | Error::PatchStatus { source, .. } => classify_api(source),
-            Error::StaleStore { .. } => Retry::Soon,
+            Error::StaleStore { .. } | Error::CacheBehindOwnWrite { .. } => Retry::Soon,
             Error::GenerateKey { .. } => Retry::Backoff,
             Error::MissingMetadata { .. } => Retry::Slowly,
         }
+    }
+}
+
+/// How long the cache may lag behind the API before it is worth a warning. A watch
+/// delivers a change in milliseconds, so a lag of a moment (typically right after the
+/// operator's own writes, at start) is routine; one of seconds means a watch is stuck or
+/// the API server is overloaded.
+pub const CACHE_LAG_WARNING_AFTER: Duration = Duration::from_secs(10);
+
+impl Error {
+    /// Whether the error is the cache lagging behind the API, which resolves by itself
+    /// when the watch catches up.
+    pub fn is_cache_lag(&self) -> bool {
+        matches!(
+            self,
+            Error::StaleStore { .. } | Error::CacheBehindOwnWrite { .. }
+        )
+    }
+
+    /// Whether a reconcile that has failed for `failing_for` (since the first failure in a
+    /// row) with this error deserves a warning: always, except for a cache lag that has
+    /// not yet lasted [`CACHE_LAG_WARNING_AFTER`].
+    pub fn worth_a_warning(&self, failing_for: Duration) -> bool {
+        !self.is_cache_lag() || failing_for >= CACHE_LAG_WARNING_AFTER
     }
 }
 
@@ -164,5 +202,41 @@ mod tests {
         assert_eq!(patch(403).retry(), Retry::Slowly);
         assert_eq!(patch(500).retry(), Retry::Backoff);
         assert_eq!(patch(500).metric_label(), "patch_status");
+    }
+
+    #[test]
+    fn only_a_lasting_cache_lag_is_worth_a_warning() {
+        let behind = Error::CacheBehindOwnWrite {
+            kind: "Interface",
+            namespace: "ns".into(),
+            name: "n".into(),
+            cached: 10,
+            written: 12,
+        };
+        let gone = Error::StaleStore {
+            kind: "Secret",
+            namespace: "ns".into(),
+            name: "n-private-key".into(),
+        };
+        for lag in [&behind, &gone] {
+            assert_eq!(lag.retry(), Retry::Soon);
+            assert!(!lag.worth_a_warning(Duration::ZERO));
+            assert!(!lag.worth_a_warning(Duration::from_secs(9)));
+            assert!(lag.worth_a_warning(CACHE_LAG_WARNING_AFTER));
+        }
+        assert!(
+            !behind.to_string().contains("no longer in the API"),
+            "the object is in the API: {behind}"
+        );
+        let forbidden = Error::PatchStatus {
+            kind: "Interface",
+            namespace: "ns".into(),
+            name: "n".into(),
+            source: Box::new(kube::Error::Api(Box::new(kube::core::Status {
+                code: 403,
+                ..Default::default()
+            }))),
+        };
+        assert!(forbidden.worth_a_warning(Duration::ZERO));
     }
 }

@@ -33,22 +33,27 @@ impl WrittenVersions {
         }
     }
 
-    /// Whether this copy of the object predates our last write to it. A copy that has
-    /// caught up ends the watch on it.
-    pub fn is_stale(&self, uid: Option<&str>, resource_version: Option<&str>) -> bool {
-        let (Some(uid), Some(rv)) = (uid, revision(resource_version)) else {
-            return false;
-        };
+    /// How far this copy of the object is behind our last write to it, if it predates it.
+    /// A copy that has caught up ends the watch on it.
+    pub fn behind(&self, uid: Option<&str>, resource_version: Option<&str>) -> Option<Behind> {
+        let (uid, cached) = (uid?, revision(resource_version)?);
         let mut map = self.by_uid.lock().expect("written versions lock");
-        match map.get(uid) {
-            Some(&written) if rv < written => true,
-            Some(_) => {
-                map.remove(uid);
-                false
-            }
-            None => false,
+        let written = *map.get(uid)?;
+        if cached < written {
+            return Some(Behind { cached, written });
         }
+        map.remove(uid);
+        None
     }
+}
+
+/// A cached copy older than the operator's own last write to the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Behind {
+    /// The resourceVersion of the cached copy.
+    pub cached: u64,
+    /// The resourceVersion the operator's write produced.
+    pub written: u64,
 }
 
 #[cfg(test)]
@@ -58,14 +63,23 @@ mod tests {
     #[test]
     fn a_copy_older_than_our_write_is_stale_until_the_cache_catches_up() {
         let w = WrittenVersions::default();
-        assert!(!w.is_stale(Some("u1"), Some("10")), "nothing written yet");
-        w.wrote(Some("u1"), Some("12"));
-        assert!(w.is_stale(Some("u1"), Some("10")));
-        assert!(w.is_stale(Some("u1"), Some("11")));
-        assert!(!w.is_stale(Some("u2"), Some("1")), "another object");
-        assert!(!w.is_stale(Some("u1"), Some("12")), "caught up");
         assert!(
-            !w.is_stale(Some("u1"), Some("10")),
+            w.behind(Some("u1"), Some("10")).is_none(),
+            "nothing written yet"
+        );
+        w.wrote(Some("u1"), Some("12"));
+        assert_eq!(
+            w.behind(Some("u1"), Some("10")),
+            Some(Behind {
+                cached: 10,
+                written: 12
+            })
+        );
+        assert!(w.behind(Some("u1"), Some("11")).is_some());
+        assert!(w.behind(Some("u2"), Some("1")).is_none(), "another object");
+        assert!(w.behind(Some("u1"), Some("12")).is_none(), "caught up");
+        assert!(
+            w.behind(Some("u1"), Some("10")).is_none(),
             "forgotten once caught up"
         );
     }
@@ -75,10 +89,10 @@ mod tests {
         let w = WrittenVersions::default();
         w.wrote(Some("u1"), Some("20"));
         w.wrote(Some("u1"), Some("15"));
-        assert!(w.is_stale(Some("u1"), Some("19")));
+        assert!(w.behind(Some("u1"), Some("19")).is_some());
         w.wrote(Some("u2"), Some("not-a-number"));
-        assert!(!w.is_stale(Some("u2"), Some("1")));
-        assert!(!w.is_stale(Some("u1"), None));
-        assert!(!w.is_stale(None, Some("1")));
+        assert!(w.behind(Some("u2"), Some("1")).is_none());
+        assert!(w.behind(Some("u1"), None).is_none());
+        assert!(w.behind(None, Some("1")).is_none());
     }
 }

@@ -160,9 +160,18 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let attempt = ctx.failed(&failure_key(obj.as_ref()));
-    let delay = crate::error::retry_delay(error.retry(), attempt);
-    tracing::warn!(%error, attempt, retry_in = ?delay, "reconcile failed");
+    let streak = ctx.failed(&failure_key(obj.as_ref()));
+    let (attempt, delay) = (
+        streak.attempt,
+        crate::error::retry_delay(error.retry(), streak.attempt),
+    );
+    // A cache a moment behind the API is routine (right after our own writes, at start):
+    // it is worth a warning only when it lasts.
+    if error.worth_a_warning(streak.failing_for) {
+        tracing::warn!(%error, attempt, failing_for = ?streak.failing_for, retry_in = ?delay, "reconcile failed");
+    } else {
+        tracing::debug!(%error, attempt, retry_in = ?delay, "reconcile waits for the cache");
+    }
     Action::requeue(delay)
 }
 
@@ -171,7 +180,121 @@ mod tests {
     use super::*;
     use crate::status::merge_conditions;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use k8s_openapi::jiff::Timestamp;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+    /// A clock a test moves forward.
+    #[derive(Default)]
+    struct TestClock(std::sync::Mutex<i64>);
+
+    impl TestClock {
+        fn advance(&self, seconds: i64) {
+            *self.0.lock().unwrap() += seconds;
+        }
+    }
+
+    impl crate::status::Clock for TestClock {
+        fn now(&self) -> Time {
+            let at = Timestamp::from_second(1_800_000_000).unwrap();
+            Time(at + SignedDuration::from_secs(*self.0.lock().unwrap()))
+        }
+    }
+
+    /// A context on empty stores and the fake API server, with `clock`.
+    fn context(clock: Arc<TestClock>) -> Arc<Context> {
+        use kube::runtime::reflector::store;
+        let stores = crate::context::Stores::new(
+            store().0,
+            store().0,
+            store().0,
+            store().0,
+            store().0,
+            store().0,
+        );
+        Arc::new(Context::new(
+            crate::fake_api::client(),
+            stores,
+            crate::context::Config::default(),
+            clock,
+            crate::context::Events::Recorded(Default::default()),
+            Arc::new(crate::metrics::Metrics::default()),
+        ))
+    }
+
+    /// What `f` logs, as text lines.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned()
+    }
+
+    /// At start, an Interface is often asked for again (its new key Secret, its Network's
+    /// allocation) right after the operator wrote its status and before the watch brought
+    /// that write into the cache. That is no problem, and the object is in the API: no
+    /// warning, and nothing claiming otherwise. Only a cache that stays behind is warned
+    /// about.
+    #[tokio::test]
+    async fn a_cache_a_moment_behind_our_own_write_is_no_warning_and_one_that_stays_behind_is() {
+        let clock = Arc::new(TestClock::default());
+        let ctx = context(clock.clone());
+        let mut interface = crate::fixtures::interface("b-wg1-client", "b", &["10.0.0.1/24"]);
+        interface.metadata.resource_version = Some("10".into());
+        ctx.written
+            .wrote(interface.metadata.uid.as_deref(), Some("12"));
+        let interface = Arc::new(interface);
+
+        let error = interface::reconcile(interface.clone(), ctx.clone())
+            .await
+            .expect_err("a copy older than our write is not planned from");
+        let log = logged(|| {
+            error_policy(interface.clone(), &error, ctx.clone());
+        });
+        assert!(!log.contains("WARN"), "a warning at once:\n{log}");
+        assert!(!log.contains("no longer in the API"), "{log}");
+        assert!(
+            log.contains("resourceVersion 10") && log.contains("resourceVersion 12"),
+            "the debug line says what is awaited:\n{log}"
+        );
+
+        // Still behind ten seconds later: now it is worth a warning.
+        clock.advance(10);
+        let error = interface::reconcile(interface.clone(), ctx.clone())
+            .await
+            .expect_err("still behind");
+        let log = logged(|| {
+            error_policy(interface.clone(), &error, ctx.clone());
+        });
+        assert!(log.contains("WARN"), "no warning for a stuck cache:\n{log}");
+        assert!(!log.contains("no longer in the API"), "{log}");
+
+        // Caught up: the next stale copy starts afresh, without a warning.
+        ctx.succeeded("Interface/wg/b-wg1-client");
+        ctx.written
+            .wrote(interface.metadata.uid.as_deref(), Some("14"));
+        let error = interface::reconcile(interface.clone(), ctx.clone())
+            .await
+            .expect_err("behind again");
+        let log = logged(|| {
+            error_policy(interface.clone(), &error, ctx.clone());
+        });
+        assert!(!log.contains("WARN"), "{log}");
+    }
 
     #[test]
     fn a_warning_is_published_once_when_a_condition_turns_false() {

@@ -191,14 +191,16 @@ pub async fn apply_interface(
 pub async fn reconcile(interface: Arc<Interface>, ctx: Arc<Context>) -> Result<Action, Error> {
     let result = async {
         // Planning from a copy older than our own last write would undo parts of it.
-        if ctx.written.is_stale(
+        if let Some(behind) = ctx.written.behind(
             interface.metadata.uid.as_deref(),
             interface.metadata.resource_version.as_deref(),
         ) {
-            return Err(Error::StaleStore {
+            return Err(Error::CacheBehindOwnWrite {
                 kind: "Interface",
                 namespace: namespace(interface.as_ref(), "Interface")?,
                 name: interface.name_any(),
+                cached: behind.cached,
+                written: behind.written,
             });
         }
         let key = observe_key(&interface, &ctx).await?;
