@@ -100,13 +100,23 @@ pub(crate) fn run(cli: Cli, cmd: &mut clap::Command) -> Result<ExitCode> {
                 check,
                 timeout,
                 without_controller_manager,
-            } => sandbox::up(sandbox::UpArgs {
-                files,
-                namespace,
-                check,
-                timeout,
-                controller_manager: !without_controller_manager,
-            }),
+                nodes,
+            } => {
+                if without_controller_manager && nodes == crate::NodesArg::Kubelet {
+                    bail!(
+                        "--nodes kubelet needs kube-controller-manager (it turns the chart's \
+                         Deployment and DaemonSet into pods): drop --without-controller-manager"
+                    );
+                }
+                sandbox::up(sandbox::UpArgs {
+                    files,
+                    namespace,
+                    check,
+                    timeout,
+                    controller_manager: !without_controller_manager,
+                    kubelet_nodes: nodes == crate::NodesArg::Kubelet,
+                })
+            }
             SandboxCommand::Down {
                 ids,
                 force,

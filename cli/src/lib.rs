@@ -246,6 +246,15 @@ Examples:
     },
 }
 
+/// `kwire sandbox up --nodes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodesArg {
+    /// Processes in network namespaces.
+    Process,
+    /// Kubelet nodes running the chart's pods.
+    Kubelet,
+}
+
 /// `kwire sandbox …`.
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
@@ -256,6 +265,7 @@ Examples:
   sudo kwire sandbox up -f examples/seed/relay.yaml --namespace seed --check
   sudo kwire sandbox up -f interfaces.yaml -f peers.yaml --timeout 5m
   sudo kwire sandbox up -f examples/seed/relay.yaml --check --without-controller-manager
+  sudo kwire sandbox up -f examples/seed/relay.yaml --check --nodes kubelet
 
 Prints each step with its time, the status table, and one line per ping (`A → C (…): ok`).
 With --check the exit code is 0 only if everything became Ready and every ping answered.
@@ -280,6 +290,12 @@ down` removes what it left.")]
         /// shorter.
         #[arg(long)]
         without_controller_manager: bool,
+        /// How nodes run kwire: `process` (the operator and one node daemon per node as
+        /// processes; fast) or `kubelet` (every node a real kubelet with containerd; the
+        /// chart's Deployment and DaemonSet run from the images of
+        /// `bash scripts/build-images.sh`).
+        #[arg(long, value_enum, default_value = "process")]
+        nodes: NodesArg,
     },
 
     /// Remove what sandboxes whose process has ended left behind

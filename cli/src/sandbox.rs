@@ -28,6 +28,8 @@ pub struct UpArgs {
     pub timeout: Duration,
     /// Whether kube-controller-manager runs (see `--without-controller-manager`).
     pub controller_manager: bool,
+    /// Every node a kubelet node (`--nodes kubelet`).
+    pub kubelet_nodes: bool,
 }
 
 /// Brings the topology up, verifies it, then stays up until Ctrl-C (or tears down at once
@@ -60,7 +62,9 @@ async fn up_async(args: UpArgs) -> Result<ExitCode> {
     if let Some(note) = stale_note() {
         eprintln!("{note}");
     }
-    let up = if args.controller_manager {
+    let up = if args.kubelet_nodes {
+        Sandbox::up_kubelet(&args.files, &args.namespace, false).await
+    } else if args.controller_manager {
         Sandbox::up(&args.files, &args.namespace, false).await
     } else {
         Sandbox::up_without_controller_manager(&args.files, &args.namespace, false).await

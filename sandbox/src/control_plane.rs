@@ -53,7 +53,7 @@ use kube::{Api, Client, Config};
 /// [`ControlPlane::service_account_token`]: longer than any test run.
 const TOKEN_EXPIRATION_SECONDS: i64 = 24 * 60 * 60;
 
-/// The binaries `tests/control-plane/build.sh` makes.
+/// The binaries `tests/control-plane/build.sh` makes for the control plane.
 const BINARIES: [&str; 5] = [
     "etcd",
     "kube-apiserver",
@@ -61,6 +61,9 @@ const BINARIES: [&str; 5] = [
     "kubectl",
     "helm",
 ];
+
+/// The binaries kubelet nodes need besides [`BINARIES`] (also built by `build.sh`).
+pub const KUBELET_NODE_BINARIES: [&str; 3] = ["kube-scheduler", "kubelet", "kube-proxy"];
 
 /// `tests/control-plane` in this repository (found from where this crate was built: the
 /// scripts and the binaries they build stay in the source tree).
@@ -173,7 +176,7 @@ impl ControlPlane {
             .get_or_init(|| {
                 let run_dir = std::env::temp_dir()
                     .join(format!("kwire-control-plane-{}", std::process::id()));
-                Self::start_in(run_dir, false, true, true).map_err(|e| e.to_string())
+                Self::start_in(run_dir, false, true, true, false).map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|e| {
@@ -186,7 +189,15 @@ impl ControlPlane {
     /// this process exits. For tests that restart or break the control plane;
     /// others should use [`ControlPlane::shared`].
     pub fn start(run_dir: impl Into<PathBuf>) -> Result<ControlPlane> {
-        Self::start_in(run_dir.into(), true, true, true)
+        Self::start_in(run_dir.into(), true, true, true, false)
+    }
+
+    /// A control plane for kubelet nodes: [`ControlPlane::start_with`] with
+    /// kube-controller-manager also running the workload controllers (Deployments,
+    /// ReplicaSets, DaemonSets, Node lifecycle) and kube-scheduler beside it; builds the
+    /// kubelet and kube-proxy too.
+    pub fn start_for_kubelets(run_dir: impl Into<PathBuf>, announce: bool) -> Result<ControlPlane> {
+        Self::start_in(run_dir.into(), true, announce, true, true)
     }
 
     /// [`ControlPlane::start`], with the line on stderr saying it is up only if `announce`
@@ -199,7 +210,7 @@ impl ControlPlane {
         announce: bool,
         controller_manager: bool,
     ) -> Result<ControlPlane> {
-        Self::start_in(run_dir.into(), true, announce, controller_manager)
+        Self::start_in(run_dir.into(), true, announce, controller_manager, false)
     }
 
     fn start_in(
@@ -207,11 +218,15 @@ impl ControlPlane {
         stop_on_drop: bool,
         announce: bool,
         controller_manager: bool,
+        workloads: bool,
     ) -> Result<ControlPlane> {
-        let needed: Vec<&str> = BINARIES
+        let mut needed: Vec<&str> = BINARIES
             .into_iter()
             .filter(|b| controller_manager || *b != "kube-controller-manager")
             .collect();
+        if workloads {
+            needed.extend(KUBELET_NODE_BINARIES);
+        }
         ensure_built_only(&needed)?;
         let began = Instant::now();
         let up = scripts_dir().join("up.sh");
@@ -222,6 +237,7 @@ impl ControlPlane {
                 "KWIRE_CP_CONTROLLER_MANAGER",
                 if controller_manager { "1" } else { "0" },
             )
+            .env("KWIRE_CP_WORKLOADS", if workloads { "1" } else { "0" })
             .stdin(Stdio::null())
             .output()
             .map_err(|source| Error::Spawn {
@@ -308,6 +324,21 @@ impl ControlPlane {
     /// File holding [`ControlPlane::ca_pem`].
     pub fn ca_file(&self) -> &Path {
         &self.ca_file
+    }
+
+    /// The CA's private key (`pki/ca.key`), for signing the client certificates of kubelet
+    /// nodes.
+    pub fn ca_key_file(&self) -> PathBuf {
+        self.run_dir.join("pki/ca.key")
+    }
+
+    /// The apiserver's port on 127.0.0.1.
+    pub fn api_port(&self) -> Result<u16> {
+        self.api_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .ok_or_else(|| Error::Unexpected(format!("no port in {}", self.api_url)))
     }
 
     /// A static token of user `kwire-admin` in group `system:masters`.

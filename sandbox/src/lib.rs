@@ -3,6 +3,9 @@
 //!
 //! - [`control_plane`]: a real local kube-apiserver, etcd and kube-controller-manager.
 //! - [`netns`]: network namespaces as nodes, joined by a LAN.
+//! - [`kubelet`]: kubelet nodes (containerd, kubelet, kube-proxy in a node's namespaces),
+//!   on which the chart's pods run from images built here.
+//! - [`process`]: starting child processes with their log files, waiting for them.
 //! - [`sandbox`]: the whole installation (chart, operator, one node daemon per namespace,
 //!   the far sides of external Peers) from manifest files.
 //! - [`external`]: how an external Peer's far side is played, with plain `wg`.
@@ -22,7 +25,9 @@
 pub mod control_plane;
 mod error;
 pub mod external;
+pub mod kubelet;
 pub mod netns;
+pub mod process;
 pub mod record;
 pub mod sandbox;
 pub mod teardown;

@@ -172,6 +172,10 @@ pub struct Record {
     /// TCP ports the sandbox's processes listen on in the host's namespace.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Cgroup roots of kubelet nodes (`/sys/fs/cgroup/<hierarchy>/kwire-…`): the containers
+    /// run in them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// The record file of a running sandbox: every change is written at once (to a temporary
@@ -311,6 +315,11 @@ impl Ledger {
     /// A folder the sandbox keeps on purpose (`KWIRE_KEEP_RUN_DIR`): teardown leaves it.
     pub fn forget_folder(&self, path: &Path) -> Result<()> {
         self.update(|r| r.folders.retain(|f| f != path))
+    }
+
+    /// Cgroup folders about to be made (a kubelet node's cgroup root).
+    pub fn cgroups(&self, paths: &[PathBuf]) -> Result<()> {
+        self.update(|r| r.cgroups.extend(paths.iter().cloned()))
     }
 
     /// A UAPI socket about to be made on the host.

@@ -38,12 +38,25 @@ use serde_json::Value;
 use crate::control_plane::ControlPlane;
 use crate::error::{Error, IoContext as _, Result, describe, failed, run};
 use crate::external::{self, FarSide, FarSidePeer, PresharedKeySource};
+use crate::kubelet::{self, KubeletNode, NodeSpec};
 use crate::netns::{Lan, Netns, unique_name};
 use crate::record::{Ledger, Record};
 use crate::teardown;
 
 /// The namespace the chart is installed into.
 pub const SYSTEM_NAMESPACE: &str = "kwire-system";
+
+/// How a sandbox's nodes run kwire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeKind {
+    /// `kwire-operator` and one `kwire-node` per node as plain processes under the chart's
+    /// ServiceAccount tokens (fast; the default).
+    #[default]
+    Process,
+    /// Every node a kubelet node: the chart's operator Deployment and node DaemonSet run as
+    /// pods from the images `scripts/build-images.sh` builds (see [`crate::kubelet`]).
+    Kubelet,
+}
 
 /// The underlay LAN the nodes (and the far sides of external Peers) are on, like the seed's
 /// VMs on one host network.
@@ -68,7 +81,7 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if interrupted() {
         return Err(Error::Interrupted);
     }
@@ -109,22 +122,28 @@ fn repo() -> PathBuf {
     repo.canonicalize().unwrap_or(repo)
 }
 
-/// One node: its namespace, underlay address and daemon.
+/// One node: its namespace, underlay address and daemon: a process (process nodes) or the
+/// chart's pod on the node's kubelet (kubelet nodes).
 pub struct SandboxNode {
     pub netns: Netns,
     pub address: IpAddr,
     pub daemon: Option<Child>,
     pub log: PathBuf,
+    /// containerd, the kubelet and kube-proxy of a kubelet node.
+    pub kubelet: Option<KubeletNode>,
 }
 
 impl SandboxNode {
-    /// `wg show` as the node's daemon sees it (its private `/run/wireguard`).
+    /// `wg show` as the node's daemon sees it (its private `/run/wireguard`; on a kubelet
+    /// node, the node's, which the daemon's pod mounts).
     pub fn wg_show(&self) -> Result<String> {
-        let pid = self
-            .daemon
-            .as_ref()
-            .ok_or_else(|| Error::State("the daemon is not running".into()))?
-            .id();
+        let pid = match (&self.kubelet, &self.daemon) {
+            (Some(k), _) => k
+                .containerd_pid()
+                .ok_or_else(|| Error::State("the node's containerd is not running".into()))?,
+            (None, Some(d)) => d.id(),
+            (None, None) => return Err(Error::State("the daemon is not running".into())),
+        };
         let out = run(Command::new("nsenter").args([
             "-t",
             &pid.to_string(),
@@ -221,6 +240,8 @@ pub struct Sandbox {
     pub objects: Vec<KwireObject>,
     pub run_dir: PathBuf,
     pub steps: Steps,
+    /// How the nodes run kwire.
+    pub node_kind: NodeKind,
     operator: Option<Child>,
     relay: Option<Child>,
     api_port: u16,
@@ -236,7 +257,13 @@ impl Sandbox {
     /// Brings up everything for the manifests in `files`, applied into `namespace`, on a LAN
     /// of its own (node `i`, in name order, at `10.211.55.<10 + i>`).
     pub async fn up(files: &[PathBuf], namespace: &str, quiet: bool) -> Result<Self> {
-        Self::up_with(files, namespace, quiet, None, true).await
+        Self::up_with(files, namespace, quiet, None, true, NodeKind::Process).await
+    }
+
+    /// [`Sandbox::up`] with every node a kubelet node running the chart's pods from the
+    /// images `scripts/build-images.sh` built (see [`crate::kubelet`]).
+    pub async fn up_kubelet(files: &[PathBuf], namespace: &str, quiet: bool) -> Result<Self> {
+        Self::up_with(files, namespace, quiet, None, true, NodeKind::Kubelet).await
     }
 
     /// [`Sandbox::up`] with a control plane of etcd and kube-apiserver only: no
@@ -248,7 +275,7 @@ impl Sandbox {
         namespace: &str,
         quiet: bool,
     ) -> Result<Self> {
-        Self::up_with(files, namespace, quiet, None, false).await
+        Self::up_with(files, namespace, quiet, None, false, NodeKind::Process).await
     }
 
     /// The crash record's identity, `<pid>-<n>` (also in the run folder's name).
@@ -450,12 +477,22 @@ impl Sandbox {
                 .iter()
                 .map(|(p, e)| (format!("far side of Peer {p}"), e.log.clone())),
         );
+        for node in self.nodes.values() {
+            if let Some(k) = &node.kubelet {
+                logs.extend(k.container_logs());
+            }
+        }
         for (name, path) in logs {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(lines).collect();
             let _ = writeln!(out, "--- {name} ({})", path.display());
             for line in tail.iter().rev() {
                 let _ = writeln!(out, "{line}");
+            }
+        }
+        for node in self.nodes.values() {
+            if let Some(k) = &node.kubelet {
+                out.push_str(&k.logs_tail(lines));
             }
         }
         out
@@ -732,10 +769,10 @@ fn register_node(cp: &ControlPlane, name: &str, address: IpAddr) -> Result<()> {
 
 /// Starts the relay from the API server's port inside `node`'s namespace to the run
 /// folder's socket. Runs inside the namespace and is killed with it; returns its pid.
-fn start_inner_relay(node: &SandboxNode, run_dir: &Path, port: u16) -> Result<u32> {
+fn start_inner_relay(node: &SandboxNode, run_dir: &Path, port: u16, bind: Ipv4Addr) -> Result<u32> {
     let child = Command::new("ip")
         .args(["netns", "exec", node.netns.name(), "socat"])
-        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+        .arg(format!("TCP-LISTEN:{port},bind={bind},fork,reuseaddr"))
         .arg(format!(
             "UNIX-CONNECT:{}",
             run_dir.join("api.sock").display()
@@ -796,6 +833,12 @@ fn write_secret_file(path: &Path, text: &str) -> Result<()> {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // Kubelet nodes first: their containers, containerd and cgroups.
+        for node in self.nodes.values_mut() {
+            if let Some(mut k) = node.kubelet.take() {
+                k.stop();
+            }
+        }
         for node in self.nodes.values_mut() {
             if let Some(mut d) = node.daemon.take() {
                 let _ = d.kill();
@@ -841,7 +884,15 @@ impl Sandbox {
         lan: &Lan,
         first_host: u8,
     ) -> Result<Self> {
-        Self::up_with(files, namespace, quiet, Some((lan, first_host)), true).await
+        Self::up_with(
+            files,
+            namespace,
+            quiet,
+            Some((lan, first_host)),
+            true,
+            NodeKind::Process,
+        )
+        .await
     }
 
     /// Starts a step, unless the sandbox was interrupted.
@@ -875,8 +926,10 @@ impl Sandbox {
         quiet: bool,
         shared: Option<(&Lan, u8)>,
         controller_manager: bool,
+        node_kind: NodeKind,
     ) -> Result<Self> {
         let first_host = shared.map_or(10, |(_, first)| first);
+        let kubelets = node_kind == NodeKind::Kubelet;
 
         let mut steps = Steps::new(quiet);
         let mut text = String::new();
@@ -933,10 +986,21 @@ impl Sandbox {
         }
 
         check_interrupted()?;
-        steps.start("binaries (kwire-operator, kwire-node)");
-        let operator_bin = workspace_binary("kwire-operator")?;
-        let node_bin = workspace_binary("kwire-node")?;
-        steps.done();
+        let (operator_bin, node_bin, images) = if kubelets {
+            steps.start("images (kwire/operator, kwire/node, pause)");
+            let images = kubelet::image_archives()?;
+            steps.done();
+            (PathBuf::new(), PathBuf::new(), images)
+        } else {
+            steps.start("binaries (kwire-operator, kwire-node)");
+            let binaries = (
+                workspace_binary("kwire-operator")?,
+                workspace_binary("kwire-node")?,
+                kubelet::Images::default(),
+            );
+            steps.done();
+            binaries
+        };
 
         // The record comes first: everything below is written into it before or as it is
         // made. Its id is unique per sandbox: tests run several at once in one process.
@@ -959,13 +1023,19 @@ impl Sandbox {
         ledger.folder(&cp_dir)?;
 
         check_interrupted()?;
-        steps.start(if controller_manager {
+        steps.start(if kubelets {
+            "local control plane (etcd, kube-apiserver, controller-manager, scheduler)"
+        } else if controller_manager {
             "local control plane (etcd, kube-apiserver, controller-manager)"
         } else {
             "local control plane (etcd, kube-apiserver)"
         });
         // The step line says it is up; tests (quiet) get the control plane's own line.
-        let cp = ControlPlane::start_with(cp_dir, quiet, controller_manager)?;
+        let cp = if kubelets {
+            ControlPlane::start_for_kubelets(cp_dir, quiet)?
+        } else {
+            ControlPlane::start_with(cp_dir, quiet, controller_manager)?
+        };
         // From here on the sandbox exists, and dropping it (on any error) removes the run
         // folder, the processes, the namespaces and the control plane.
         let mut sandbox = Self {
@@ -976,6 +1046,7 @@ impl Sandbox {
             objects,
             run_dir,
             steps,
+            node_kind,
             operator: None,
             relay: None,
             api_port: 0,
@@ -986,26 +1057,73 @@ impl Sandbox {
             sandbox.ledger.process(pid, &what, None)?;
         }
         sandbox.ledger.kubeconfig(sandbox.cp.admin_kubeconfig())?;
-        let api_port: u16 = sandbox
-            .cp
-            .api_url()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
-            .ok_or_else(|| Error::Unexpected(format!("no port in {}", sandbox.cp.api_url())))?;
+        let api_port = sandbox.cp.api_port()?;
         sandbox.api_port = api_port;
         sandbox.steps.done();
 
-        sandbox.begin("helm install kwire (CRDs, RBAC, ServiceAccounts)")?;
-        run(sandbox.cp.helm().args([
-            "install",
-            "kwire",
-            &repo().join("charts/kwire").display().to_string(),
-            "--namespace",
-            SYSTEM_NAMESPACE,
-            "--create-namespace",
-            "--wait=false",
-        ]))?;
+        // The manifests' namespace exists first: the chart lets the node daemons read the key
+        // Secrets of that namespace only (nodeSecretAccess, docs/security.md).
+        let secret_access = [
+            "--set".to_string(),
+            "nodeSecretAccess.mode=namespaces".to_string(),
+            "--set-json".to_string(),
+            format!("nodeSecretAccess.namespaces=[{namespace:?}]"),
+        ];
+        if kubelets {
+            sandbox.begin(&format!(
+                "helm install kwire (images {})",
+                images.tag_description()
+            ))?;
+            kubectl_ok(&sandbox.cp, &["create", "namespace", namespace])?;
+            // The node DaemonSet needs Pod Security `privileged` (hostNetwork, hostPath,
+            // NET_ADMIN); see docs/install.md.
+            kubectl_ok(&sandbox.cp, &["create", "namespace", SYSTEM_NAMESPACE])?;
+            kubectl_ok(
+                &sandbox.cp,
+                &[
+                    "label",
+                    "namespace",
+                    SYSTEM_NAMESPACE,
+                    "pod-security.kubernetes.io/enforce=privileged",
+                ],
+            )?;
+            run(sandbox
+                .cp
+                .helm()
+                .args([
+                    "install",
+                    "kwire",
+                    &repo().join("charts/kwire").display().to_string(),
+                    "--namespace",
+                    SYSTEM_NAMESPACE,
+                    "--set",
+                    &format!("operator.image.repository={}", images.operator_repository),
+                    "--set",
+                    &format!("node.image.repository={}", images.node_repository),
+                    "--set",
+                    &format!("operator.image.tag={}", images.tag),
+                    "--set",
+                    &format!("node.image.tag={}", images.tag),
+                    "--wait=false",
+                ])
+                .args(&secret_access))?;
+        } else {
+            sandbox.begin("helm install kwire (CRDs, RBAC, ServiceAccounts)")?;
+            kubectl_ok(&sandbox.cp, &["create", "namespace", namespace])?;
+            run(sandbox
+                .cp
+                .helm()
+                .args([
+                    "install",
+                    "kwire",
+                    &repo().join("charts/kwire").display().to_string(),
+                    "--namespace",
+                    SYSTEM_NAMESPACE,
+                    "--create-namespace",
+                    "--wait=false",
+                ])
+                .args(&secret_access))?;
+        }
         kubectl_ok(
             &sandbox.cp,
             &[
@@ -1018,7 +1136,6 @@ impl Sandbox {
                 "crd/networks.kwire.dev",
             ],
         )?;
-        kubectl_ok(&sandbox.cp, &["create", "namespace", namespace])?;
         sandbox.steps.done();
 
         let externals = if far_sides.is_empty() {
@@ -1027,8 +1144,9 @@ impl Sandbox {
             format!(" (+{} external)", far_sides.len())
         };
         sandbox.begin(&format!(
-            "{} node namespaces{externals} on the shared LAN, Node objects",
-            node_names.len()
+            "{} node namespaces{externals} on the shared LAN{}",
+            node_names.len(),
+            if kubelets { "" } else { ", Node objects" }
         ))?;
         for (address, name) in &node_addresses {
             let label: String = name
@@ -1046,7 +1164,10 @@ impl Sandbox {
                     .expect("a sandbox without a shared LAN has its own"),
             };
             Self::attach(&sandbox.ledger, lan, &netns, address)?;
-            register_node(&sandbox.cp, name, address)?;
+            if !kubelets {
+                // A kubelet node registers itself.
+                register_node(&sandbox.cp, name, address)?;
+            }
             let log = sandbox.run_dir.join(format!("node-{name}.log"));
             sandbox.nodes.insert(
                 name.clone(),
@@ -1055,6 +1176,7 @@ impl Sandbox {
                     address,
                     daemon: None,
                     log,
+                    kubelet: None,
                 },
             );
         }
@@ -1076,14 +1198,71 @@ impl Sandbox {
         sandbox.begin("API relay into the node namespaces")?;
         sandbox.start_relay()?;
         for node in sandbox.nodes.values() {
-            let pid = start_inner_relay(node, &sandbox.run_dir, api_port)?;
+            let pid = start_inner_relay(node, &sandbox.run_dir, api_port, Ipv4Addr::LOCALHOST)?;
             sandbox.ledger.process(
                 pid,
                 "socat (API relay in the node)",
                 Some(node.netns.name()),
             )?;
+            if kubelets {
+                node.netns.exec(&[
+                    "ip",
+                    "address",
+                    "add",
+                    &format!("{}/32", kubelet::API_VIP),
+                    "dev",
+                    "lo",
+                ])?;
+                // A route to the Service range, as a node's default route gives: without
+                // one, a hostNetwork pod's connection to the `kubernetes` Service fails
+                // before kube-proxy's DNAT (in OUTPUT) can redirect it to API_VIP.
+                let routes =
+                    node.netns
+                        .exec(&["ip", "-o", "-4", "route", "show", &lan().to_string()])?;
+                let routes = String::from_utf8_lossy(&routes.stdout);
+                let device = routes
+                    .split_whitespace()
+                    .skip_while(|w| *w != "dev")
+                    .nth(1)
+                    .ok_or_else(|| {
+                        Error::Unexpected(format!(
+                            "no LAN route in {}: {routes}",
+                            node.netns.name()
+                        ))
+                    })?;
+                node.netns
+                    .exec(&["ip", "route", "add", kubelet::SERVICE_CIDR, "dev", device])?;
+                let pid = start_inner_relay(node, &sandbox.run_dir, api_port, kubelet::API_VIP)?;
+                sandbox.ledger.process(
+                    pid,
+                    "socat (API relay for pods in the node)",
+                    Some(node.netns.name()),
+                )?;
+            }
         }
         sandbox.steps.done();
+
+        if kubelets {
+            sandbox.start_kubelet_nodes(&images)?;
+            sandbox.begin("kubectl apply --server-side the manifests")?;
+            for f in files {
+                kubectl_ok(
+                    &sandbox.cp,
+                    &[
+                        "apply",
+                        "--server-side",
+                        "-n",
+                        namespace,
+                        "-f",
+                        &f.display().to_string(),
+                    ],
+                )?;
+            }
+            sandbox.steps.done();
+            sandbox.configure_far_sides()?;
+            sandbox.record_ports()?;
+            return Ok(sandbox);
+        }
 
         sandbox.begin("kwire-operator under its ServiceAccount")?;
         let operator_kubeconfig = sandbox
@@ -1125,19 +1304,117 @@ impl Sandbox {
         }
         sandbox.steps.done();
 
-        if !sandbox.externals.is_empty() {
-            let peers: Vec<String> = sandbox.externals.keys().cloned().collect();
-            sandbox.begin(&format!(
-                "far side of {} configured with wg",
-                peers.join(", ")
-            ))?;
-            for peer in &peers {
-                sandbox.configure_far_side(peer)?;
-            }
-            sandbox.steps.done();
-        }
+        sandbox.configure_far_sides()?;
         sandbox.record_ports()?;
         Ok(sandbox)
+    }
+
+    /// Configures the far side of every external Peer, once the operator has published what
+    /// it needs.
+    fn configure_far_sides(&mut self) -> Result<()> {
+        if self.externals.is_empty() {
+            return Ok(());
+        }
+        let peers: Vec<String> = self.externals.keys().cloned().collect();
+        self.begin(&format!(
+            "far side of {} configured with wg",
+            peers.join(", ")
+        ))?;
+        for peer in &peers {
+            self.configure_far_side(peer)?;
+        }
+        self.steps.done();
+        Ok(())
+    }
+
+    /// Makes every node a kubelet node, waits for the Nodes to be Ready, points the
+    /// `kubernetes` Service at the nodes' API relay, and waits for the chart's operator
+    /// Deployment and node DaemonSet to be rolled out (their real probes passing).
+    fn start_kubelet_nodes(&mut self, images: &kubelet::Images) -> Result<()> {
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        self.begin(&format!(
+            "kubelet nodes {} (containerd, kubelet, kube-proxy), images imported",
+            names.join(", ")
+        ))?;
+        for (i, name) in names.iter().enumerate() {
+            let node = self.nodes.get(name).expect("listed above");
+            let IpAddr::V4(address) = node.address else {
+                return Err(Error::Unexpected(format!(
+                    "node {name} has no IPv4 address"
+                )));
+            };
+            let octet = u8::try_from(i + 1)
+                .map_err(|_| Error::Topology("more than 254 kubelet nodes".into()))?;
+            let spec = NodeSpec {
+                name: name.clone(),
+                netns: node.netns.name().to_string(),
+                address,
+                pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, octet, 0), 24)
+                    .expect("a /24 is a valid prefix"),
+                dir: self.run_dir.join(format!("k{i}")),
+                cgroup: format!("kwire-{}-{name}", self.ledger.id()),
+                api_port: self.api_port,
+                pause_image: images.pause.clone(),
+            };
+            self.ledger.cgroups(&KubeletNode::cgroup_dirs(&spec)?)?;
+            let netns = spec.netns.clone();
+            let ledger = &self.ledger;
+            let started = KubeletNode::start(spec, &self.cp, &images.archives, |pid, what| {
+                ledger.process(pid, &format!("{what} of node {name}"), Some(&netns))
+            })?;
+            self.nodes.get_mut(name).expect("listed above").kubelet = Some(started);
+        }
+        // `kubectl wait` gives up at once on a Node not registered yet.
+        let cp = &self.cp;
+        crate::process::wait_until(
+            "every kubelet to register its Node",
+            Duration::from_secs(60),
+            || None,
+            || {
+                let out = run(cp.kubectl().args(["get", "nodes", "-o", "name"]))?;
+                let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+                Ok(names
+                    .iter()
+                    .all(|n| listed.lines().any(|l| l == format!("node/{n}")))
+                    .then_some(()))
+            },
+        )
+        .map_err(|e| self.with_node_logs(e))?;
+        let nodes: Vec<String> = names.iter().map(|n| format!("node/{n}")).collect();
+        let mut args = vec!["wait", "--for=condition=Ready", "--timeout=120s"];
+        args.extend(nodes.iter().map(String::as_str));
+        kubectl_ok(&self.cp, &args).map_err(|e| self.with_node_logs(e))?;
+        // The `kubernetes` Service's endpoint: the API relay every node has at API_VIP
+        // (the API server's own reconciler is off; it would advertise 127.0.0.1).
+        kubectl_stdin(
+            &self.cp,
+            &["apply", "--server-side", "-f", "-"],
+            &kubelet::kubernetes_endpoint_slice(self.api_port),
+        )?;
+        self.steps.done();
+
+        self.begin("kwire-operator Deployment and kwire-node DaemonSet rolled out")?;
+        for workload in ["deployment/kwire-operator", "daemonset/kwire-node"] {
+            kubectl_ok(
+                &self.cp,
+                &[
+                    "rollout",
+                    "status",
+                    "-n",
+                    SYSTEM_NAMESPACE,
+                    workload,
+                    "--timeout=180s",
+                ],
+            )
+            .map_err(|e| self.with_node_logs(e))?;
+        }
+        self.steps.done();
+        Ok(())
+    }
+
+    /// `e` with the last lines of the kubelet nodes' logs and pods' logs appended.
+    fn with_node_logs(&self, e: Error) -> Error {
+        Error::State(format!("{e}\n{}", self.logs_tail(20)))
     }
 
     /// The far side of an external Peer, before its peer is known: its namespace on the

@@ -40,6 +40,9 @@ pub struct Observed {
     pub netns: BTreeMap<String, Option<u64>>,
     /// The processes inside each of those namespaces, with their command names.
     pub netns_processes: BTreeMap<String, Vec<(ProcessId, String)>>,
+    /// The processes in each recorded cgroup that exists (its whole tree): the containers
+    /// of kubelet nodes.
+    pub cgroup_processes: BTreeMap<PathBuf, Vec<(ProcessId, String)>>,
     /// The links of the host's network namespace.
     pub host_links: BTreeSet<String>,
     /// The recorded folders and sockets that exist.
@@ -81,6 +84,15 @@ pub fn observe<'a>(records: impl IntoIterator<Item = &'a Record>) -> Observed {
                 observed.paths.insert(path.clone());
             }
         }
+        for cgroup in record.cgroups.iter().filter(|c| c.is_dir()) {
+            observed.paths.insert(cgroup.clone());
+            let inside = crate::kubelet::cgroup_pids(std::slice::from_ref(cgroup))
+                .into_iter()
+                .filter_map(ProcessId::of)
+                .map(|id| (id, comm(id.pid)))
+                .collect();
+            observed.cgroup_processes.insert(cgroup.clone(), inside);
+        }
     }
     observed
 }
@@ -115,6 +127,10 @@ pub enum Action {
     RemoveFolder {
         path: PathBuf,
     },
+    /// A kubelet node's cgroup root, with the cgroups below it.
+    RemoveCgroup {
+        path: PathBuf,
+    },
     RemoveRecord {
         path: PathBuf,
     },
@@ -140,6 +156,7 @@ impl Action {
             Self::DeleteNetns { name, .. } => format!("delete network namespace {name}"),
             Self::RemoveSocket { path } => format!("remove socket {}", path.display()),
             Self::RemoveFolder { path } => format!("remove folder {}", path.display()),
+            Self::RemoveCgroup { path } => format!("remove cgroup {}", path.display()),
             Self::RemoveRecord { path } => format!("remove record {}", path.display()),
         }
     }
@@ -259,8 +276,13 @@ impl Protected {
         self.pids.extend(r.processes.iter().map(|p| p.id.pid));
         self.netns.extend(r.netns.iter().map(|n| n.name.clone()));
         self.links.extend(r.links.iter().map(|l| l.name.clone()));
-        self.paths
-            .extend(r.folders.iter().chain(&r.sockets).cloned());
+        self.paths.extend(
+            r.folders
+                .iter()
+                .chain(&r.sockets)
+                .chain(&r.cgroups)
+                .cloned(),
+        );
     }
 }
 
@@ -331,6 +353,23 @@ fn plan_one(
         }
     }
 
+    // The containers of kubelet nodes, in whatever namespaces they run.
+    for cgroup in &record.cgroups {
+        if protected.paths.contains(cgroup) {
+            continue;
+        }
+        for (id, comm) in observed.cgroup_processes.get(cgroup).into_iter().flatten() {
+            if never_kill.contains(&id.pid) || !killed.insert(id.pid) {
+                continue;
+            }
+            actions.push(Action::Kill {
+                process: *id,
+                what: comm.clone(),
+                netns: None,
+            });
+        }
+    }
+
     for link in &record.links {
         if link.netns.is_none()
             && observed.host_links.contains(&link.name)
@@ -343,6 +382,21 @@ fn plan_one(
     }
     for (name, inode) in namespaces {
         actions.push(Action::DeleteNetns { name, inode });
+    }
+    for cgroup in &record.cgroups {
+        if !observed.paths.contains(cgroup) || protected.paths.contains(cgroup) {
+            continue;
+        }
+        if is_sandbox_cgroup(cgroup) {
+            actions.push(Action::RemoveCgroup {
+                path: cgroup.clone(),
+            });
+        } else {
+            left.push(format!(
+                "cgroup {}: not a sandbox cgroup (/sys/fs/cgroup/<hierarchy>/kwire-…)",
+                cgroup.display()
+            ));
+        }
     }
     for socket in &record.sockets {
         if observed.paths.contains(socket) && !protected.paths.contains(socket) {
@@ -385,6 +439,16 @@ fn plan_one(
 fn is_sandbox_folder(path: &Path) -> bool {
     path.is_absolute()
         && path.components().count() > 2
+        && path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("kwire-"))
+}
+
+/// A kubelet node's cgroup root is `/sys/fs/cgroup/<hierarchy>/kwire-…`.
+fn is_sandbox_cgroup(path: &Path) -> bool {
+    path.parent()
+        .and_then(Path::parent)
+        .is_some_and(|p| p == Path::new("/sys/fs/cgroup"))
         && path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("kwire-"))
@@ -464,6 +528,17 @@ fn execute(action: &Action) -> Result<bool, String> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.to_string()),
         },
+        Action::RemoveCgroup { path } => {
+            if !path.is_dir() {
+                return Ok(false);
+            }
+            crate::kubelet::remove_cgroups(std::slice::from_ref(path));
+            if path.is_dir() {
+                Err("processes are still in it".into())
+            } else {
+                Ok(true)
+            }
+        }
         Action::RemoveRecord { path } => match std::fs::remove_file(path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -658,6 +733,36 @@ mod tests {
 
     fn descriptions(p: &SandboxPlan) -> Vec<String> {
         p.actions.iter().map(Action::describe).collect()
+    }
+
+    #[test]
+    fn a_kubelet_node_loses_its_containers_then_its_cgroups_and_nothing_else() {
+        let (path, mut r) = record("7-0", 700);
+        let ours = PathBuf::from("/sys/fs/cgroup/pids/kwire-7-0-a");
+        let foreign = PathBuf::from("/sys/fs/cgroup/pids/kubepods");
+        r.cgroups = vec![ours.clone(), foreign.clone()];
+        let records = vec![(path, r)];
+        let mut o = everything_there(&records, false);
+        o.paths.extend([ours.clone(), foreign.clone()]);
+        o.cgroup_processes
+            .insert(ours.clone(), vec![(pid(4242, 9), "kwire-operator".into())]);
+        let p = plan(&records, &o, &Options::default());
+        let d = descriptions(&p.sandboxes[0]);
+        let kill = d
+            .iter()
+            .position(|a| a == "kill kwire-operator (pid 4242)")
+            .expect("the container is killed");
+        let remove = d
+            .iter()
+            .position(|a| a == "remove cgroup /sys/fs/cgroup/pids/kwire-7-0-a")
+            .expect("the cgroup is removed");
+        assert!(kill < remove, "{d:#?}");
+        assert!(!d.iter().any(|a| a.contains("kubepods")), "{d:#?}");
+        assert!(
+            p.sandboxes[0].left.iter().any(|l| l.contains("kubepods")),
+            "{:#?}",
+            p.sandboxes[0].left
+        );
     }
 
     #[test]

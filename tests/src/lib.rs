@@ -4,6 +4,6 @@
 //! too; they are re-exported here under the paths the tests have always used
 //! (`kwire_tests::sandbox::Sandbox`, `kwire_tests::netns::Netns`, …).
 
-pub use kwire_sandbox::{control_plane, netns, sandbox};
+pub use kwire_sandbox::{control_plane, kubelet, netns, sandbox};
 
 pub mod wait;

@@ -1,0 +1,503 @@
+//! kwire as its users run it: the seed's relay A → B → C on three real kubelet nodes
+//! (containerd + runc, kubelet, kube-proxy, in one network and mount namespace each), the
+//! chart installed with `helm install` and only image references set, its operator
+//! Deployment and node DaemonSet running from the images `scripts/build-images.sh` built in
+//! the same run, imported into each node's containerd (no registry), Ready through their real
+//! probes, with the chart's securityContext (node pods unprivileged, `NET_ADMIN` only).
+//!
+//! Then, under a 10 ms ping through the relay: a node pod deleted, a rolling update of the
+//! DaemonSet (`helm upgrade` changing the pod template), and the operator pod killed; the
+//! loss of each is printed (docs/performance.md keeps the figures). Keys and addresses must
+//! not change when the operator restarts. Last, `helm uninstall`, and the whole sandbox
+//! torn down: the host has exactly the processes, mounts, network namespaces and cgroups it
+//! had before.
+//!
+//! Needs root and the tools of `scripts/install-deps.sh`; with `KWIRE_REQUIRE_E2E=1` (the
+//! README's test command) a missing prerequisite fails the test.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use kwire_tests::kubelet::image_archives;
+use kwire_tests::netns::can_run_network_tests;
+use kwire_tests::sandbox::{SYSTEM_NAMESPACE, Sandbox};
+use kwire_tests::wait::wait_for;
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// What a kubelet sandbox could leave on the host, counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostSnapshot {
+    /// Processes by command name, for the names a kubelet node runs.
+    processes: BTreeMap<String, usize>,
+    /// Lines of the host's mount table.
+    mounts: usize,
+    /// Network namespaces in /run/netns.
+    netns: usize,
+    /// cgroup folders named `kwire-…` at the top of each cgroup hierarchy.
+    cgroups: usize,
+}
+
+fn snapshot() -> HostSnapshot {
+    let mut processes = BTreeMap::new();
+    for name in [
+        "containerd",
+        "containerd-shim",
+        "containerd-shim-runc-v2",
+        "kubelet",
+        "kube-proxy",
+        "runc",
+        "pause",
+        "kwire-node",
+        "kwire-operator",
+        "wireguard-go",
+        "socat",
+    ] {
+        let out = Command::new("pgrep")
+            .args(["-x", name])
+            .output()
+            .expect("pgrep");
+        // A zombie holds nothing: it only waits for its parent (this test) to reap it.
+        let running = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        stat.rsplit_once(") ")
+                            .map(|(_, rest)| !rest.starts_with('Z'))
+                    })
+                    .unwrap_or(false)
+            })
+            .count();
+        processes.insert(name.to_string(), running);
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .count();
+    let netns = std::fs::read_dir("/run/netns").map_or(0, |d| d.count());
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup")
+        .expect("cgroup hierarchies")
+        .flatten()
+        .flat_map(|h| std::fs::read_dir(h.path()).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("kwire-"))
+        .count();
+    HostSnapshot {
+        processes,
+        mounts,
+        netns,
+        cgroups,
+    }
+}
+
+fn kubectl_json(sb: &Sandbox, args: &[&str]) -> Result<Value> {
+    let out = sb.cp.kubectl().args(args).args(["-o", "json"]).output()?;
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn kubectl(sb: &Sandbox, args: &[&str]) -> Result<String> {
+    let out = sb.cp.kubectl().args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+fn pods(sb: &Sandbox, component: &str) -> Result<Vec<Value>> {
+    let list = kubectl_json(
+        sb,
+        &[
+            "get",
+            "pods",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "-l",
+            &format!("app.kubernetes.io/component={component}"),
+        ],
+    )?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// A flood of pings every 10 ms from a node's namespace, counted when it ends.
+struct PingRun {
+    child: Child,
+    began: Instant,
+}
+
+impl PingRun {
+    fn start(netns: &str, to: &str) -> Result<Self> {
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", netns, "ping", "-n", "-q", "-i", "0.01", "-W", "1", to,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting ping")?;
+        Ok(Self {
+            child,
+            began: Instant::now(),
+        })
+    }
+
+    /// Stops the pings (SIGINT: ping prints its summary) and returns (sent, received).
+    fn finish(self) -> Result<(u64, u64, Duration)> {
+        let took = self.began.elapsed();
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()?;
+        let out = self.child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .with_context(|| format!("no summary in ping's output: {text}"))?;
+        let numbers: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        ensure!(numbers.len() >= 2, "unexpected ping summary: {line}");
+        Ok((numbers[0], numbers[1], took))
+    }
+}
+
+/// The loss of one disruption: pings sent and lost, and the time lost at 10 ms a ping.
+struct Loss {
+    what: &'static str,
+    sent: u64,
+    lost: u64,
+    took: Duration,
+}
+
+impl Loss {
+    fn line(&self) -> String {
+        format!(
+            "{:<44} {:>6} sent {:>6} lost ({:>6.2} s of pings) over {:>5.1} s",
+            self.what,
+            self.sent,
+            self.lost,
+            self.lost as f64 * 0.01,
+            self.took.as_secs_f64()
+        )
+    }
+}
+
+/// Runs `disrupt` under a 10 ms ping from A to C's address through B, and measures.
+fn under_ping(
+    sb: &Sandbox,
+    what: &'static str,
+    disrupt: impl FnOnce() -> Result<()>,
+) -> Result<Loss> {
+    let a = sb.nodes.get("a").context("node a")?;
+    let ping = PingRun::start(a.netns.name(), "10.2.0.2")?;
+    // A short steady stretch before, and the link back to steady after.
+    std::thread::sleep(Duration::from_millis(500));
+    disrupt()?;
+    wait_for("A → C answering again", Duration::from_secs(120), || {
+        Ok(a.netns
+            .ping("10.2.0.2".parse()?, 1, Duration::from_secs(1))
+            .then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (sent, received, took) = ping.finish()?;
+    Ok(Loss {
+        what,
+        sent,
+        lost: sent.saturating_sub(received),
+        took,
+    })
+}
+
+/// The public keys and addresses the operator gave every Interface.
+fn keys_and_addresses(sb: &Sandbox) -> Result<BTreeMap<String, String>> {
+    Ok(sb
+        .get("interfaces")?
+        .iter()
+        .map(|i| {
+            (
+                i["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                format!("{} {}", i["status"]["publicKey"], i["status"]["addresses"]),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_relay_on_kubelet_nodes_from_images_built_here() -> Result<()> {
+    if let Err(why) = can_run_network_tests() {
+        println!("SKIPPED seed_relay_on_kubelet_nodes_from_images_built_here: {why}");
+        return Ok(());
+    }
+    // Missing images are an error naming the command that builds them, not a skip.
+    image_archives()?;
+    let before = snapshot();
+    {
+        let sb =
+            Sandbox::up_kubelet(&[repo().join("examples/seed/relay.yaml")], "seed", true).await?;
+        let result = exercise(&sb);
+        if let Err(e) = &result {
+            eprintln!("{e:#}\n{}\n{}", sb.status_table(), sb.logs_tail(30));
+        }
+        result?;
+    }
+    let after = wait_for("the host as it was", Duration::from_secs(30), || {
+        let now = snapshot();
+        Ok((now == before).then_some(now))
+    });
+    if after.is_err() {
+        bail!(
+            "the sandbox left things behind:\nbefore {before:#?}\nafter {:#?}",
+            snapshot()
+        );
+    }
+    Ok(())
+}
+
+fn exercise(sb: &Sandbox) -> Result<()> {
+    // The kubelets registered the Nodes themselves.
+    let nodes = kubectl_json(sb, &["get", "nodes"])?;
+    let nodes = nodes["items"].as_array().cloned().unwrap_or_default();
+    let mut names: Vec<&str> = nodes
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["a", "b", "c"]);
+    for node in &nodes {
+        assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], "v1.37.2");
+        assert!(
+            node["status"]["nodeInfo"]["containerRuntimeVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("containerd://")),
+            "{node}"
+        );
+    }
+
+    // The node pods: one per node, host network, not privileged, NET_ADMIN only.
+    let node_pods = pods(sb, "node")?;
+    assert_eq!(node_pods.len(), 3, "node pods: {node_pods:#?}");
+    for pod in &node_pods {
+        assert!(ready(pod), "not Ready: {pod}");
+        assert_eq!(pod["spec"]["hostNetwork"], true);
+        let sc = &pod["spec"]["containers"][0]["securityContext"];
+        assert_eq!(sc["privileged"], false, "{sc}");
+        assert_eq!(sc["capabilities"]["add"], serde_json::json!(["NET_ADMIN"]));
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert!(
+            pod["spec"]["containers"][0]["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("kwire/node:")),
+            "{pod}"
+        );
+    }
+    // The operator pod: off the host network, an address from its node's pod subnet, the
+    // API through the `kubernetes` Service (in-cluster configuration).
+    let operator = pods(sb, "operator")?;
+    assert_eq!(operator.len(), 1);
+    assert!(ready(&operator[0]), "{}", operator[0]);
+    assert_ne!(operator[0]["spec"]["hostNetwork"], true);
+    let pod_ip = operator[0]["status"]["podIP"].as_str().unwrap_or_default();
+    assert!(pod_ip.starts_with("10.244."), "operator pod IP {pod_ip}");
+
+    // Pod Security: the operator's pods meet `restricted`; only the node DaemonSet's need
+    // more (dry run: the API server lists the pods that would violate a level).
+    for level in ["restricted", "baseline"] {
+        let answer = kubectl(
+            sb,
+            &[
+                "label",
+                "--dry-run=server",
+                "--overwrite",
+                "namespace",
+                SYSTEM_NAMESPACE,
+                &format!("pod-security.kubernetes.io/enforce={level}"),
+            ],
+        )?;
+        println!("Pod Security {level} in {SYSTEM_NAMESPACE}:\n{answer}");
+        for pod in &operator {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            assert!(!answer.contains(name), "{name} violates {level}: {answer}");
+        }
+        // The API server names one pod of a kind and counts the others.
+        assert!(
+            node_pods
+                .iter()
+                .any(|pod| { answer.contains(pod["metadata"]["name"].as_str().unwrap_or("-")) })
+                && answer.contains("(and 2 other pods)"),
+            "the node pods should need more than {level}: {answer}"
+        );
+    }
+
+    // The seed, end to end.
+    sb.wait_ready(Duration::from_secs(180))?;
+    let pings = sb.expected_pings()?;
+    ensure!(!pings.is_empty(), "nothing to ping");
+    for (ping, ok) in sb.ping_all(&pings) {
+        ensure!(ok, "{} failed\n{}", ping.label, sb.status_table());
+        println!("{}: ok", ping.label);
+    }
+
+    // Disruptions under a 10 ms ping A → C through B.
+    let b_pod = node_pods
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == "b")
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .context("node pod of b")?
+        .to_string();
+    let mut losses = Vec::new();
+    losses.push(under_ping(
+        sb,
+        "kubectl delete pod (node pod of B)",
+        || {
+            kubectl(
+                sb,
+                &[
+                    "delete",
+                    "pod",
+                    "-n",
+                    SYSTEM_NAMESPACE,
+                    &b_pod,
+                    "--wait=true",
+                ],
+            )?;
+            rolled_out(sb, "daemonset/kwire-node")
+        },
+    )?);
+    losses.push(under_ping(
+        sb,
+        "helm upgrade (DaemonSet rolling update)",
+        || {
+            let out = sb
+                .cp
+                .helm()
+                .args([
+                    "upgrade",
+                    "kwire",
+                    &repo().join("charts/kwire").display().to_string(),
+                    "--namespace",
+                    SYSTEM_NAMESPACE,
+                    "--reuse-values",
+                    // A new pod template, as a new image tag gives.
+                    "--set",
+                    "node.resyncPeriod=31s",
+                ])
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "helm upgrade: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            rolled_out(sb, "daemonset/kwire-node")
+        },
+    )?);
+    let keys_before = keys_and_addresses(sb)?;
+    let operator_name = operator[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    losses.push(under_ping(
+        sb,
+        "operator pod killed (--grace-period=0)",
+        || {
+            kubectl(
+                sb,
+                &[
+                    "delete",
+                    "pod",
+                    "-n",
+                    SYSTEM_NAMESPACE,
+                    &operator_name,
+                    "--grace-period=0",
+                    "--force",
+                ],
+            )?;
+            rolled_out(sb, "deployment/kwire-operator")
+        },
+    )?);
+    // The new operator resumes status without new keys or addresses.
+    sb.wait_ready(Duration::from_secs(120))?;
+    assert_eq!(keys_and_addresses(sb)?, keys_before);
+
+    println!("\nloss under a 10 ms ping A → C through B (userspace backend, wireguard-go):");
+    for loss in &losses {
+        println!("  {}", loss.line());
+    }
+    // Links survive the operator: it is not on the data path.
+    let operator_loss = losses.last().expect("three runs");
+    ensure!(
+        operator_loss.lost <= 2,
+        "killing the operator lost pings: {}",
+        operator_loss.line()
+    );
+
+    // helm uninstall: the pods go; what stays on a node is what docs/install.md says.
+    kubectl(sb, &["get", "pods", "-A"])?;
+    let out = sb
+        .cp
+        .helm()
+        .args([
+            "uninstall",
+            "kwire",
+            "--namespace",
+            SYSTEM_NAMESPACE,
+            "--wait",
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "helm uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the chart's pods gone", Duration::from_secs(120), || {
+        Ok((pods(sb, "node")?.is_empty() && pods(sb, "operator")?.is_empty()).then_some(()))
+    })?;
+    Ok(())
+}
+
+fn rolled_out(sb: &Sandbox, workload: &str) -> Result<()> {
+    kubectl(
+        sb,
+        &[
+            "rollout",
+            "status",
+            "-n",
+            SYSTEM_NAMESPACE,
+            workload,
+            "--timeout=180s",
+        ],
+    )
+    .map(drop)
+}
