@@ -24,6 +24,7 @@ pub mod ownership;
 pub mod plan;
 pub mod run;
 pub mod sim;
+pub mod tasks;
 pub mod uapi;
 pub mod userspace;
 pub mod validate;

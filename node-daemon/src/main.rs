@@ -1,5 +1,6 @@
 //! `kwire-node`: the node agent. See the crate docs of `kwire_node_daemon`.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,13 +9,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use kwire_node_daemon::api::{self, ApiConfig};
-use kwire_node_daemon::apply::{KernelConfig, KernelDataplane, connect};
+use kwire_node_daemon::apply::{self, KernelConfig, KernelDataplane};
 use kwire_node_daemon::backend::{self, BackendChoice, WireguardBackend};
 use kwire_node_daemon::desired_file;
 use kwire_node_daemon::metrics::{self, Metrics};
 use kwire_node_daemon::model::DesiredNode;
 use kwire_node_daemon::ownership::DEFAULT_STATE_FILE;
 use kwire_node_daemon::run::{self, Outcome, Reconciler, RunConfig};
+use kwire_node_daemon::tasks::Tasks;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,7 +133,15 @@ async fn main() -> Result<()> {
         ),
     };
 
-    let handle = connect().context("opening an rtnetlink socket")?;
+    // Every task that must run as long as the daemon goes into `tasks`: the first one that
+    // ends fails /healthz and makes the daemon exit non-zero (see `kwire_node_daemon::tasks`).
+    let metrics = Arc::new(Metrics::default());
+    let mut tasks = Tasks::new(metrics.clone());
+    let (handle, connection) = apply::connection().context("opening an rtnetlink socket")?;
+    tasks.spawn("the rtnetlink connection", async move {
+        connection.await;
+        Ok::<(), Infallible>(())
+    });
     let chosen = if args.dry_run {
         // Creating a probe link is a write; a dry run makes none.
         WireguardBackend::Userspace
@@ -150,7 +160,6 @@ async fn main() -> Result<()> {
         wireguard_go: args.wireguard_go.clone(),
     };
     let dataplane = KernelDataplane::new(handle, config, Some(events.clone()));
-    let metrics = Arc::new(Metrics::default());
     let mut reconciler = Reconciler::new(dataplane, metrics.clone());
 
     if let (true, Some(desired)) = (args.dry_run, &file_desired) {
@@ -173,18 +182,16 @@ async fn main() -> Result<()> {
     }
 
     if let Some(addr) = args.metrics_addr {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let Err(e) = metrics::serve(addr, metrics).await;
-            tracing::error!(error = %e, "metrics server stopped");
-        });
+        tasks.spawn("the metrics server", metrics::serve(addr, metrics.clone()));
     }
-    run::spawn_kernel_monitor(events.clone()).context("subscribing to rtnetlink events")?;
+    let monitor = run::kernel_monitor(events.clone()).context("subscribing to rtnetlink events")?;
+    tasks.spawn("the kernel event monitor", monitor);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
+    let stopping = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -195,7 +202,11 @@ async fn main() -> Result<()> {
     let (desired_tx, desired_rx) = watch::channel(file_desired);
     match (&args.desired_file, api) {
         (Some(path), _) => {
-            tokio::spawn(watch_file(path.clone(), desired_tx));
+            let path = path.clone();
+            tasks.spawn("the desired-file watch", async move {
+                watch_file(path, desired_tx).await;
+                Ok::<(), Infallible>(())
+            });
         }
         (None, Some((client, node_name))) => {
             let config = ApiConfig {
@@ -203,13 +214,16 @@ async fn main() -> Result<()> {
                 key_dir: args.key_dir.clone(),
                 resync_period: args.resync_period,
             };
-            tokio::spawn(api::drive(
-                client,
-                config,
-                desired_tx,
-                reconciler.subscribe(),
-                stopped(),
-            ));
+            tasks.spawn(
+                "the Kubernetes API side",
+                api::drive(
+                    client,
+                    config,
+                    desired_tx,
+                    reconciler.subscribe(),
+                    stopped(),
+                ),
+            );
         }
         (None, None) => unreachable!("checked above"),
     }
@@ -218,7 +232,20 @@ async fn main() -> Result<()> {
         resync_period: args.resync_period,
         ..RunConfig::default()
     };
-    run::run(reconciler, desired_rx, events, config, stopped()).await;
+    let running = run::run(reconciler, desired_rx, events, config, stopped());
+    tokio::pin!(running);
+    tokio::select! {
+        _ = &mut running => {}
+        ended = tasks.ended() => {
+            if !*stopping.borrow() {
+                tracing::error!(error = %ended,
+                    "a part of the daemon that must always run has ended; exiting so that it is restarted (the data plane is left as it is)");
+                return Err(anyhow::Error::new(ended).context("a long-lived task ended"));
+            }
+            // Stopping anyway: the loop is about to return.
+            running.await;
+        }
+    }
     tracing::info!("stopped; the data plane is left as it is");
     Ok(())
 }

@@ -7,7 +7,8 @@
 //!   full observation (the resync period bounds how old they are), in the
 //!   OpenMetrics text format;
 //! - `GET /healthz`: 200 while the reconcile loop turns; 503 when it has not
-//!   come round for [`Metrics::stall_after`] (a wedged kernel or wireguard-go call);
+//!   come round for [`Metrics::stall_after`] (a wedged kernel or wireguard-go call), or
+//!   once a long-lived task has ended ([`Metrics::fail`], [`crate::tasks`]);
 //! - `GET /readyz`: 200 once the desired state is known and the first reconcile
 //!   completed (the kernel was read and the plan applied). A step that failed for
 //!   one object is that object's condition, not the daemon's unreadiness: one bad
@@ -73,6 +74,8 @@ struct Live {
     stall_after_millis: AtomicU64,
     /// The last full observation, for the per-peer metrics.
     observed: Mutex<Option<(Arc<ObservedNode>, SystemTime)>>,
+    /// Why the daemon is broken for good (a long-lived task ended), once it is.
+    failed: Mutex<Option<String>>,
 }
 
 impl Live {
@@ -181,6 +184,7 @@ impl Default for Metrics {
             heartbeat_millis: AtomicU64::new(since_start(Instant::now())),
             stall_after_millis: AtomicU64::new(120_000),
             observed: Mutex::new(None),
+            failed: Mutex::new(None),
         });
         registry.register_collector(Box::new(HeartbeatCollector(live.clone())));
         Self {
@@ -251,13 +255,32 @@ impl Metrics {
         self.ready.get() == 1
     }
 
-    /// `/healthz`: `Err(why)` when the loop has stalled.
+    /// Fails `/healthz` for good: a part of the daemon that must run as long as it does
+    /// has ended (see [`crate::tasks`]). The first reason is kept.
+    pub fn fail(&self, why: String) {
+        self.live
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+    }
+
+    /// `/healthz`: `Err(why)` when a long-lived task ended or the loop has stalled.
     pub fn health(&self) -> Result<(), String> {
         self.health_after(self.since_heartbeat())
     }
 
     /// [`Metrics::health`] when the loop last came round `quiet` ago.
     fn health_after(&self, quiet: Duration) -> Result<(), String> {
+        if let Some(why) = self
+            .live
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Err(why.clone());
+        }
         if quiet > self.stall_after() {
             Err(format!(
                 "the reconcile loop has not come round for {}s",

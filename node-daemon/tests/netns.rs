@@ -584,3 +584,26 @@ fn the_metrics_server_answers_get_and_head_and_refuses_other_methods() {
     let head = ns.exec(&["curl", "-s", "-I", "--max-time", "5", &url("/metrics")]);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+#[test]
+fn a_daemon_whose_metrics_server_cannot_run_exits_non_zero() {
+    require_prerequisites!();
+    let (dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ns = Netns::new("ms");
+    let file = dir.path().join("node.yaml");
+    std::fs::write(&file, "devices: {}\n").unwrap();
+    let args = ["--metrics-addr", "127.0.0.1:9464"];
+    let _first = Daemon::start(&ns, dir.path(), &file, &args);
+    wait_until(
+        Duration::from_secs(20),
+        "the first daemon's /healthz",
+        || http_status(&ns, "GET", "http://127.0.0.1:9464/healthz") == Some(200),
+    );
+    // The port is taken: the second daemon's metrics server ends at once. Without it the
+    // kubelet's probes would fail for a reason nobody logs; the daemon says why and exits.
+    let mut second = Daemon::start(&ns, other_dir.path(), &file, &args);
+    let status = second.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "{status}");
+    let log = second.log();
+    assert!(log.contains("the metrics server failed"), "{log}");
+}

@@ -32,8 +32,26 @@ pub struct ApiConfig {
     pub resync_period: Duration,
 }
 
+/// Why [`drive`] stopped before its shutdown. Each of these leaves the node without
+/// updates or without status reports, so the daemon treats it as fatal (see
+/// [`crate::tasks`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("the status report task ended (its reconciler is gone)")]
+    ReportEnded,
+    #[error("the status report task failed: {0}")]
+    ReportFailed(String),
+    #[error("the watch of {what} ended{}", .panic.as_ref().map(|p| format!(": {p}")).unwrap_or_default())]
+    WatchEnded {
+        what: &'static str,
+        panic: Option<String>,
+    },
+}
+
 /// Feeds the reconciler with the desired state and writes status from what it observes.
-/// Runs until `shutdown` resolves; an unreachable API server only delays updates.
+/// Runs until `shutdown` resolves (`Ok`), or until one of its own tasks (the status
+/// reports, the watches) ends, which is an error: the daemon must not go on with frozen
+/// state. An unreachable API server only delays updates.
 ///
 /// Status is written by a task of its own ([`report`]): a slow status write never holds up
 /// the next desired state, and a rebuild (which reads key Secrets) never holds up a status
@@ -44,9 +62,10 @@ pub async fn drive(
     desired_tx: watch::Sender<Option<DesiredNode>>,
     status_rx: watch::Receiver<NodeStatus>,
     shutdown: impl std::future::Future<Output = ()>,
-) {
+) -> Result<(), DriveError> {
     tokio::pin!(shutdown);
-    let source = Source::start(client.clone(), &config.node_name, config.key_dir.clone()).await;
+    let (source, mut watches) =
+        Source::start(client.clone(), &config.node_name, config.key_dir.clone()).await;
     tracing::info!(node = %config.node_name, "watching this node's Interfaces and their Peers and Routes");
     let (translation_tx, translation_rx) =
         watch::channel(Arc::new(rebuild(&source, &desired_tx, true).await));
@@ -63,9 +82,14 @@ pub async fn drive(
     loop {
         // Key Secrets are read again on the periodic rebuild only (see `source`).
         let reread_keys = tokio::select! {
-            () = &mut shutdown => return,
-            // The reconciler is gone.
-            _ = &mut reporting.0 => return,
+            () = &mut shutdown => return Ok(()),
+            ended = &mut reporting.0 => {
+                return Err(match ended {
+                    Ok(()) => DriveError::ReportEnded,
+                    Err(e) => DriveError::ReportFailed(e.to_string()),
+                });
+            }
+            (what, panic) = watches.ended() => return Err(DriveError::WatchEnded { what, panic }),
             () = source.changed() => false,
             _ = tick.tick() => true,
         };
@@ -116,6 +140,8 @@ async fn report(
                 continue;
             }
         }
+        #[cfg(test)]
+        fail_points::report(&node_name);
         let translation = translations.borrow_and_update().clone();
         let now = SystemTime::now();
         configured_since.retain(|k, _| translation.peer_entries.contains_key(k));
@@ -244,3 +270,33 @@ impl Source {
         (interfaces, peers, routes)
     }
 }
+
+/// Failures the tests inject into the status report task, by node name.
+#[cfg(test)]
+pub(crate) mod fail_points {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    static PANIC_IN_REPORT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+    /// The next round of the report task of `node` panics.
+    pub fn panic_in_report(node: &str) {
+        PANIC_IN_REPORT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string());
+    }
+
+    pub(super) fn report(node: &str) {
+        let fail = PANIC_IN_REPORT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
+        if fail {
+            panic!("injected failure in the status report task of {node}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

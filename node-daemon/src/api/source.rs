@@ -59,21 +59,26 @@ pub struct Source {
 }
 
 impl Source {
-    /// Starts the reflectors (as background tasks) and returns once each has listed.
-    pub async fn start(client: Client, node_name: &str, key_dir: PathBuf) -> Self {
+    /// Starts the reflectors and returns once each has listed. They run as the tasks of
+    /// the returned [`Watches`], which must live as long as the source is used.
+    pub async fn start(client: Client, node_name: &str, key_dir: PathBuf) -> (Self, Watches) {
         let changed = Arc::new(Notify::new());
+        let mut watches = Watches::default();
         let selector = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-        let interfaces = spawn_reflector(
+        let interfaces = watches.reflect(
+            "Interfaces",
             Api::<Interface>::all(client.clone()),
             selector,
             changed.clone(),
         );
-        let peers = spawn_reflector(
+        let peers = watches.reflect(
+            "Peers",
             Api::<Peer>::all(client.clone()),
             watcher::Config::default(),
             changed.clone(),
         );
-        let routes = spawn_reflector(
+        let routes = watches.reflect(
+            "Routes",
             Api::<Route>::all(client.clone()),
             watcher::Config::default(),
             changed.clone(),
@@ -83,12 +88,13 @@ impl Source {
             peers.wait_until_ready().await,
             routes.wait_until_ready().await,
         ] {
-            // The writer lives as long as its task; it is only dropped at shutdown.
+            // The writer lives as long as its task; only a task that ended drops it, and
+            // `Watches::ended` reports that.
             if ready.is_err() {
                 tracing::warn!("a reflector stopped before it was ready");
             }
         }
-        Self {
+        let source = Self {
             client,
             interfaces,
             peers,
@@ -96,7 +102,8 @@ impl Source {
             changed,
             key_dir,
             last_keys: Arc::default(),
-        }
+        };
+        (source, watches)
     }
 
     pub fn interfaces_state(&self) -> Vec<Arc<Interface>> {
@@ -434,30 +441,61 @@ fn endpoints_to_resolve(peer: &Peer) -> Vec<String> {
     out
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => changed.notify_one(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch failed; retrying with backoff, keeping the last known objects")
+/// The reflector tasks of a [`Source`]: they run until dropped (then they are aborted).
+#[derive(Default)]
+pub struct Watches {
+    tasks: tokio::task::JoinSet<()>,
+    names: BTreeMap<tokio::task::Id, &'static str>,
+}
+
+impl Watches {
+    /// Starts a reflector of `api`, named `what` in errors; `changed` is notified on
+    /// every event.
+    fn reflect<K>(
+        &mut self,
+        what: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+        changed: Arc<Notify>,
+    ) -> Store<K>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = watcher(api, config).default_backoff().reflect(writer);
+        let handle = self.tasks.spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(_) => changed.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch failed; retrying with backoff, keeping the last known objects")
+                    }
                 }
             }
-        }
-    });
-    reader
+        });
+        self.names.insert(handle.id(), what);
+        reader
+    }
+
+    /// Waits until a reflector ends (none should: a watch retries forever) and names it,
+    /// with its panic message if it panicked.
+    pub async fn ended(&mut self) -> (&'static str, Option<String>) {
+        let Some(joined) = self.tasks.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, panic) = match joined {
+            Ok((id, ())) => (id, None),
+            Err(e) => (e.id(), Some(e.to_string())),
+        };
+        (self.names.remove(&id).unwrap_or("a watch"), panic)
+    }
 }
 
 #[cfg(test)]

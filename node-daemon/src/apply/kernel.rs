@@ -551,7 +551,17 @@ impl Dataplane for KernelDataplane {
 
 /// Opens an rtnetlink connection and runs it on the current tokio runtime.
 pub fn connect() -> io::Result<rtnetlink::Handle> {
-    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let (handle, connection) = connection()?;
     tokio::spawn(connection);
     Ok(handle)
+}
+
+/// Opens an rtnetlink connection: its handle, and the task that carries its messages
+/// (which must run as long as the handle is used; the daemon supervises it).
+pub fn connection() -> io::Result<(
+    rtnetlink::Handle,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    Ok((handle, connection))
 }

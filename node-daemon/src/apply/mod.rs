@@ -23,7 +23,7 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 
-pub use kernel::{KernelConfig, KernelDataplane, StateRepairError, connect};
+pub use kernel::{KernelConfig, KernelDataplane, StateRepairError, connect, connection};
 pub use recording::RecordingDataplane;
 
 use crate::model::{IfaceName, ObservedNode, RouteKey};

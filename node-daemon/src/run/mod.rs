@@ -481,17 +481,28 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Watches rtnetlink for deleted links and deleted kwire routes, and reports
-/// them on `events`.
-pub fn spawn_kernel_monitor(events: KernelEvents) -> std::io::Result<()> {
+/// Why the kernel monitor stopped (it never should).
+#[derive(Debug, thiserror::Error)]
+pub enum KernelMonitorError {
+    #[error("the rtnetlink event connection ended")]
+    ConnectionEnded,
+    #[error("the rtnetlink event stream ended")]
+    StreamEnded,
+}
+
+/// Watches rtnetlink for deleted links and deleted kwire routes, and reports them on
+/// `events`. The returned future runs until the netlink socket fails; the daemon runs it
+/// as a long-lived task.
+pub fn kernel_monitor(
+    events: KernelEvents,
+) -> std::io::Result<impl Future<Output = Result<(), KernelMonitorError>> + Send + 'static> {
     use rtnetlink::MulticastGroup;
-    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
+    let (connection, handle, mut messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv6Route,
     ])?;
-    tokio::spawn(connection);
-    tokio::spawn(async move {
+    let watch = async move {
         while let Some((msg, _)) = messages.next().await {
             let event = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => link
@@ -513,8 +524,15 @@ pub fn spawn_kernel_monitor(events: KernelEvents) -> std::io::Result<()> {
                 events.send(event);
             }
         }
-    });
-    Ok(())
+    };
+    Ok(async move {
+        // The handle keeps the connection's request side open.
+        let _handle = handle;
+        tokio::select! {
+            () = connection => Err(KernelMonitorError::ConnectionEnded),
+            () = watch => Err(KernelMonitorError::StreamEnded),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -221,6 +221,18 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to `timeout` for the daemon to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("a running daemon");
+        let mut status = None;
+        wait_until(timeout, "kwire-node to exit", || {
+            status = child.try_wait().expect("waiting for kwire-node");
+            status.is_some()
+        });
+        self.child = None;
+        status.expect("an exit status")
+    }
+
     /// SIGTERM, then wait for the exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
