@@ -420,7 +420,10 @@ impl KubeletNode {
                 break;
             }
             for pid in pids {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -735,7 +738,10 @@ pub fn kill_cgroup_processes(dirs: &[PathBuf]) {
             return;
         }
         for pid in pids {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
         std::thread::sleep(Duration::from_millis(50));
     }

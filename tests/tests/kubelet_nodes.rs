@@ -27,6 +27,9 @@ use kwire_tests::sandbox::{SYSTEM_NAMESPACE, Sandbox};
 use kwire_tests::wait::wait_for;
 use serde_json::Value;
 
+/// One sandbox at a time (two cores), and the host counts of one not disturbed by another.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -283,6 +286,50 @@ async fn seed_relay_on_kubelet_nodes_from_images_built_here() -> Result<()> {
             snapshot()
         );
     }
+    Ok(())
+}
+
+/// An external Peer's far side (a namespace configured with plain `wg`) and spokes routed
+/// through the hub, all kwire nodes kubelet nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_spoke_with_an_external_peer_on_kubelet_nodes() -> Result<()> {
+    if let Err(why) = can_run_network_tests() {
+        println!("SKIPPED hub_and_spoke_with_an_external_peer_on_kubelet_nodes: {why}");
+        return Ok(());
+    }
+    image_archives()?;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let before = snapshot();
+    {
+        let sb = Sandbox::up_kubelet(
+            &[repo().join("examples/sandbox/hub-and-spoke-external.yaml")],
+            "hub",
+            true,
+        )
+        .await?;
+        let result = (|| -> Result<()> {
+            sb.wait_ready(Duration::from_secs(180))?;
+            let pings = sb.expected_pings()?;
+            ensure!(
+                pings.iter().any(|p| p.label.starts_with("laptop → ")),
+                "no ping from the external peer's side: {:?}",
+                pings.iter().map(|p| &p.label).collect::<Vec<_>>()
+            );
+            for (ping, ok) in sb.ping_all(&pings) {
+                ensure!(ok, "{} failed", ping.label);
+                println!("{}: ok", ping.label);
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            eprintln!("{e:#}\n{}\n{}", sb.status_table(), sb.logs_tail(30));
+        }
+        result?;
+    }
+    wait_for("the host as it was", Duration::from_secs(30), || {
+        Ok((snapshot() == before).then_some(()))
+    })
+    .with_context(|| format!("left behind:\nbefore {before:#?}\nafter {:#?}", snapshot()))?;
     Ok(())
 }
 
