@@ -41,6 +41,13 @@ macro_rules! require_prerequisites {
     () => {
         if let Some(reason) = common::missing_prerequisite() {
             let thread = std::thread::current();
+            // The README's test command (and CI) sets KWIRE_REQUIRE_E2E=1: there a test
+            // that cannot run fails rather than passing with nothing tested.
+            assert!(
+                std::env::var("KWIRE_REQUIRE_E2E").map_or(true, |v| v != "1"),
+                "KWIRE_REQUIRE_E2E=1 and {} cannot run here: {reason}",
+                thread.name().unwrap_or(module_path!())
+            );
             eprintln!(
                 "SKIPPED {}: {reason}",
                 thread.name().unwrap_or(module_path!())
