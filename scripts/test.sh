@@ -19,6 +19,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "local control plane tools (kube-apiserver, etcd, kube-controller-manager, kubectl, helm)"
 bash tests/control-plane/build.sh
 
+step "container images as OCI archives (tests/tests/images.rs reads them)"
+bash scripts/build-images.sh
+
 step "cargo build --workspace --bins (end-to-end tests run the binaries)"
 cargo build --workspace --bins --quiet
 

