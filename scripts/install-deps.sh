@@ -4,7 +4,13 @@
 # installs what is missing.
 set -euo pipefail
 
-packages=(wireguard-go wireguard-tools iproute2 iputils-ping openssl util-linux procps socat jq)
+packages=(wireguard-go wireguard-tools iproute2 iputils-ping openssl util-linux procps socat jq
+  # kubelet nodes (`kwire sandbox up --nodes kubelet`, the kubelet test): the
+  # container runtime, CNI plugins, and what kube-proxy programs.
+  containerd runc containernetworking-plugins iptables conntrack
+  # scripts/build-images.sh: root file systems from Debian's packages, packed
+  # as OCI image archives.
+  mmdebstrap umoci skopeo)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
