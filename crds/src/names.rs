@@ -26,11 +26,13 @@ pub struct InvalidValue {
 }
 
 macro_rules! string_newtype {
-    ($(#[$meta:meta])* $name:ident, min = $min:expr, max = $max:expr, rules = [$($rule:expr),* $(,)?], check = $check:path) => {
+    ($(#[$meta:meta])* $name:ident, min = $min:expr, max = $max:expr, rules = [$($rule:expr),* $(,)?], check = $check:path $(, deserialize = $de:ident)?) => {
         $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
         pub struct $name(String);
+
+        string_newtype!(@deserialize $name $($de)?);
 
         impl $name {
             /// The schema rules of this type, also used by the schema tests.
@@ -87,6 +89,23 @@ macro_rules! string_newtype {
             }
         }
     };
+    // Read as written: the API server checked the value.
+    (@deserialize $name:ident) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d).map(Self)
+            }
+        }
+    };
+    // Checked with `parse`: code that slices or decodes the value relies on its form, and
+    // manifests read from files (`kwire lint`, `plan`, `graph -f`) were never checked.
+    (@deserialize $name:ident checked) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Self::parse(String::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
 string_newtype!(
@@ -113,7 +132,8 @@ string_newtype!(
         "self.matches('^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$')",
         "must be a WireGuard key: 44 characters of base64 encoding 32 bytes, as printed by 'wg pubkey'"
     )],
-    check = is_wireguard_key
+    check = is_wireguard_key,
+    deserialize = checked
 );
 
 string_newtype!(
@@ -247,7 +267,13 @@ impl WireguardKey {
 
     /// The first characters of the key, enough for a person to tell keys apart.
     pub fn prefix(&self) -> &str {
-        &self.0[..self.0.len().min(8)]
+        // By characters: a value made with `new_unchecked` may hold non-ASCII ones.
+        let end = self
+            .0
+            .char_indices()
+            .nth(8)
+            .map_or(self.0.len(), |(i, _)| i);
+        &self.0[..end]
     }
 }
 
@@ -316,6 +342,31 @@ mod tests {
         assert!(WireguardKey::parse("not a key").is_err());
         // 44 characters, but the last base64 digit carries bits beyond 32 bytes.
         assert!(WireguardKey::parse("OgbUF/E21zi9qHf5h9H6N/iM92nnNYgRtOMhReFm731=").is_err());
+    }
+
+    #[test]
+    fn a_key_is_checked_when_it_is_deserialized() {
+        let good = "\"OgbUF/E21zi9qHf5h9H6N/iM92nnNYgRtOMhReFm730=\"";
+        assert!(serde_json::from_str::<WireguardKey>(good).is_ok());
+        // Non-ASCII, 44 characters: `transparent` used to take it as it was.
+        for bad in [
+            "\"OgbUF/E\u{e9}1zi9qHf5h9H6N/iM92nnNYgRtOMhReFm730=\"",
+            "\"not a key\"",
+            "\"OgbUF/E21zi9qHf5h9H6N/iM92nnNYgRtOMhReFm731=\"",
+        ] {
+            let error = serde_json::from_str::<WireguardKey>(bad).unwrap_err();
+            assert!(
+                error.to_string().contains("must be a WireGuard key"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_prefix_of_an_unchecked_key_is_cut_by_characters() {
+        let key = WireguardKey::new_unchecked("OgbUF/E\u{e9}1zi9qHf5h9H6N/iM92nnNYgRtOMhReFm730=");
+        assert_eq!(key.prefix(), "OgbUF/E\u{e9}");
+        assert_eq!(WireguardKey::new_unchecked("abc").prefix(), "abc");
     }
 
     #[test]
