@@ -154,7 +154,7 @@ fn run_lint(files: &[PathBuf], namespace: &str) -> Result<ExitCode> {
     })
 }
 
-fn node_infos(objects: &[KwireObject], node_ips: &[(String, String)]) -> Vec<NodeInfo> {
+pub(crate) fn node_infos(objects: &[KwireObject], node_ips: &[(String, String)]) -> Vec<NodeInfo> {
     let mut nodes: BTreeMap<String, NodeInfo> = nodes_of(objects)
         .into_iter()
         .map(|n| (n.name.clone(), n))
@@ -277,13 +277,13 @@ async fn run_status(
     Ok(ExitCode::SUCCESS)
 }
 
-struct ShowconfArgs {
-    peer: String,
-    output: ShowconfOutput,
-    include_private_key: bool,
-    private_key_secret: Option<String>,
-    remote_interface: Option<String>,
-    allowed_ips: Vec<ipnet::IpNet>,
+pub(crate) struct ShowconfArgs {
+    pub(crate) peer: String,
+    pub(crate) output: ShowconfOutput,
+    pub(crate) include_private_key: bool,
+    pub(crate) private_key_secret: Option<String>,
+    pub(crate) remote_interface: Option<String>,
+    pub(crate) allowed_ips: Vec<ipnet::IpNet>,
 }
 
 fn render_showconf(
@@ -329,15 +329,25 @@ fn run_showconf_files(
     }
     let ns = namespace.unwrap_or_else(|| "default".into());
     let objects = load_objects(files, &ns)?;
-    let off = resolve_offline(&objects, &node_infos(&objects, node_ips));
+    print!("{}", showconf_offline(&objects, node_ips, &ns, args)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kwire showconf -f` once the files are read.
+pub(crate) fn showconf_offline(
+    objects: &[KwireObject],
+    node_ips: &[(String, String)],
+    ns: &str,
+    args: &ShowconfArgs,
+) -> Result<String> {
+    let off = resolve_offline(objects, &node_infos(objects, node_ips));
     let peer = off
         .peers
         .iter()
         .find(|p| p.name_any() == args.peer && ns_of(*p) == ns)
         .with_context(|| format!("no Peer {} in namespace {ns} in the files", args.peer))?;
     let text = render_showconf(args, peer, &off.interfaces, None, None)?;
-    print!("{}", off.keys.redact(&text));
-    Ok(ExitCode::SUCCESS)
+    Ok(off.keys.redact(&text))
 }
 
 async fn run_showconf_cluster(
@@ -423,9 +433,14 @@ fn check_private_key(private: &str, peer: &Peer, secret: &str) -> Result<()> {
 fn graph_from_files(files: &[PathBuf], scope: &ScopeArgs, format: graph::Format) -> Result<String> {
     let ns = scope.namespace.clone().unwrap_or_else(|| "default".into());
     let objects = load_objects(files, &ns)?;
-    let off = resolve_offline(&objects, &nodes_of(&objects));
+    Ok(graph_offline(&objects, format))
+}
+
+/// `kwire graph -f` once the files are read.
+pub(crate) fn graph_offline(objects: &[KwireObject], format: graph::Format) -> String {
+    let off = resolve_offline(objects, &nodes_of(objects));
     // From files, the state of a link is what the operator's topology checks say of it.
-    let findings = check(&World::from_manifests(&objects));
+    let findings = check(&World::from_manifests(objects));
     let mut links = BTreeMap::new();
     let mut devices = BTreeMap::new();
     for f in &findings {
@@ -444,7 +459,7 @@ fn graph_from_files(files: &[PathBuf], scope: &ScopeArgs, format: graph::Format)
             ObjectKind::Route => {}
         }
     }
-    Ok(draw(&off_objects(&off), links, devices, format))
+    draw(&off_objects(&off), links, devices, format)
 }
 
 fn off_objects(off: &Offline) -> Objects {

@@ -22,6 +22,8 @@ pub mod status;
 pub mod table;
 
 mod commands;
+#[cfg(test)]
+mod fuzz;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -192,7 +192,15 @@ pub fn objects(documents: &[Document]) -> Vec<KwireObject> {
 
 /// Reads files into typed objects, failing on the first document that does not fit.
 pub fn load_objects(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<KwireObject>> {
-    let mut documents = read_documents(paths)?;
+    typed_objects(read_documents(paths)?, namespace)
+}
+
+/// Documents into typed objects, in `namespace` when they name none, failing on the first
+/// one that does not fit its type.
+pub fn typed_objects(
+    mut documents: Vec<Document>,
+    namespace: &str,
+) -> anyhow::Result<Vec<KwireObject>> {
     default_namespace(&mut documents, namespace);
     documents
         .iter()

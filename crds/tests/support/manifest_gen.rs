@@ -275,6 +275,9 @@ pub fn mutated_text() -> impl Strategy<Value = String> {
 enum ValueEdit {
     /// Replace the value at the n-th path.
     Replace(proptest::sample::Index, Value),
+    /// Replace the n-th scalar with one of the same type, so that the object still fits
+    /// its Rust type and reaches the code behind the parser.
+    SameType(proptest::sample::Index, String, i64, bool),
     /// Remove the n-th path from its object or list.
     Remove(proptest::sample::Index),
     /// Copy the value at one path over another.
@@ -283,7 +286,14 @@ enum ValueEdit {
 
 fn value_edit() -> impl Strategy<Value = ValueEdit> {
     prop_oneof![
-        3 => (any::<proptest::sample::Index>(), value()).prop_map(|(i, v)| ValueEdit::Replace(i, v)),
+        2 => (any::<proptest::sample::Index>(), value()).prop_map(|(i, v)| ValueEdit::Replace(i, v)),
+        4 => (
+            any::<proptest::sample::Index>(),
+            scalar_string(),
+            prop_oneof![any::<i64>(), -2i64..70000],
+            any::<bool>()
+        )
+            .prop_map(|(i, s, n, b)| ValueEdit::SameType(i, s, n, b)),
         1 => any::<proptest::sample::Index>().prop_map(ValueEdit::Remove),
         1 => (any::<proptest::sample::Index>(), any::<proptest::sample::Index>())
             .prop_map(|(a, b)| ValueEdit::Copy(a, b)),
@@ -323,6 +333,27 @@ fn apply_value_edit(doc: &mut Value, edit: &ValueEdit) {
                 *slot = v.clone();
             }
         }
+        ValueEdit::SameType(i, text, number, flag) => {
+            let scalars: Vec<&String> = paths
+                .iter()
+                .filter(|p| {
+                    doc.pointer(p)
+                        .is_some_and(|v| !v.is_object() && !v.is_array())
+                })
+                .collect();
+            if scalars.is_empty() {
+                return;
+            }
+            let path = i.get(scalars.as_slice()).as_str();
+            if let Some(slot) = doc.pointer_mut(path) {
+                *slot = match slot {
+                    Value::String(_) => Value::String(text.clone()),
+                    Value::Number(_) => Value::from(*number),
+                    Value::Bool(_) => Value::Bool(*flag),
+                    _ => Value::Null,
+                };
+            }
+        }
         ValueEdit::Remove(i) => {
             let path = i.get(paths.as_slice()).as_str();
             let (parent, last) = path.rsplit_once('/').unwrap_or(("", path));
@@ -357,28 +388,39 @@ fn apply_value_edit(doc: &mut Value, edit: &ValueEdit) {
 /// that parse, with values no file of the corpus holds.
 pub fn mutated_documents() -> impl Strategy<Value = String> {
     (
-        proptest::collection::vec(
-            (
-                any::<proptest::sample::Index>(),
-                proptest::collection::vec(value_edit(), 0..4),
-            ),
-            1..6,
-        ),
+        // The documents of one corpus file (a whole topology), or some picked anywhere.
+        proptest::option::of(any::<proptest::sample::Index>()),
+        proptest::collection::vec(any::<proptest::sample::Index>(), 1..6),
+        // Which document each edit goes to, and the edit.
+        proptest::collection::vec((any::<proptest::sample::Index>(), value_edit()), 0..5),
         any::<bool>(),
     )
-        .prop_map(|(docs, as_json)| {
-            let corpus = corpus_documents();
+        .prop_map(|(file, picks, edits, as_json)| {
+            let mut docs: Vec<Value> = match file {
+                Some(file) => serde_saphyr::from_multiple::<Value>(file.get(corpus()).as_str())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(Value::is_object)
+                    .collect(),
+                None => picks
+                    .iter()
+                    .map(|i| i.get(corpus_documents()).clone())
+                    .collect(),
+            };
+            if docs.is_empty() {
+                return String::new();
+            }
+            for (which, edit) in &edits {
+                let n = which.index(docs.len());
+                apply_value_edit(&mut docs[n], edit);
+            }
             let mut out = String::new();
-            for (index, edits) in docs {
-                let mut doc = index.get(corpus).clone();
-                for edit in &edits {
-                    apply_value_edit(&mut doc, edit);
-                }
+            for doc in &docs {
                 let text = if as_json {
-                    serde_json::to_string(&doc).unwrap()
+                    serde_json::to_string(doc).unwrap()
                 } else {
-                    serde_saphyr::to_string(&doc)
-                        .unwrap_or_else(|_| serde_json::to_string(&doc).unwrap())
+                    serde_saphyr::to_string(doc)
+                        .unwrap_or_else(|_| serde_json::to_string(doc).unwrap())
                 };
                 out.push_str("---\n");
                 out.push_str(&text);
