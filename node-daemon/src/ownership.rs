@@ -468,4 +468,143 @@ mod tests {
                 .contains(&name("wg0"))
         );
     }
+
+    /// Fuzzing the state file loader (issue 16, item 13): whatever the file holds (any
+    /// bytes, a record cut short by a power loss, JSON of any shape where names and owners
+    /// belong), loading it never panics, and a record it can use still works. A short pass
+    /// in every test run; a long one with
+    /// `KWIRE_FUZZ_CASES=<n> cargo test -p kwire-node-daemon --lib ownership::tests::fuzz -- --nocapture`
+    /// (docs/fuzzing.md).
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: std::env::var("KWIRE_FUZZ_CASES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(256),
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "[a-z0-9./:-]{0,20}",
+                2 => any::<String>(),
+                1 => proptest::sample::select(
+                    &["", "wg0", "a/b", "kwire:a/b", "sixteen-bytes-xx", "é", "/", "a/", "/b", "..", "\u{0}"][..]
+                )
+                .prop_map(str::to_string),
+            ]
+        }
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                text().prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map(text(), inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A record of the file's shape: a version, devices by name with an owner, each
+        /// part sometimes of another type.
+        fn record() -> impl Strategy<Value = Value> {
+            let owner = prop_oneof![
+                4 => text().prop_map(|o| json!({ "owner": o })),
+                1 => json_value(),
+            ];
+            (
+                prop_oneof![
+                    3 => Just(json!(1)),
+                    1 => json_value(),
+                ],
+                proptest::collection::btree_map(text(), owner, 0..6),
+                proptest::option::of((text(), json_value())),
+            )
+                .prop_map(|(version, devices, extra)| {
+                    let mut record = json!({ "version": version, "devices": devices });
+                    if let Some((key, value)) = extra {
+                        record[key] = value;
+                    }
+                    record
+                })
+        }
+
+        /// The bytes of a file: arbitrary, a record (pretty or not), or a record cut short
+        /// or with bytes changed, as a power loss or a bad disk leaves it.
+        fn file_bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                1 => proptest::collection::vec(any::<u8>(), 0..256),
+                3 => (record(), any::<bool>()).prop_map(|(r, pretty)| if pretty {
+                    serde_json::to_vec_pretty(&r).unwrap()
+                } else {
+                    serde_json::to_vec(&r).unwrap()
+                }),
+                2 => (record(), any::<proptest::sample::Index>(), proptest::collection::vec(any::<u8>(), 0..4))
+                    .prop_map(|(r, at, junk)| {
+                        let mut bytes = serde_json::to_vec_pretty(&r).unwrap();
+                        let at = at.index(bytes.len() + 1);
+                        bytes.truncate(at);
+                        bytes.extend(junk);
+                        bytes
+                    }),
+            ]
+        }
+
+        fn exercise(dir: &Path, bytes: &[u8], device: &str, owner: &str) {
+            let path = dir.join("node-state.json");
+            std::fs::write(&path, bytes).unwrap();
+            let loaded = StateFile::load(&path);
+            let mut file = StateFile::load_or_rebuild(&path);
+            assert_eq!(loaded.is_err(), file.needs_rebuild());
+            if let Ok(loaded) = &loaded {
+                assert_eq!(loaded.devices(), file.devices());
+            }
+            for name in file
+                .devices()
+                .names()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+            {
+                if let Ok(name) = IfaceName::new(name) {
+                    assert!(file.devices().contains(&name));
+                }
+            }
+            let _ = parse_alias(owner);
+            let _ = parse_alias(&format!("{ALIAS_PREFIX}{owner}"));
+            file.rebuild(&OwnedDevices::default());
+            file.save_if_unsaved().unwrap();
+            // A record the daemon writes after loading whatever was there reads back.
+            if let (Ok(device), Ok(owner)) = (IfaceName::new(device), owner.parse::<OwnerRef>()) {
+                file.record(&device, &owner).unwrap();
+                let again = StateFile::load(&path).unwrap();
+                assert!(again.devices().contains(&device));
+                assert_eq!(again.devices(), file.devices());
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn fuzz_state_file(bytes in file_bytes(), device in text(), owner in text()) {
+                let dir = tempfile::tempdir().unwrap();
+                exercise(dir.path(), &bytes, &device, &owner);
+            }
+        }
+    }
 }
