@@ -11,11 +11,12 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext as _, Result, run};
+use crate::process::spawn_logged;
 
 /// Whether this process may create namespaces and devices. Tests print why they skip
 /// otherwise, except where `KWIRE_REQUIRE_E2E=1` (the README's test command and CI set it):
@@ -115,7 +116,8 @@ impl Netns {
         env: &[(&str, String)],
         log: &Path,
     ) -> Result<Child> {
-        let log_file = std::fs::File::create(log).io(|| format!("creating {}", log.display()))?;
+        // A fresh log for every run of the process.
+        std::fs::File::create(log).io(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -131,21 +133,15 @@ impl Netns {
         .arg("mkdir -p /run/wireguard && mount -t tmpfs kwire-wg /run/wireguard && exec \"$@\"")
         .arg("kwire-node-sh")
         .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(
-            log_file
-                .try_clone()
-                .io(|| format!("opening {}", log.display()))?,
-        )
-        .stderr(log_file);
+        .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.spawn().map_err(|source| Error::Spawn {
-            what: format!("starting {} in {}", program.display(), self.name),
-            source,
-        })
+        spawn_logged(
+            &mut cmd,
+            log,
+            &format!("{} in {}", program.display(), self.name),
+        )
     }
 
     /// `ping` from this namespace; true when every one of `count` replies came back.

@@ -1,0 +1,312 @@
+//! Checks of a running sandbox: readiness of every object, the pings a user of the topology
+//! expects to work, the status table, and the last lines of every component's log.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use super::{Sandbox, check_interrupted, interrupted};
+use crate::error::{Error, Result};
+use crate::teardown;
+
+impl Sandbox {
+    /// Objects whose `type` condition is not `True`, as `Kind/name: reason: message`.
+    pub fn not_true(&self, kinds: &str, condition: &str) -> Result<Vec<String>> {
+        Ok(self
+            .get(kinds)?
+            .iter()
+            .filter_map(|o| not_true_line(o, condition))
+            .collect())
+    }
+
+    /// Waits until every Interface, Peer and Route is Ready and every Peer Connected (or,
+    /// without a keepalive, waiting for the traffic that starts its handshake).
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            check_interrupted()?;
+            let objects = self.get("interfaces,peers,routes")?;
+            let mut pending: Vec<String> = objects
+                .iter()
+                .filter_map(|o| not_true_line(o, "Ready"))
+                .collect();
+            pending.extend(
+                objects
+                    .iter()
+                    .filter(|o| o["kind"] == "Peer" && !waiting_for_traffic(o))
+                    .filter_map(|o| not_true_line(o, "Connected")),
+            );
+            if pending.is_empty() {
+                // The operator listens on its metrics port by now.
+                self.record_ports()?;
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::Timeout(format!(
+                    "not ready after {}s:\n  {}\n{}",
+                    timeout.as_secs(),
+                    pending.join("\n  "),
+                    self.logs_tail(15)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The last lines of every component's log, for failure messages.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<(String, PathBuf)> =
+            vec![("operator".into(), self.run_dir.join("operator.log"))];
+        logs.extend(
+            self.nodes
+                .iter()
+                .map(|(n, node)| (format!("node {n}"), node.log.clone())),
+        );
+        logs.extend(
+            self.externals
+                .iter()
+                .map(|(p, e)| (format!("far side of Peer {p}"), e.log.clone())),
+        );
+        for node in self.nodes.values() {
+            if let Some(k) = &node.kubelet {
+                logs.extend(k.container_logs());
+            }
+        }
+        for (name, path) in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            let _ = writeln!(out, "--- {name} ({})", path.display());
+            for line in tail.iter().rev() {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        for node in self.nodes.values() {
+            if let Some(k) = &node.kubelet {
+                out.push_str(&k.logs_tail(lines));
+            }
+        }
+        out
+    }
+
+    /// The pings a user of this topology expects to work: every Peer's remote address from
+    /// the local node, every address inside a Route's destination from the Route's node,
+    /// and for an external Peer, its far side to the Interface's addresses and back.
+    pub fn expected_pings(&self) -> Result<Vec<Ping>> {
+        let interfaces = self.get("interfaces")?;
+        let node_of = |name: &str| {
+            interfaces
+                .iter()
+                .find(|i| i["metadata"]["name"] == name)
+                .and_then(|i| i["spec"]["nodeName"].as_str().map(str::to_owned))
+        };
+        let mut pings = Vec::new();
+        for peer in self.get("peers")? {
+            let (Some(local), Some(remote)) = (
+                peer["spec"]["interface"].as_str(),
+                peer["spec"]["remote"]["interface"].as_str(),
+            ) else {
+                continue;
+            };
+            let (Some(from), Some(remote_if)) = (
+                node_of(local),
+                interfaces.iter().find(|i| i["metadata"]["name"] == remote),
+            ) else {
+                continue;
+            };
+            for address in status_addresses(remote_if) {
+                pings.push(Ping {
+                    from: from.clone(),
+                    to: address.addr(),
+                    label: format!("{local} → {remote} ({})", address.addr()),
+                });
+            }
+        }
+        // The far side first: its traffic is what a roaming laptop would send.
+        for ext in self.externals.values() {
+            let side = &ext.side;
+            let Some(local) = interfaces
+                .iter()
+                .find(|i| i["metadata"]["name"] == side.interface.as_str())
+            else {
+                continue;
+            };
+            for address in status_addresses(local) {
+                pings.push(Ping {
+                    from: external_origin(&side.peer),
+                    to: address.addr(),
+                    label: format!("{} → {} ({})", side.peer, side.interface, address.addr()),
+                });
+            }
+            if let Some(from) = node_of(&side.interface) {
+                pings.push(Ping {
+                    from,
+                    to: side.tunnel_address,
+                    label: format!(
+                        "{} → {} ({})",
+                        side.interface, side.peer, side.tunnel_address
+                    ),
+                });
+            }
+        }
+        for route in self.get("routes")? {
+            let Some(destination) = route["spec"]["destination"]
+                .as_str()
+                .and_then(|d| d.parse::<IpNet>().ok())
+            else {
+                continue;
+            };
+            let Some(from) = route["spec"]["interface"].as_str().and_then(node_of) else {
+                continue;
+            };
+            let route_name = route["metadata"]["name"].as_str().unwrap_or("?");
+            for i in &interfaces {
+                if i["spec"]["nodeName"].as_str() == Some(from.as_str()) {
+                    continue;
+                }
+                for address in status_addresses(i) {
+                    if destination.contains(&address.addr()) {
+                        let to_node = i["spec"]["nodeName"].as_str().unwrap_or("?");
+                        pings.push(Ping {
+                            from: from.clone(),
+                            to: address.addr(),
+                            label: format!(
+                                "{} → {} ({}, route {route_name})",
+                                from.to_uppercase(),
+                                to_node.to_uppercase(),
+                                address.addr(),
+                            ),
+                        });
+                    }
+                }
+            }
+            // Far sides behind the route (through a relay that forwards to them).
+            for ext in self.externals.values() {
+                let side = &ext.side;
+                if destination.contains(&side.tunnel_address)
+                    && node_of(&side.interface).as_deref() != Some(from.as_str())
+                {
+                    pings.push(Ping {
+                        from: from.clone(),
+                        to: side.tunnel_address,
+                        label: format!(
+                            "{} → {} ({}, route {route_name})",
+                            from.to_uppercase(),
+                            side.peer.to_uppercase(),
+                            side.tunnel_address,
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(pings)
+    }
+
+    /// Runs the pings; returns each with whether it got replies.
+    pub fn ping_all(&self, pings: &[Ping]) -> Vec<(Ping, bool)> {
+        pings
+            .iter()
+            .map(|p| {
+                let netns = match p.from.strip_prefix(EXTERNAL_ORIGIN) {
+                    Some(peer) => self.externals.get(peer).map(|e| &e.netns),
+                    None => self.nodes.get(&p.from).map(|n| &n.netns),
+                };
+                let ok = !interrupted()
+                    && netns.is_some_and(|ns| {
+                        ns.wait_for_ping(p.to, Duration::from_secs(10)).is_some()
+                    });
+                (p.clone(), ok)
+            })
+            .collect()
+    }
+
+    /// `kubectl get kwire -o wide` of the sandbox namespace.
+    pub fn status_table(&self) -> String {
+        let out = self
+            .cp
+            .kubectl()
+            .args(["get", "kwire", "-n", &self.namespace, "-o", "wide"])
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Records the TCP ports the sandbox's host-side processes listen on.
+    pub(super) fn record_ports(&self) -> Result<()> {
+        let pids: BTreeSet<u32> = self
+            .ledger
+            .snapshot()
+            .processes
+            .iter()
+            .filter(|p| p.netns.is_none())
+            .map(|p| p.id.pid)
+            .collect();
+        let ports: Vec<u16> = teardown::listening_tcp_ports()
+            .into_iter()
+            .filter(|(_, owners)| !owners.is_disjoint(&pids))
+            .map(|(port, _)| port)
+            .collect();
+        self.ledger.ports(&ports)
+    }
+}
+
+/// `Ping::from` of a far side: `peer/<name>` (node names cannot contain `/`).
+const EXTERNAL_ORIGIN: &str = "peer/";
+
+fn external_origin(peer: &str) -> String {
+    format!("{EXTERNAL_ORIGIN}{peer}")
+}
+
+/// The addresses in an Interface's status.
+pub(super) fn status_addresses(interface: &Value) -> Vec<IpNet> {
+    interface["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect()
+}
+
+/// One expected ping through the overlay.
+#[derive(Debug, Clone)]
+pub struct Ping {
+    /// A node, or `peer/<name>` for the far side of an external Peer.
+    pub from: String,
+    pub to: IpAddr,
+    pub label: String,
+}
+
+/// `Kind/name: reason: message` when `object`'s `condition` is not `True`.
+fn not_true_line(object: &Value, condition: &str) -> Option<String> {
+    let kind = object["kind"].as_str()?;
+    let name = object["metadata"]["name"].as_str()?;
+    let found = object["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == condition));
+    match found {
+        Some(c) if c["status"] == "True" => None,
+        Some(c) => Some(format!(
+            "{kind}/{name}: {}: {}",
+            c["reason"].as_str().unwrap_or(""),
+            c["message"].as_str().unwrap_or("")
+        )),
+        None => Some(format!("{kind}/{name}: no {condition} condition yet")),
+    }
+}
+
+/// Whether a Peer without `Connected` is only waiting for traffic: a link without keepalive
+/// hand-shakes once traffic flows (it stays `Connecting`, then `Idle`), and the sandbox's
+/// pings are that traffic.
+fn waiting_for_traffic(peer: &Value) -> bool {
+    let reason = peer["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Connected"))
+        .and_then(|c| c["reason"].as_str());
+    let keepalive = peer["spec"]["persistentKeepalive"].as_u64().unwrap_or(0);
+    reason == Some("Idle") || (reason == Some("Connecting") && keepalive == 0)
+}
