@@ -27,8 +27,11 @@ enum LogFormat {
 
 /// Reconciles kwire's WireGuard devices, addresses and routes on this node.
 #[derive(Debug, Parser)]
-#[command(name = "kwire-node", version)]
+#[command(name = "kwire-node", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Mode>,
+
     /// The Kubernetes node this agent runs on.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -75,6 +78,13 @@ struct Args {
     #[arg(long, default_value = "wireguard-go", env = "KWIRE_WIREGUARD_GO")]
     wireguard_go: PathBuf,
 
+    /// Leave wireguard-go to a wireguard host (`kwire-node wireguard-host`)
+    /// watching this folder: a device is asked for by writing `<DIR>/<dev>.want`,
+    /// so wireguard-go, and the links, outlive a restart of this daemon.
+    /// Without it the daemon starts wireguard-go as its own child.
+    #[arg(long, value_name = "DIR")]
+    wireguard_host_dir: Option<PathBuf>,
+
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
@@ -87,6 +97,23 @@ struct Args {
     /// Change it only if 75 is used by other software on the node.
     #[arg(long, default_value_t = kwire_node_daemon::ownership::ROUTE_PROTOCOL, value_parser = clap::value_parser!(u8).range(5..))]
     route_protocol: u8,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Keep one `wireguard-go -f <dev>` per request file `<DIR>/<dev>.want`
+    /// written by daemons started with `--wireguard-host-dir <DIR>`. Exits on
+    /// SIGTERM and leaves its processes running.
+    WireguardHost {
+        /// The request folder.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The wireguard-go binary.
+        #[arg(long, default_value = "wireguard-go", env = "KWIRE_WIREGUARD_GO")]
+        wireguard_go: PathBuf,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
 }
 
 /// Logs go to stderr, coloured only when it is a terminal: a log file or a pipe to a
@@ -108,6 +135,16 @@ fn init_tracing(format: LogFormat) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Mode::WireguardHost {
+        dir,
+        wireguard_go,
+        log_format,
+    }) = &args.command
+    {
+        init_tracing(*log_format);
+        kwire_node_daemon::userspace::host::run(dir, wireguard_go, shutdown_signal()).await?;
+        return Ok(());
+    }
     init_tracing(args.log_format);
     kwire_node_daemon::ownership::configure_route_protocol(args.route_protocol);
 
@@ -159,7 +196,11 @@ async fn main() -> Result<()> {
         sysctl_root: args.sysctl_root.clone(),
         wireguard_go: args.wireguard_go.clone(),
     };
-    let dataplane = KernelDataplane::new(handle, config, Some(events.clone()));
+    let mut dataplane = KernelDataplane::new(handle, config, Some(events.clone()));
+    if let Some(dir) = &args.wireguard_host_dir {
+        tracing::info!(dir = %dir.display(), "wireguard-go is left to the wireguard host");
+        dataplane = dataplane.with_wireguard_host(dir);
+    }
     let mut reconciler = Reconciler::new(dataplane, metrics.clone());
 
     if let (true, Some(desired)) = (args.dry_run, &file_desired) {

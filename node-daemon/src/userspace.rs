@@ -15,6 +15,13 @@
 //! - The UAPI socket directory (`/var/run/wireguard`) is shared by every
 //!   network namespace of a host: several "nodes" on one host need a private
 //!   mount namespace with a tmpfs there, or distinct device names.
+//!
+//! With a wireguard host ([`Supervisor::with_host`], `--wireguard-host-dir`)
+//! the daemon starts no process: it writes the device's request file and waits
+//! for the socket; [`host`] keeps the processes, in a pod that outlives the
+//! daemon's.
+
+pub mod host;
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
@@ -53,12 +60,15 @@ struct Child {
     waiter: JoinHandle<()>,
 }
 
-/// Starts, watches and stops wireguard-go processes.
+/// Starts, watches and stops wireguard-go processes, or asks a wireguard host
+/// to.
 pub struct Supervisor {
     program: PathBuf,
     start_timeout: Duration,
     children: BTreeMap<IfaceName, Child>,
     events: Option<KernelEvents>,
+    /// The request folder of a wireguard host, which then runs the processes.
+    host_dir: Option<PathBuf>,
 }
 
 impl Supervisor {
@@ -69,7 +79,19 @@ impl Supervisor {
             start_timeout: Duration::from_secs(10),
             children: BTreeMap::new(),
             events,
+            host_dir: None,
         }
+    }
+
+    /// Leaves the processes to the wireguard host that watches `dir`
+    /// (`kwire-node wireguard-host --dir <dir>`): a device is asked for with
+    /// its request file and given up by deleting it. The daemon then sees an
+    /// exit only as the link's removal, which also triggers a full reconcile.
+    pub fn with_host(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.host_dir = Some(dir.into());
+        // The host polls, and its pod may be starting on a fresh node.
+        self.start_timeout = Duration::from_secs(30);
+        self
     }
 
     /// PIDs of the processes this supervisor started and that still run.
@@ -83,6 +105,9 @@ impl Supervisor {
 
     /// Starts `wireguard-go -f <name>` and waits until its UAPI socket answers.
     pub async fn start(&mut self, name: &IfaceName) -> Result<(), DataplaneError> {
+        if let Some(dir) = &self.host_dir {
+            return request(dir, name, self.start_timeout).await;
+        }
         let err = |m: String| DataplaneError::Userspace(m);
         std::fs::create_dir_all(SOCKET_DIRS[0])
             .map_err(|e| err(format!("creating {}: {e}", SOCKET_DIRS[0])))?;
@@ -141,6 +166,9 @@ impl Supervisor {
     /// Processes from an earlier run of the daemon exit on their own when
     /// their link is deleted.
     pub async fn stop(&mut self, name: &IfaceName) {
+        if let Some(dir) = &self.host_dir {
+            return withdraw(dir, name).await;
+        }
         let Some(mut child) = self.children.remove(name) else {
             return;
         };
@@ -159,5 +187,52 @@ impl Supervisor {
             }
             let _ = child.waiter.await;
         }
+    }
+}
+
+/// Writes the request file of `name` (atomically: a temporary file renamed)
+/// and waits until the device's UAPI socket answers.
+async fn request(dir: &Path, name: &IfaceName, timeout: Duration) -> Result<(), DataplaneError> {
+    let err = |m: String| DataplaneError::Userspace(m);
+    let path = host::request_path(dir, name);
+    if !path.exists() {
+        let tmp = path.with_extension("want.tmp");
+        std::fs::write(&tmp, b"")
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                err(format!(
+                    "writing the wireguard host request {}: {e}",
+                    path.display()
+                ))
+            })?;
+        tracing::info!(device = %name, request = %path.display(), "asked the wireguard host for wireguard-go");
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !socket_answers(name) {
+        if tokio::time::Instant::now() > deadline {
+            return Err(err(format!(
+                "the wireguard host did not start wireguard-go for {name} within {timeout:?} (request {}): is the wireguard host pod running on this node?",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Deletes the request file of `name` and waits (at most 5 s) until the
+/// process stops answering: the host then stops it, and the link goes with it.
+async fn withdraw(dir: &Path, name: &IfaceName) {
+    let path = host::request_path(dir, name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(device = %name, request = %path.display(), error = %e, "could not delete the wireguard host request")
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while socket_answers(name) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

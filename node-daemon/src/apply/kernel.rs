@@ -122,6 +122,13 @@ impl KernelDataplane {
         Ok(wrote)
     }
 
+    /// Leaves wireguard-go to the wireguard host watching `dir` (see
+    /// [`crate::userspace::host`]) instead of starting it as a child.
+    pub fn with_wireguard_host(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.supervisor = self.supervisor.with_host(dir);
+        self
+    }
+
     pub fn backend(&self) -> WireguardBackend {
         self.backend
     }
