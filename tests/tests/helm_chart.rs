@@ -434,13 +434,82 @@ fn check_defaults(docs: &[Doc]) -> Result<()> {
     let ds = find(docs, "DaemonSet", "kwire-node")?;
     let pod = &ds["spec"]["template"]["spec"];
     ensure!(
-        strings(&first_container(ds)["args"]) == node_args("auto", "30s", 9090, 75, "json"),
+        strings(&first_container(ds)["args"])
+            == with_host(node_args("auto", "30s", 9090, 75, "json")),
         "node args {}",
         first_container(ds)["args"]
     );
     ensure!(pod["priorityClassName"].is_null());
     ensure!(pod["tolerations"] == json!([{"operator": "Exists"}]));
-    // wireguard-go's TUN device, as a character device from the host.
+    check_wireguard_host(docs, "json")?;
+    ensure!(find(docs, "Service", "kwire-node-metrics")?["spec"]["clusterIP"] == "None");
+    Ok(())
+}
+
+/// The wireguard host's request folder, shared by both DaemonSets.
+const WIREGUARD_HOST_DIR: &str = "/var/run/kwire/wireguard-host";
+
+/// The node daemon's arguments when wireguard-go runs in the wireguard host.
+fn with_host(mut args: Vec<String>) -> Vec<String> {
+    args.extend([
+        "--wireguard-host-dir".to_string(),
+        WIREGUARD_HOST_DIR.to_string(),
+    ]);
+    args
+}
+
+fn host_paths(pod: &Value) -> BTreeSet<String> {
+    pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["hostPath"]["path"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The wireguard host DaemonSet (userspace backend): wireguard-go outside the
+/// node daemon's container, in pods a kwire upgrade never restarts, with the
+/// TUN device, the sockets' folder and the request folder the daemon writes.
+fn check_wireguard_host(docs: &[Doc], log: &str) -> Result<()> {
+    let host = find(docs, "DaemonSet", "kwire-wireguard")?;
+    let node = find(docs, "DaemonSet", "kwire-node")?;
+    ensure!(host["spec"]["updateStrategy"] == json!({"type": "OnDelete"}));
+    let pod = &host["spec"]["template"]["spec"];
+    let c = first_container(host);
+    ensure!(pod["hostNetwork"] == true);
+    ensure!(pod["automountServiceAccountToken"] == false);
+    ensure!(pod["hostPID"].is_null() && pod["hostIPC"].is_null());
+    ensure!(
+        strings(&c["args"])
+            == [
+                "wireguard-host",
+                "--dir",
+                WIREGUARD_HOST_DIR,
+                "--log-format",
+                log
+            ],
+        "wireguard host args {}",
+        c["args"]
+    );
+    ensure!(
+        c["image"] == first_container(node)["image"],
+        "not the node image: {}",
+        c["image"]
+    );
+    // The node daemon's securityContext, exactly: NET_ADMIN only, not privileged.
+    ensure!(
+        c["securityContext"] == first_container(node)["securityContext"],
+        "{} vs {}",
+        c["securityContext"],
+        first_container(node)["securityContext"]
+    );
+    ensure!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
+    ensure!(
+        c["livenessProbe"].is_null(),
+        "a liveness probe would restart every wireguard-go"
+    );
+    ensure!(pod["tolerations"] == node["spec"]["template"]["spec"]["tolerations"]);
+    ensure!(pod["nodeSelector"] == node["spec"]["template"]["spec"]["nodeSelector"]);
     ensure!(
         pod["volumes"]
             .as_array()
@@ -450,7 +519,45 @@ fn check_defaults(docs: &[Doc]) -> Result<()> {
         "no /dev/net/tun: {}",
         pod["volumes"]
     );
-    ensure!(find(docs, "Service", "kwire-node-metrics")?["spec"]["clusterIP"] == "None");
+    let paths = host_paths(pod);
+    ensure!(
+        paths.contains("/var/run/wireguard") && paths.contains(WIREGUARD_HOST_DIR),
+        "{paths:?}"
+    );
+    // The daemon shares the request folder, and needs no TUN device itself.
+    let node_paths = host_paths(&node["spec"]["template"]["spec"]);
+    ensure!(node_paths.contains(WIREGUARD_HOST_DIR), "{node_paths:?}");
+    ensure!(!node_paths.contains("/dev/net/tun"), "{node_paths:?}");
+    ensure!(
+        first_container(node)["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["mountPath"] == WIREGUARD_HOST_DIR),
+        "{}",
+        first_container(node)["volumeMounts"]
+    );
+    Ok(())
+}
+
+/// `node.wireguardHost.enabled: false`: wireguard-go back in the node daemon's
+/// container, with the TUN device there, and no second DaemonSet.
+#[test]
+fn without_the_wireguard_host_the_node_daemon_runs_wireguard_go() -> Result<()> {
+    built()?;
+    let docs = render(&[], &["--set", "node.wireguardHost.enabled=false"])?;
+    ensure!(count(&docs, "DaemonSet") == 1);
+    let ds = find(&docs, "DaemonSet", "kwire-node")?;
+    ensure!(
+        strings(&first_container(ds)["args"]) == node_args("auto", "30s", 9090, 75, "json"),
+        "node args {}",
+        first_container(ds)["args"]
+    );
+    let paths = host_paths(&ds["spec"]["template"]["spec"]);
+    ensure!(
+        paths.contains("/dev/net/tun") && !paths.contains(WIREGUARD_HOST_DIR),
+        "{paths:?}"
+    );
     Ok(())
 }
 
@@ -506,7 +613,11 @@ fn check_ha_operator(docs: &[Doc]) -> Result<()> {
         }
     }
     let ds = find(docs, "DaemonSet", "kwire-node")?;
-    ensure!(strings(&first_container(ds)["args"]) == node_args("auto", "30s", 9090, 75, "text"));
+    ensure!(
+        strings(&first_container(ds)["args"])
+            == with_host(node_args("auto", "30s", 9090, 75, "text"))
+    );
+    check_wireguard_host(docs, "text")?;
     Ok(())
 }
 
@@ -530,6 +641,11 @@ fn check_node_kernel(docs: &[Doc]) -> Result<()> {
             .any(|v| v["hostPath"]["path"] == "/dev/net/tun"),
         "kernel backend mounts /dev/net/tun: {}",
         pod["volumes"]
+    );
+    // Nor a wireguard host.
+    ensure!(
+        count(docs, "DaemonSet") == 1,
+        "a second DaemonSet with the kernel backend"
     );
     ensure!(pod["tolerations"].as_array().map(Vec::len) == Some(2));
     ensure!(!pod["affinity"]["nodeAffinity"].is_null());
