@@ -48,8 +48,10 @@ pub struct FarSide {
     pub lan_address: Ipv4Addr,
     /// `spec.remote.endpoint.port`.
     pub listen_port: u16,
-    /// Its address inside the tunnel: the first host address of `spec.allowedIPs`.
-    pub tunnel_address: IpAddr,
+    /// Its addresses inside the tunnel: the first host address of each network of
+    /// `spec.allowedIPs`, in order, without repeats (one of each family on a dual-stack
+    /// peer).
+    pub tunnel_addresses: Vec<IpAddr>,
     /// `spec.remote.publicKey`.
     pub public_key: String,
     private_key: String,
@@ -73,7 +75,7 @@ impl fmt::Debug for FarSide {
             .field("interface", &self.interface)
             .field("lan_address", &self.lan_address)
             .field("listen_port", &self.listen_port)
-            .field("tunnel_address", &self.tunnel_address)
+            .field("tunnel_addresses", &self.tunnel_addresses)
             .field("public_key", &self.public_key)
             .field("private_key", &"<redacted>")
             .field("persistent_keepalive", &self.persistent_keepalive)
@@ -160,21 +162,22 @@ pub fn far_sides(
         let listen_port = endpoint.port.ok_or_else(|| {
             problem("spec.remote.endpoint.port is not set: the far side listens there".into())
         })?;
-        let first = peer
-            .spec
-            .allowed_ips
-            .iter()
-            .flatten()
-            .next()
-            .ok_or_else(|| {
-                problem(
-                    "spec.allowedIPs is empty: the far side's tunnel address is the first address in it"
-                        .into(),
-                )
-            })?;
-        let net = first
-            .net()
-            .map_err(|e| problem(format!("spec.allowedIPs: {e}")))?;
+        let mut tunnel_addresses: Vec<IpAddr> = Vec::new();
+        for allowed in peer.spec.allowed_ips.iter().flatten() {
+            let net = allowed
+                .net()
+                .map_err(|e| problem(format!("spec.allowedIPs: {e}")))?;
+            let address = first_host(net);
+            if !tunnel_addresses.contains(&address) {
+                tunnel_addresses.push(address);
+            }
+        }
+        if tunnel_addresses.is_empty() {
+            return Err(problem(
+                "spec.allowedIPs is empty: the far side's tunnel addresses are the first address of each network in it"
+                    .into(),
+            ));
+        }
         let preshared_key = peer.spec.preshared_key.as_ref().and_then(|psk| {
             match (&psk.secret_ref, psk.generate) {
                 (Some(r), _) => Some(PresharedKeySource::Secret {
@@ -190,7 +193,7 @@ pub fn far_sides(
             interface,
             lan_address,
             listen_port,
-            tunnel_address: first_host(net),
+            tunnel_addresses,
             public_key: public_key.as_str().to_string(),
             private_key,
             persistent_keepalive: peer.spec.persistent_keepalive.filter(|k| *k > 0),
@@ -230,37 +233,38 @@ pub fn far_side_allowed_ips(interface_addresses: &[IpNet], routes: &[IpNet]) -> 
     out
 }
 
-/// The far side's device before its peer is known: its key and port, its tunnel address
-/// (a single address: what it reaches goes through routes), up. Run in its namespace after
+/// The far side's device before its peer is known: its key and port, its tunnel addresses
+/// (single addresses: what it reaches goes through routes), up. Run in its namespace after
 /// `wireguard-go <device>` has made the device.
 pub fn device_commands(
     device: &str,
     listen_port: u16,
     private_key_file: &Path,
-    tunnel_address: IpAddr,
+    tunnel_addresses: &[IpAddr],
 ) -> Vec<Vec<String>> {
-    let single = if tunnel_address.is_ipv4() { 32 } else { 128 };
     let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    vec![
-        argv(&[
-            "wg",
-            "set",
-            device,
-            "listen-port",
-            &listen_port.to_string(),
-            "private-key",
-            &private_key_file.display().to_string(),
-        ]),
-        argv(&[
+    let mut commands = vec![argv(&[
+        "wg",
+        "set",
+        device,
+        "listen-port",
+        &listen_port.to_string(),
+        "private-key",
+        &private_key_file.display().to_string(),
+    ])];
+    for address in tunnel_addresses {
+        let single = if address.is_ipv4() { 32 } else { 128 };
+        commands.push(argv(&[
             "ip",
             "address",
             "add",
-            &format!("{tunnel_address}/{single}"),
+            &format!("{address}/{single}"),
             "dev",
             device,
-        ]),
-        argv(&["ip", "link", "set", device, "up"]),
-    ]
+        ]));
+    }
+    commands.push(argv(&["ip", "link", "set", device, "up"]));
+    commands
 }
 
 /// The kwire Interface as the far side's peer, as its owner would type it.
@@ -371,12 +375,23 @@ spec:
         assert_eq!(s.interface, "hub-wg0");
         assert_eq!(s.lan_address, Ipv4Addr::new(10, 211, 55, 100));
         assert_eq!(s.listen_port, 51821);
-        assert_eq!(s.tunnel_address, "10.5.0.20".parse::<IpAddr>().unwrap());
+        assert_eq!(s.tunnel_addresses, ["10.5.0.20".parse::<IpAddr>().unwrap()]);
         assert_eq!(s.public_key, PUBLIC);
         assert_eq!(s.private_key(), PRIVATE);
         assert_eq!(s.persistent_keepalive, Some(25));
         assert_eq!(s.preshared_key, Some(PresharedKeySource::Generated));
         assert!(!format!("{s:?}").contains(PRIVATE));
+    }
+
+    #[test]
+    fn a_dual_stack_far_side_gets_an_address_of_each_family() {
+        let endpoint = "    endpoint: {host: 10.211.55.100, port: 51821}\n  allowedIPs: [10.5.0.20/32, fd05::20/128, 10.5.0.20/32, 10.9.0.0/24]";
+        let sides = far_sides(&manifests(endpoint, KEY), lan(), &[]).unwrap();
+        let want: Vec<IpAddr> = ["10.5.0.20", "fd05::20", "10.9.0.1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(sides[0].tunnel_addresses, want);
     }
 
     #[test]
@@ -462,7 +477,7 @@ spec: {interface: a, remote: {interface: b}}
             "kx1x2",
             51821,
             Path::new("/tmp/k"),
-            "10.5.0.20".parse().unwrap(),
+            &["10.5.0.20".parse().unwrap(), "fd05::20".parse().unwrap()],
         );
         let text: Vec<String> = device.iter().map(|c| c.join(" ")).collect();
         assert_eq!(
@@ -470,6 +485,7 @@ spec: {interface: a, remote: {interface: b}}
             [
                 "wg set kx1x2 listen-port 51821 private-key /tmp/k",
                 "ip address add 10.5.0.20/32 dev kx1x2",
+                "ip address add fd05::20/128 dev kx1x2",
                 "ip link set kx1x2 up",
             ]
         );

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::{Sandbox, check_interrupted, interrupted};
 use crate::error::{Error, Result};
+use crate::external::FarSide;
 use crate::teardown;
 
 impl Sandbox {
@@ -136,23 +137,11 @@ impl Sandbox {
             else {
                 continue;
             };
-            for address in status_addresses(local) {
-                pings.push(Ping {
-                    from: external_origin(&side.peer),
-                    to: address.addr(),
-                    label: format!("{} → {} ({})", side.peer, side.interface, address.addr()),
-                });
-            }
-            if let Some(from) = node_of(&side.interface) {
-                pings.push(Ping {
-                    from,
-                    to: side.tunnel_address,
-                    label: format!(
-                        "{} → {} ({})",
-                        side.interface, side.peer, side.tunnel_address
-                    ),
-                });
-            }
+            pings.extend(far_side_pings(
+                side,
+                &status_addresses(local),
+                node_of(&side.interface).as_deref(),
+            ));
         }
         for route in self.get("routes")? {
             let Some(destination) = route["spec"]["destination"]
@@ -188,19 +177,21 @@ impl Sandbox {
             // Far sides behind the route (through a relay that forwards to them).
             for ext in self.externals.values() {
                 let side = &ext.side;
-                if destination.contains(&side.tunnel_address)
-                    && node_of(&side.interface).as_deref() != Some(from.as_str())
-                {
-                    pings.push(Ping {
-                        from: from.clone(),
-                        to: side.tunnel_address,
-                        label: format!(
-                            "{} → {} ({}, route {route_name})",
-                            from.to_uppercase(),
-                            side.peer.to_uppercase(),
-                            side.tunnel_address,
-                        ),
-                    });
+                if node_of(&side.interface).as_deref() == Some(from.as_str()) {
+                    continue;
+                }
+                for address in &side.tunnel_addresses {
+                    if destination.contains(address) {
+                        pings.push(Ping {
+                            from: from.clone(),
+                            to: *address,
+                            label: format!(
+                                "{} → {} ({address}, route {route_name})",
+                                from.to_uppercase(),
+                                side.peer.to_uppercase(),
+                            ),
+                        });
+                    }
                 }
             }
         }
@@ -262,6 +253,41 @@ fn external_origin(peer: &str) -> String {
     format!("{EXTERNAL_ORIGIN}{peer}")
 }
 
+/// The pings between the far side of an external Peer and its kwire Interface, whose
+/// addresses are `interface_addresses` and which is on `node`: the far side to each
+/// address of the Interface, and the node to each of the far side's tunnel addresses, each
+/// family only where both sides have an address of it.
+fn far_side_pings(side: &FarSide, interface_addresses: &[IpNet], node: Option<&str>) -> Vec<Ping> {
+    let interface: Vec<IpAddr> = interface_addresses.iter().map(IpNet::addr).collect();
+    let has_family =
+        |addresses: &[IpAddr], of: &IpAddr| addresses.iter().any(|a| a.is_ipv4() == of.is_ipv4());
+    let mut pings = Vec::new();
+    for address in interface
+        .iter()
+        .filter(|a| has_family(&side.tunnel_addresses, a))
+    {
+        pings.push(Ping {
+            from: external_origin(&side.peer),
+            to: *address,
+            label: format!("{} → {} ({address})", side.peer, side.interface),
+        });
+    }
+    if let Some(node) = node {
+        for address in side
+            .tunnel_addresses
+            .iter()
+            .filter(|a| has_family(&interface, a))
+        {
+            pings.push(Ping {
+                from: node.to_string(),
+                to: *address,
+                label: format!("{} → {} ({address})", side.interface, side.peer),
+            });
+        }
+    }
+    pings
+}
+
 /// The addresses in an Interface's status.
 pub(super) fn status_addresses(interface: &Value) -> Vec<IpNet> {
     interface["status"]["addresses"]
@@ -309,4 +335,86 @@ fn waiting_for_traffic(peer: &Value) -> bool {
         .and_then(|c| c["reason"].as_str());
     let keepalive = peer["spec"]["persistentKeepalive"].as_u64().unwrap_or(0);
     reason == Some("Idle") || (reason == Some("Connecting") && keepalive == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kwire_crds::manifest::parse_manifests;
+
+    /// The far side of Peer `laptop` of Interface `hub-wg0`, with `allowed_ips`.
+    fn far_side(allowed_ips: &str) -> FarSide {
+        let objects = parse_manifests(&format!(
+            "apiVersion: kwire.dev/v1alpha1
+kind: Interface
+metadata: {{name: hub-wg0}}
+spec: {{nodeName: hub, deviceName: wg0, listenPort: 51820, addresses: [10.7.0.1/24]}}
+---
+apiVersion: kwire.dev/v1alpha1
+kind: Peer
+metadata:
+  name: laptop
+  annotations: {{sandbox.kwire.dev/remote-private-key: wAv4R+4/xt1c1KIM7oObeU+swn4ycWcB9HMIoyHd71g=}}
+spec:
+  interface: hub-wg0
+  remote:
+    publicKey: EwYQdz0JfJ0WNkI0Lzvuynp9MOIg3zWJ80MLANykISo=
+    endpoint: {{host: 10.211.55.100, port: 51820}}
+  allowedIPs: {allowed_ips}
+"
+        ))
+        .unwrap();
+        crate::external::far_sides(&objects, super::super::lan(), &[])
+            .unwrap()
+            .remove(0)
+    }
+
+    fn labels(pings: &[Ping]) -> Vec<String> {
+        pings
+            .iter()
+            .map(|p| format!("{}: {} [{}]", p.from, p.label, p.to))
+            .collect()
+    }
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_dual_stack_far_side_pings_both_families_both_ways() {
+        let side = far_side("[10.7.0.20/32, fd00:7::20/128]");
+        let pings = far_side_pings(&side, &nets(&["10.7.0.1/24", "fd00:7::1/64"]), Some("hub"));
+        assert_eq!(
+            labels(&pings),
+            [
+                "peer/laptop: laptop → hub-wg0 (10.7.0.1) [10.7.0.1]",
+                "peer/laptop: laptop → hub-wg0 (fd00:7::1) [fd00:7::1]",
+                "hub: hub-wg0 → laptop (10.7.0.20) [10.7.0.20]",
+                "hub: hub-wg0 → laptop (fd00:7::20) [fd00:7::20]",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_family_only_one_side_has_is_not_pinged() {
+        let v4_only = far_side("[10.7.0.21/32]");
+        let pings = far_side_pings(
+            &v4_only,
+            &nets(&["10.7.0.1/24", "fd00:7::1/64"]),
+            Some("hub"),
+        );
+        assert_eq!(
+            labels(&pings),
+            [
+                "peer/laptop: laptop → hub-wg0 (10.7.0.1) [10.7.0.1]",
+                "hub: hub-wg0 → laptop (10.7.0.21) [10.7.0.21]",
+            ]
+        );
+        let dual = far_side("[10.7.0.20/32, fd00:7::20/128]");
+        let pings = far_side_pings(&dual, &nets(&["fd00:7::1/64"]), None);
+        assert_eq!(
+            labels(&pings),
+            ["peer/laptop: laptop → hub-wg0 (fd00:7::1) [fd00:7::1]"]
+        );
+    }
 }

@@ -128,7 +128,7 @@ impl Sandbox {
             &external.device,
             external.side.listen_port,
             &key_file,
-            external.side.tunnel_address,
+            &external.side.tunnel_addresses,
         ) {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             external.netns.exec(&argv)?;
