@@ -32,8 +32,9 @@ pub struct UpArgs {
     pub kubelet_nodes: bool,
 }
 
-/// Brings the topology up, verifies it, then stays up until Ctrl-C (or tears down at once
-/// with `--check`). Exit code 1 when something is not Ready or a ping fails.
+/// Brings the topology up, verifies it, then stays up until Ctrl-C, also when a check failed
+/// (or tears down at once with `--check`). Exit code 1 when something is not Ready or a ping
+/// fails (without `--check`, once Ctrl-C has torn the sandbox down).
 pub fn up(args: UpArgs) -> Result<ExitCode> {
     if let Err(why) = can_run_network_tests() {
         bail!("the sandbox cannot run here: {why}");
@@ -74,25 +75,72 @@ async fn up_async(args: UpArgs) -> Result<ExitCode> {
         Err(_) if interrupted() => return Ok(interrupted_exit()),
         Err(e) => return Err(e.into()),
     };
-    sandbox
-        .steps
-        .start("every Interface, Peer and Route Ready and Connected");
-    if let Err(e) = sandbox.wait_ready(args.timeout) {
-        if interrupted() {
+    let failure = match verify(&mut sandbox, args.timeout) {
+        Checked::Interrupted => {
             drop(sandbox);
             return Ok(interrupted_exit());
         }
+        Checked::Passed => None,
+        Checked::Failed(why) => Some(why),
+    };
+    let stays_up = staying_up(
+        args.check,
+        failure.as_deref(),
+        &sandbox.id(),
+        sandbox.cp.admin_kubeconfig(),
+        sandbox.record_path(),
+    );
+    if let Some(message) = &stays_up {
+        eprintln!("{message}");
+        stop.notified().await;
+    }
+    eprintln!("tearing down");
+    drop(sandbox);
+    match failure {
+        // Exit code 1, after Ctrl-C too: the sandbox did not pass its checks. The whole
+        // message was printed when it stayed up; its first line is enough now.
+        Some(why) if stays_up.is_some() => bail!("{}", why.lines().next().unwrap_or_default()),
+        Some(why) => bail!("{why}"),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Checked {
+    Passed,
+    /// What failed, in one line.
+    Failed(String),
+    /// Ctrl-C during the checks.
+    Interrupted,
+}
+
+/// Waits for every object to be Ready (for at most `timeout`), then runs the pings; prints
+/// the status table and each ping's result.
+fn verify(sandbox: &mut Sandbox, timeout: Duration) -> Checked {
+    sandbox
+        .steps
+        .start("every Interface, Peer and Route Ready and Connected");
+    if let Err(e) = sandbox.wait_ready(timeout) {
+        if interrupted() {
+            return Checked::Interrupted;
+        }
         eprintln!();
         eprintln!("{}", sandbox.status_table());
-        return Err(e.into());
+        return Checked::Failed(e.to_string());
     }
     sandbox.steps.done();
     sandbox.steps.start("pings through every link and route");
-    let pings = sandbox.expected_pings()?;
+    let pings = match sandbox.expected_pings() {
+        Ok(pings) => pings,
+        Err(e) => {
+            eprintln!();
+            return Checked::Failed(format!("listing the pings to run: {e}"));
+        }
+    };
     let results = sandbox.ping_all(&pings);
     if interrupted() {
-        drop(sandbox);
-        return Ok(interrupted_exit());
+        return Checked::Interrupted;
     }
     sandbox.steps.done();
 
@@ -107,20 +155,35 @@ async fn up_async(args: UpArgs) -> Result<ExitCode> {
     let failed = results.iter().filter(|(_, ok)| !ok).count();
     if failed > 0 {
         eprintln!("{}", sandbox.logs_tail(20));
-        bail!("{failed} of {} pings failed", results.len());
+        return Checked::Failed(format!("{failed} of {} pings failed", results.len()));
     }
-    if !args.check {
-        eprintln!(
-            "sandbox {} is up (kubeconfig: {}; record: {}); Ctrl-C tears it down",
-            sandbox.id(),
-            sandbox.cp.admin_kubeconfig().display(),
-            sandbox.record_path().display()
-        );
-        stop.notified().await;
+    Checked::Passed
+}
+
+/// Whether `up` stays up after its checks, and what it says then: without `--check` it
+/// stays up until Ctrl-C, also (and then above all) when a check failed, so that the
+/// sandbox can be looked at; with `--check` it tears down at once.
+pub fn staying_up(
+    check: bool,
+    failure: Option<&str>,
+    id: &str,
+    kubeconfig: &Path,
+    record: &Path,
+) -> Option<String> {
+    if check {
+        return None;
     }
-    eprintln!("tearing down");
-    drop(sandbox);
-    Ok(ExitCode::SUCCESS)
+    let up = format!(
+        "sandbox {id} is up (kubeconfig: {}; record: {})",
+        kubeconfig.display(),
+        record.display()
+    );
+    Some(match failure {
+        None => format!("{up}; Ctrl-C tears it down"),
+        Some(why) => format!(
+            "error: {why}\n{up} for inspection, although a check failed; Ctrl-C tears it down and exits with code 1"
+        ),
+    })
 }
 
 /// From now on Ctrl-C, SIGTERM and SIGHUP ask the sandbox to stop and tear down, instead of
@@ -364,6 +427,33 @@ sandbox 5000-0 left alone: its process 5000 (kwire sandbox up -f a.yaml) is runn
     fn a_dry_run_says_what_it_would_do() {
         let text = render_dry_run(&plan(), Path::new("/run/kwire-sandbox"));
         assert!(text.starts_with("sandbox 4242-0 (kwire sandbox up -f relay.yaml; process 4242 ended), would:\n  delete network namespace kwa4242x1\n"), "{text}");
+    }
+
+    #[test]
+    fn without_check_a_failed_check_keeps_the_sandbox_up_and_says_what_failed() {
+        let say = |check, failure| {
+            staying_up(
+                check,
+                failure,
+                "42-0",
+                Path::new("/tmp/admin.kubeconfig"),
+                Path::new("/run/kwire-sandbox/42-0.json"),
+            )
+        };
+        assert_eq!(
+            say(false, None).as_deref(),
+            Some(
+                "sandbox 42-0 is up (kubeconfig: /tmp/admin.kubeconfig; record: /run/kwire-sandbox/42-0.json); Ctrl-C tears it down"
+            )
+        );
+        let failed = say(false, Some("1 of 9 pings failed")).expect("stays up");
+        assert!(
+            failed.starts_with("error: 1 of 9 pings failed\nsandbox 42-0 is up ("),
+            "{failed}"
+        );
+        assert!(failed.ends_with("exits with code 1"), "{failed}");
+        assert_eq!(say(true, None), None);
+        assert_eq!(say(true, Some("1 of 9 pings failed")), None);
     }
 
     #[test]
