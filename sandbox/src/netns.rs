@@ -23,13 +23,39 @@ use crate::process::spawn_logged;
 /// there a missing prerequisite panics, so that a run without root or tools is red, not
 /// green with no end-to-end coverage.
 pub fn can_run_network_tests() -> Result<(), String> {
-    let verdict = network_test_prerequisites();
-    if let Err(why) = &verdict
-        && std::env::var("KWIRE_REQUIRE_E2E").is_ok_and(|v| v == "1")
-    {
-        panic!("KWIRE_REQUIRE_E2E=1 and an end-to-end test cannot run here: {why}");
+    let required = std::env::var("KWIRE_REQUIRE_E2E").is_ok_and(|v| v == "1");
+    match skip_or_fail(network_test_prerequisites(), required) {
+        Ok(verdict) => verdict,
+        Err(e) => panic!("{e}"),
     }
-    verdict
+}
+
+/// What a test does with its prerequisites' verdict: `Ok(verdict)` to run or skip on it,
+/// `Err` (the message to fail with) when it may not skip because end-to-end tests are
+/// required.
+fn skip_or_fail(verdict: Result<(), String>, required: bool) -> Result<Result<(), String>, String> {
+    match verdict {
+        Err(why) if required => Err(format!(
+            "KWIRE_REQUIRE_E2E=1 and an end-to-end test cannot run here: {why}"
+        )),
+        verdict => Ok(verdict),
+    }
+}
+
+#[cfg(test)]
+mod require_tests {
+    use super::skip_or_fail;
+
+    #[test]
+    fn a_missing_prerequisite_skips_unless_end_to_end_tests_are_required() {
+        let missing = || Err("network namespace tests need root".to_string());
+        assert_eq!(skip_or_fail(missing(), false), Ok(missing()));
+        assert_eq!(
+            skip_or_fail(missing(), true),
+            Err("KWIRE_REQUIRE_E2E=1 and an end-to-end test cannot run here: network namespace tests need root".to_string())
+        );
+        assert_eq!(skip_or_fail(Ok(()), true), Ok(Ok(())));
+    }
 }
 
 fn network_test_prerequisites() -> Result<(), String> {
