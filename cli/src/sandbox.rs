@@ -92,7 +92,7 @@ async fn up_async(args: UpArgs) -> Result<ExitCode> {
     );
     if let Some(message) = &stays_up {
         eprintln!("{message}");
-        stop.notified().await;
+        supervise_until_stopped(&mut sandbox, &stop).await;
     }
     eprintln!("tearing down");
     drop(sandbox);
@@ -102,6 +102,23 @@ async fn up_async(args: UpArgs) -> Result<ExitCode> {
         Some(why) if stays_up.is_some() => bail!("{}", why.lines().next().unwrap_or_default()),
         Some(why) => bail!("{why}"),
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Until Ctrl-C (or SIGTERM): reports every node daemon found dead and restarts it, as the
+/// DaemonSet's kubelet would (see `Sandbox::supervise_daemons`).
+async fn supervise_until_stopped(sandbox: &mut Sandbox, stop: &tokio::sync::Notify) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            // A stored permit: a signal between two looks is not lost.
+            _ = stop.notified() => return,
+            _ = tick.tick() => {
+                for event in sandbox.supervise_daemons() {
+                    eprintln!("{event}");
+                }
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! `kwire sandbox up` as a user runs it, without `--check` (issue 16 item 15): when a check
-//! fails the sandbox stays up for inspection, the command says what failed, and Ctrl-C
-//! tears it down and exits non-zero.
+//! `kwire sandbox up` as a user runs it, without `--check`: when a check fails the sandbox
+//! stays up for inspection, the command says what failed, and Ctrl-C tears it down and exits
+//! non-zero (issue 16 item 15); a node daemon killed while it is up is reported and
+//! restarted, as a DaemonSet would (issue 16 item 16).
 //!
 //! Needs root and the tools `can_run_network_tests` lists; skipped otherwise (a failure
 //! with `KWIRE_REQUIRE_E2E=1`).
@@ -35,6 +36,62 @@ struct Up {
 }
 
 impl Up {
+    /// `kwire sandbox up -f <manifest> <args>`, its output in `dir/up.log`.
+    fn start(dir: &Path, manifest: &Path, args: &[&str]) -> Self {
+        let log = dir.join("up.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kwire"))
+            .args(["sandbox", "up", "-f"])
+            .arg(manifest)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("kwire sandbox up starts");
+        Self { child, log }
+    }
+
+    /// Waits until it says it is up (and stays up); fails if it exits.
+    fn wait_up(&mut self) {
+        let mut exited = None;
+        let waited = wait_for(
+            "kwire sandbox up to say it stays up",
+            Duration::from_secs(300),
+            || {
+                exited = self.child.try_wait()?;
+                Ok(
+                    (exited.is_some() || self.output().contains(" is up (kubeconfig: "))
+                        .then_some(()),
+                )
+            },
+        );
+        assert!(
+            waited.is_ok() && exited.is_none(),
+            "kwire sandbox up did not stay up ({exited:?}):\n{}",
+            self.output()
+        );
+    }
+
+    /// Ctrl-C; returns its exit code once it has torn down.
+    fn interrupt(&mut self) -> Option<i32> {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let (status, _) = wait_for("kwire sandbox up to exit", Duration::from_secs(120), || {
+            Ok(self.child.try_wait()?)
+        })
+        .unwrap();
+        assert!(self.output().contains("tearing down"), "{}", self.output());
+        assert!(
+            self.record().is_none(),
+            "the record is left:\n{}",
+            self.output()
+        );
+        status.code()
+    }
+
     fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -68,51 +125,26 @@ fn a_failed_check_without_check_keeps_the_sandbox_up_until_ctrl_c_then_exits_1()
         println!("SKIPPED: {why}");
         return;
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "sandbox-up-stays-{}",
-        std::process::id()
-    ));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sandbox-up-stays-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = dir.join("never-ready.yaml");
     std::fs::write(&manifest, NEVER_READY).unwrap();
-    let log = dir.join("up.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kwire"))
-        .args(["sandbox", "up", "-f"])
-        .arg(&manifest)
-        .args([
+    let mut up = Up::start(
+        &dir,
+        &manifest,
+        &[
             "--namespace",
             "stays-up",
             "--timeout",
             "3s",
             "--without-controller-manager",
-        ])
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("kwire sandbox up starts");
-    let mut up = Up { child, log };
+        ],
+    );
 
     // It says what failed, and that it stays up.
-    let exited = std::cell::Cell::new(None);
-    let waited = wait_for(
-        "kwire sandbox up to say it stays up",
-        Duration::from_secs(300),
-        || {
-            if let Some(status) = up.child.try_wait()? {
-                exited.set(Some(status));
-                return Ok(Some(()));
-            }
-            Ok(up.output().contains(" is up (kubeconfig: ").then_some(()))
-        },
-    );
+    up.wait_up();
     let output = up.output();
-    assert!(
-        waited.is_ok() && exited.get().is_none(),
-        "kwire sandbox up did not stay up ({:?}):\n{output}",
-        exited.get()
-    );
     assert!(
         output.contains("error: not ready after 3s")
             && output.contains("Peer/a-to-nowhere")
@@ -135,23 +167,75 @@ fn a_failed_check_without_check_keeps_the_sandbox_up_until_ctrl_c_then_exits_1()
     );
 
     // Ctrl-C: torn down, exit code 1.
-    Command::new("kill")
-        .args(["-INT", &up.child.id().to_string()])
-        .status()
-        .unwrap();
-    let (status, _) = wait_for("kwire sandbox up to exit", Duration::from_secs(120), || {
-        Ok(up.child.try_wait()?)
-    })
-    .unwrap();
-    let output = up.output();
-    assert_eq!(status.code(), Some(1), "{output}");
-    assert!(output.contains("tearing down"), "{output}");
-    assert!(up.record().is_none(), "the record is left:\n{output}");
+    assert_eq!(up.interrupt(), Some(1), "{}", up.output());
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&netns.stdout).contains(node_netns[0].as_str()),
         "namespace {} is left",
         node_netns[0]
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_node_daemon_killed_while_up_is_reported_and_restarted() {
+    if let Err(why) = can_run_network_tests() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sandbox-up-restarts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed/two-hosts.yaml");
+    let mut up = Up::start(
+        &dir,
+        &manifest,
+        &["--namespace", "restarts", "--without-controller-manager"],
+    );
+    up.wait_up();
+    let daemon_of = |up: &Up| -> Vec<u32> {
+        up.record()
+            .expect("the sandbox's record")
+            .processes
+            .iter()
+            .filter(|p| p.what == "kwire-node of vm01")
+            .map(|p| p.id.pid)
+            .collect()
+    };
+    let first = daemon_of(&up);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let killed = Command::new("kill")
+        .args(["-KILL", &first[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    wait_for(
+        "the dead daemon to be reported and restarted",
+        Duration::from_secs(60),
+        || {
+            Ok(up
+                .output()
+                .contains("the node daemon of vm01 restarted (restart 1, pid ")
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", up.output()));
+    let output = up.output();
+    assert!(
+        output.contains("the node daemon of vm01 exited (signal: 9 (SIGKILL)); restarting it now"),
+        "{output}"
+    );
+    let now = daemon_of(&up);
+    let restarted: Vec<&u32> = now.iter().filter(|p| !first.contains(p)).collect();
+    assert_eq!(restarted.len(), 1, "{now:?}");
+    assert!(
+        Path::new(&format!("/proc/{}", restarted[0])).exists(),
+        "the restarted daemon is not running:\n{output}"
+    );
+    assert!(up.child.try_wait().unwrap().is_none(), "{output}");
+
+    // Nothing failed: Ctrl-C tears down with exit code 0.
+    assert_eq!(up.interrupt(), Some(0), "{}", up.output());
     std::fs::remove_dir_all(&dir).unwrap();
 }

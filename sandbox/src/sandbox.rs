@@ -50,7 +50,7 @@ use crate::record::{Ledger, Record};
 
 pub use checks::Ping;
 pub use far_sides::ExternalPeer;
-pub use nodes::{DaemonCommand, SandboxNode};
+pub use nodes::{DaemonCommand, DaemonEvent, SandboxNode, restart_delay};
 pub use operator::{OperatorProcess, metric_sum, operator_metrics, operator_metrics_addr};
 
 use layout::Layout;

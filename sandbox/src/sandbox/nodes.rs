@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
@@ -27,6 +27,108 @@ pub struct SandboxNode {
     pub log: PathBuf,
     /// containerd, the kubelet and kube-proxy of a kubelet node.
     pub kubelet: Option<KubeletNode>,
+    /// What a DaemonSet would keep of a process node's daemon, to restart it.
+    supervision: Supervision,
+}
+
+/// How a process node's daemon was started and how it has fared, for
+/// [`Sandbox::supervise_daemons`].
+#[derive(Debug, Default)]
+struct Supervision {
+    /// The daemon's program and kubeconfig, once started.
+    started_with: Option<(PathBuf, PathBuf)>,
+    /// When it was last started.
+    started_at: Option<Instant>,
+    /// Restarts after exits so far (reset once it has run for [`BACKOFF_RESET`]).
+    restarts: u32,
+    /// When the daemon found dead is to be started again.
+    restart_at: Option<Instant>,
+}
+
+/// How long a daemon must run before its next exit counts as the first again (the kubelet's
+/// rule for a container's restart backoff).
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// How long to wait before restart number `restarts + 1` of a daemon that exited, as the
+/// kubelet backs off restarting a container: at once the first time, then 10 s, doubling up
+/// to 5 minutes.
+pub fn restart_delay(restarts: u32) -> Duration {
+    match restarts {
+        0 => Duration::ZERO,
+        n => Duration::from_secs(10u64.saturating_mul(1 << (n - 1).min(5)))
+            .min(Duration::from_secs(300)),
+    }
+}
+
+/// What [`Sandbox::supervise_daemons`] saw and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonEvent {
+    /// The daemon of `node` exited (killed, crashed): `status`, the last lines of its log.
+    Exited {
+        node: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+        restart_in: Duration,
+    },
+    /// It was started again: restart number `restarts`, process `pid`.
+    Restarted {
+        node: String,
+        restarts: u32,
+        pid: u32,
+    },
+    /// Starting it again failed; tried again after `retry_in`.
+    RestartFailed {
+        node: String,
+        error: String,
+        retry_in: Duration,
+    },
+}
+
+impl std::fmt::Display for DaemonEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited {
+                node,
+                status,
+                log,
+                tail,
+                restart_in,
+            } => {
+                let when = if restart_in.is_zero() {
+                    "now".to_string()
+                } else {
+                    format!("in {}s", restart_in.as_secs())
+                };
+                write!(
+                    f,
+                    "the node daemon of {node} exited ({status}); restarting it {when}, as its DaemonSet would. Last lines of {}:",
+                    log.display()
+                )?;
+                for line in tail.lines() {
+                    write!(f, "\n  {line}")?;
+                }
+                Ok(())
+            }
+            Self::Restarted {
+                node,
+                restarts,
+                pid,
+            } => write!(
+                f,
+                "the node daemon of {node} restarted (restart {restarts}, pid {pid})"
+            ),
+            Self::RestartFailed {
+                node,
+                error,
+                retry_in,
+            } => write!(
+                f,
+                "the node daemon of {node} could not be restarted: {error}; trying again in {}s",
+                retry_in.as_secs()
+            ),
+        }
+    }
 }
 
 impl SandboxNode {
@@ -133,6 +235,7 @@ impl Sandbox {
                     daemon: None,
                     log,
                     kubelet: None,
+                    supervision: Supervision::default(),
                 },
             );
         }
@@ -177,15 +280,15 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Starts (or restarts) the daemon of `name`.
-    pub fn start_daemon(&mut self, name: &str, node_bin: &Path, kubeconfig: &Path) -> Result<()> {
-        let node = self
-            .nodes
-            .get_mut(name)
-            .ok_or_else(|| Error::State(format!("no node {name}")))?;
-        let state = self.run_dir.join(format!("state-{name}"));
+    /// The daemon's arguments: its node name, its state and keys in the run folder.
+    fn daemon_args(&self, name: &str) -> Result<Vec<String>> {
+        Self::daemon_args_in(&self.run_dir, name)
+    }
+
+    fn daemon_args_in(run_dir: &Path, name: &str) -> Result<Vec<String>> {
+        let state = run_dir.join(format!("state-{name}"));
         std::fs::create_dir_all(&state).io(|| format!("creating {}", state.display()))?;
-        let args: Vec<String> = vec![
+        Ok(vec![
             "--node-name".into(),
             name.into(),
             "--state-file".into(),
@@ -196,7 +299,16 @@ impl Sandbox {
             "127.0.0.1:9090".into(),
             "--resync-period".into(),
             "10s".into(),
-        ];
+        ])
+    }
+
+    /// Starts (or restarts) the daemon of `name`.
+    pub fn start_daemon(&mut self, name: &str, node_bin: &Path, kubeconfig: &Path) -> Result<()> {
+        let node = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| Error::State(format!("no node {name}")))?;
+        let args = Self::daemon_args_in(&self.run_dir, name)?;
         let child = node.netns.spawn(
             node_bin,
             &args,
@@ -208,10 +320,110 @@ impl Sandbox {
         )?;
         let pid = child.id();
         node.daemon = Some(child);
+        node.supervision.started_with = Some((node_bin.to_path_buf(), kubeconfig.to_path_buf()));
+        node.supervision.started_at = Some(Instant::now());
         let netns = node.netns.name().to_string();
         self.ledger
             .process(pid, &format!("kwire-node of {name}"), Some(&netns))?;
         Ok(())
+    }
+
+    /// Looks after the process nodes' daemons as a DaemonSet's kubelet would: reports each
+    /// daemon found dead, and starts it again after the kubelet's backoff
+    /// ([`restart_delay`]) in the mount namespace of its node's surviving wireguard-go
+    /// processes, which it adopts, like a restarted pod that mounts the host's
+    /// `/run/wireguard`. Call it every second or so while the sandbox is up. Daemons stopped
+    /// with [`Sandbox::kill_daemon`] are left alone; kubelet nodes have their own kubelet.
+    pub fn supervise_daemons(&mut self) -> Vec<DaemonEvent> {
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        let mut events = Vec::new();
+        for name in names {
+            let now = Instant::now();
+            let node = self.nodes.get_mut(&name).expect("listed above");
+            if let Some(status) = node
+                .daemon
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten())
+            {
+                node.daemon = None;
+                let supervision = &mut node.supervision;
+                if supervision
+                    .started_at
+                    .is_some_and(|at| now.duration_since(at) >= BACKOFF_RESET)
+                {
+                    supervision.restarts = 0;
+                }
+                let restart_in = restart_delay(supervision.restarts);
+                supervision.restart_at = Some(now + restart_in);
+                events.push(DaemonEvent::Exited {
+                    node: name.clone(),
+                    status: status.to_string(),
+                    log: node.log.clone(),
+                    tail: crate::process::tail(&node.log, 10),
+                    restart_in,
+                });
+            }
+            let node = self.nodes.get_mut(&name).expect("listed above");
+            let due =
+                node.daemon.is_none() && node.supervision.restart_at.is_some_and(|at| at <= now);
+            if !due {
+                continue;
+            }
+            node.supervision.restart_at = None;
+            node.supervision.restarts += 1;
+            let restarts = node.supervision.restarts;
+            match self.restart_daemon(&name) {
+                Ok(pid) => events.push(DaemonEvent::Restarted {
+                    node: name,
+                    restarts,
+                    pid,
+                }),
+                Err(e) => {
+                    let retry_in = restart_delay(restarts);
+                    let node = self.nodes.get_mut(&name).expect("listed above");
+                    node.supervision.restart_at = Some(Instant::now() + retry_in);
+                    events.push(DaemonEvent::RestartFailed {
+                        node: name,
+                        error: e.to_string(),
+                        retry_in,
+                    });
+                }
+            }
+        }
+        events
+    }
+
+    /// Starts the dead daemon of `name` again as it was started; returns its pid.
+    fn restart_daemon(&mut self, name: &str) -> Result<u32> {
+        let node = self
+            .nodes
+            .get(name)
+            .ok_or_else(|| Error::State(format!("no node {name}")))?;
+        let (node_bin, kubeconfig) = node
+            .supervision
+            .started_with
+            .clone()
+            .ok_or_else(|| Error::State(format!("the daemon of {name} was never started")))?;
+        if node.netns.pids_named("wireguard-go").is_empty() {
+            // Nothing to adopt: a fresh /run/wireguard, as at the first start.
+            self.start_daemon(name, &node_bin, &kubeconfig)?;
+        } else {
+            let mut argv = vec![node_bin.into_os_string()];
+            argv.extend(self.daemon_args(name)?.into_iter().map(Into::into));
+            let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+                .filter(|(k, _)| k != "KUBECONFIG" && k != "RUST_LOG")
+                .collect();
+            env.push(("KUBECONFIG".into(), kubeconfig.into_os_string()));
+            env.push(("RUST_LOG".into(), "info".into()));
+            self.respawn_daemon(name, &DaemonCommand { argv, env })?;
+            let node = self.nodes.get_mut(name).expect("found above");
+            node.supervision.started_at = Some(Instant::now());
+        }
+        let node = self.nodes.get(name).expect("found above");
+        node.daemon
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| Error::State(format!("the daemon of {name} did not start")))
     }
 
     /// Kills a node's daemon the hard way (the data plane stays, as after a crash).
@@ -220,6 +432,7 @@ impl Sandbox {
             .nodes
             .get_mut(name)
             .ok_or_else(|| Error::State(format!("no node {name}")))?;
+        node.supervision.restart_at = None;
         if let Some(mut child) = node.daemon.take() {
             child
                 .kill()
@@ -411,5 +624,51 @@ impl Sandbox {
         self.ledger
             .process(pid, &format!("kwire-node of {name}"), Some(&netns))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_as_the_kubelets_do() {
+        let secs: Vec<u64> = (0..9).map(|n| restart_delay(n).as_secs()).collect();
+        assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(restart_delay(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_dead_daemon_is_reported_with_its_log_and_when_it_restarts() {
+        let exited = DaemonEvent::Exited {
+            node: "b".into(),
+            status: "signal: 9 (SIGKILL)".into(),
+            log: PathBuf::from("/tmp/node-b.log"),
+            tail: "line 1\nline 2".into(),
+            restart_in: Duration::ZERO,
+        };
+        assert_eq!(
+            exited.to_string(),
+            "the node daemon of b exited (signal: 9 (SIGKILL)); restarting it now, as its DaemonSet would. \
+             Last lines of /tmp/node-b.log:\n  line 1\n  line 2"
+        );
+        let failed = DaemonEvent::RestartFailed {
+            node: "b".into(),
+            error: "no node b".into(),
+            retry_in: Duration::from_secs(20),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "the node daemon of b could not be restarted: no node b; trying again in 20s"
+        );
+        let restarted = DaemonEvent::Restarted {
+            node: "b".into(),
+            restarts: 1,
+            pid: 42,
+        };
+        assert_eq!(
+            restarted.to_string(),
+            "the node daemon of b restarted (restart 1, pid 42)"
+        );
     }
 }
