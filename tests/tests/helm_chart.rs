@@ -577,8 +577,6 @@ fn check_ha_operator(docs: &[Doc]) -> Result<()> {
                 "--leader-election",
                 "--default-keepalive",
                 "25",
-                "--default-mtu",
-                "1380",
                 "--log-format",
                 "text",
             ],
@@ -899,9 +897,9 @@ const BAD_VALUES: &[BadValues] = &[
         mentions: "/node/routeProtocol",
     },
     BadValues {
-        what: "MTU below IPv6's minimum",
-        yaml: "defaults:\n  mtu: 576\n",
-        mentions: "/defaults/mtu",
+        what: "a default MTU (no component takes one: spec.mtu per Interface)",
+        yaml: "defaults:\n  mtu: 1380\n",
+        mentions: "/defaults",
     },
     BadValues {
         what: "log format",
