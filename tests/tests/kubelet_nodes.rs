@@ -266,6 +266,7 @@ async fn seed_relay_on_kubelet_nodes_from_images_built_here() -> Result<()> {
     }
     // Missing images are an error naming the command that builds them, not a skip.
     image_archives()?;
+    let _turn = ONE_AT_A_TIME.lock().await;
     let before = snapshot();
     {
         let sb =
