@@ -35,7 +35,7 @@ use ipnet::Ipv4Net;
 
 use crate::control_plane::{ControlPlane, bin_dir};
 use crate::error::{Error, IoContext as _, Result, run};
-use crate::process::{exited, spawn_logged, stop, wait_until};
+use crate::process::{exited, kill_until_gone, spawn_logged, stop, wait_until};
 
 /// The address every kubelet node has on its loopback, where its API relay also listens:
 /// the endpoint of the `kubernetes` Service, so that pods reach the API server through
@@ -414,19 +414,7 @@ impl KubeletNode {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for _ in 0..50 {
-            let pids = crate::netns::pids_in(&self.spec.netns);
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        kill_until_gone(50, || crate::netns::pids_in(&self.spec.netns));
         remove_cgroups(&self.cgroups);
     }
 }
@@ -732,19 +720,7 @@ pub fn cgroup_pids(dirs: &[PathBuf]) -> Vec<u32> {
 
 /// Kills every process in the cgroup trees of `dirs`, until none is left (5 s at most).
 pub fn kill_cgroup_processes(dirs: &[PathBuf]) {
-    for _ in 0..100 {
-        let pids = cgroup_pids(dirs);
-        if pids.is_empty() {
-            return;
-        }
-        for pid in pids {
-            let _ = Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    kill_until_gone(100, || cgroup_pids(dirs));
 }
 
 /// Removes the cgroup trees of `dirs`, deepest first (a cgroup goes once its last process

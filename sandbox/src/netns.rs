@@ -205,16 +205,7 @@ impl Netns {
     }
 
     fn kill_all(&self) {
-        for _ in 0..50 {
-            let pids = self.pids();
-            if pids.is_empty() {
-                return;
-            }
-            for pid in pids {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::process::kill_until_gone(100, || self.pids());
     }
 }
 

@@ -81,6 +81,25 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Kills (SIGKILL) every process `pids` lists, again and again until it lists none or
+/// `rounds` rounds 50 ms apart have passed: what is killed may have started others meanwhile.
+pub fn kill_until_gone(rounds: u32, mut pids: impl FnMut() -> Vec<u32>) {
+    for _ in 0..rounds {
+        let listed = pids();
+        if listed.is_empty() {
+            return;
+        }
+        for pid in listed {
+            // Gone already (it exited after being listed) is fine.
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Sends SIGTERM to `child`, waits up to `grace` for it to exit, then kills it.
 pub fn stop(child: &mut Child, grace: Duration) {
     if matches!(child.try_wait(), Ok(Some(_))) {
