@@ -209,3 +209,27 @@ fn fuzz_inputs_reach_the_planners() {
         "{parsed} {typed} {with_nodes}"
     );
 }
+
+/// What `fuzz_graph` found on the code before the key was checked when deserialized
+/// (shrunk by proptest): `examples/external-peer.yaml` with a 44-character non-ASCII
+/// `publicKey` made `kwire graph -f` panic ("end byte index 8 is not a char boundary").
+#[test]
+fn fuzz_regression_graph_non_ascii_public_key() {
+    let text = "---\napiVersion: kwire.dev/v1alpha1\nkind: Interface\nmetadata:\n  name: gateway-wg0\nspec:\n  addresses:\n  - 10.4.0.1/24\n  deviceName: wg0\n  endpoint:\n    host: vpn.example.com\n  listenPort: 51820\n  nodeName: gateway\n\n---\napiVersion: kwire.dev/v1alpha1\nkind: Peer\nmetadata:\n  name: laptop\nspec:\n  allowedIPs:\n  - 10.4.0.2/32\n  interface: gateway-wg0\n  presharedKey:\n    generate: true\n  remote:\n    publicKey: OgbUF/E\u{e9}1zi9qHf5h9H6N/iM92nnNYgRtOMhReFm730=\n\n";
+    let flags = Flags {
+        node_ips: vec![],
+        allowed_ips: vec![],
+        remote_interface: None,
+        peer: "laptop".into(),
+        namespace: "default".into(),
+    };
+    let error = typed_objects(documents(text).unwrap(), "default").unwrap_err();
+    assert!(
+        error.to_string().contains("must be a WireGuard key"),
+        "{error}"
+    );
+    graph_text(text, &flags);
+    showconf_text(text, &flags);
+    plan_text(text, &flags);
+    lint_text(text, "default");
+}
