@@ -27,6 +27,10 @@ use kwire_tests::sandbox::{SYSTEM_NAMESPACE, Sandbox};
 use kwire_tests::wait::wait_for;
 use serde_json::Value;
 
+/// Pings (10 ms apart) that may go unanswered while no link goes down: single packets lost
+/// to a busy machine, never the 0.5 s and more of a link that went down and came back.
+const MAX_NOISE_LOSS: u64 = 10;
+
 /// One sandbox at a time (two cores), and the host counts of one not disturbed by another.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -586,13 +590,15 @@ fn exercise(sb: &Sandbox) -> Result<()> {
     // pods, which neither a deleted node pod nor a rolling update restarts, and a restarted
     // daemon adopts its devices without a write. A mechanism check, not a timing: before
     // the wireguard host these lost 70 and 170-200 pings.
+    // A link that goes down loses 50 or more pings (its first handshake alone takes longer
+    // than half a second); a few single pings can go unanswered on two busy cores.
     for loss in &losses[..2] {
-        ensure!(loss.lost <= 2, "lost pings: {}", loss.line());
+        ensure!(loss.lost <= MAX_NOISE_LOSS, "lost pings: {}", loss.line());
     }
     // Links survive the operator: it is not on the data path.
     let operator_loss = losses.last().expect("four runs");
     ensure!(
-        operator_loss.lost <= 2,
+        operator_loss.lost <= MAX_NOISE_LOSS,
         "killing the operator lost pings: {}",
         operator_loss.line()
     );
