@@ -7,6 +7,7 @@ use ipnet::IpNet;
 
 use crate::model::*;
 use crate::ownership::ROUTE_PROTOCOL;
+use crate::plan::DEFAULT_WIREGUARD_MTU;
 
 pub fn name(s: &str) -> IfaceName {
     s.parse().unwrap()
@@ -135,5 +136,79 @@ pub fn owned_route(dev: &str, via: Option<&str>) -> ObservedRoute {
         protocol: ROUTE_PROTOCOL,
         device: Some(name(dev)),
         via: via.map(|v| v.parse().unwrap()),
+    }
+}
+
+/// What an observation of a node that already matches `desired` looks like
+/// (forwarding knobs present and off unless desired; no foreign objects).
+pub fn converged(desired: &DesiredNode) -> ObservedNode {
+    let devices = desired
+        .devices
+        .iter()
+        .map(|(name, d)| (name.clone(), converged_device(d)))
+        .collect();
+    let routes = desired
+        .routes
+        .iter()
+        .map(|(key, r)| {
+            let id = RouteId {
+                table: key.table,
+                destination: key.destination.trunc(),
+                metric: effective_metric(&key.destination, r.metric),
+            };
+            let route = ObservedRoute {
+                ownership: Ownership::Owned,
+                protocol: ROUTE_PROTOCOL,
+                device: Some(r.device.clone()),
+                via: r.via,
+            };
+            (id, route)
+        })
+        .collect();
+    ObservedNode {
+        devices,
+        routes,
+        forwarding: ObservedForwarding {
+            ipv4: Some(desired.forwarding.ipv4),
+            ipv6: Some(desired.forwarding.ipv6),
+        },
+    }
+}
+
+fn converged_device(d: &DesiredDevice) -> ObservedDevice {
+    let peers: BTreeMap<_, _> = d
+        .peers
+        .iter()
+        .map(|(key, p)| {
+            let config = PeerConfig {
+                endpoint: p.endpoint,
+                allowed_ips: canonical_allowed_ips(&p.allowed_ips),
+                persistent_keepalive: p.persistent_keepalive.filter(|k| *k != 0),
+                preshared_key: p.preshared_key.clone(),
+            };
+            let peer = ObservedPeer {
+                config,
+                stats: Default::default(),
+            };
+            (*key, peer)
+        })
+        .collect();
+    ObservedDevice {
+        ownership: Ownership::Owned,
+        mark: Some(d.owner.clone()),
+        kind: LinkKind::Wireguard,
+        up: true,
+        mtu: d.mtu.unwrap_or(DEFAULT_WIREGUARD_MTU),
+        addresses: d.addresses.clone(),
+        wireguard: Some(ObservedWireguard {
+            private_key: Some(d.private_key.clone()),
+            public_key: Some(d.private_key.public_key()),
+            listen_port: Some(d.listen_port.unwrap_or(51820)),
+            peers,
+        }),
+        forwarding: ObservedForwarding {
+            ipv4: Some(d.forwarding),
+            ipv6: Some(d.forwarding),
+        },
     }
 }

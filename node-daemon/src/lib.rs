@@ -7,23 +7,27 @@
 //! - [`plan::plan`] is pure and turns `(DesiredNode, ObservedNode)` into a
 //!   [`plan::Plan`];
 //! - [`apply::apply`] executes a plan through a [`apply::Dataplane`] (the real
-//!   [`apply::KernelDataplane`] or the [`apply::RecordingDataplane`] fake).
+//!   [`apply::KernelDataplane`]; the unit tests have a fake).
 //!
 //! [`run::run`] drives a [`run::Reconciler`] from a
 //! `tokio::sync::watch::Receiver<Option<DesiredNode>>`, which the Kubernetes
-//! side (or [`desired_file`]) feeds.
+//! side (or [`desired_file`]) feeds. Between full observations it plans against
+//! [`kernel_model`], the model of the kernel that replays applied steps.
+//!
+//! Test support (the fake dataplane, injected failures, fail points, fixtures) is
+//! `cfg(test)`: none of it is in the `kwire-node` binary.
 
 pub mod api;
 pub mod apply;
 pub mod backend;
 pub mod desired_file;
+pub mod kernel_model;
 pub mod metrics;
 pub mod model;
 pub mod observe;
 pub mod ownership;
 pub mod plan;
 pub mod run;
-pub mod sim;
 pub mod tasks;
 pub mod uapi;
 pub mod userspace;
@@ -32,7 +36,7 @@ pub mod validate;
 #[cfg(test)]
 mod fixtures;
 
-pub use apply::{ApplyReport, Dataplane, KernelDataplane, RecordingDataplane, apply};
+pub use apply::{ApplyReport, Dataplane, KernelDataplane, apply};
 pub use model::{
     DesiredDevice, DesiredNode, DesiredRoute, IfaceName, NodeForwarding, ObservedNode, OwnerRef,
     PeerConfig, PresharedKey, PrivateKey, PublicKey, RouteKey,

@@ -571,7 +571,7 @@ mod tests {
                 .with_peer(pk(2), peer(&["10.1.0.2/32"]))
                 .with_peer(pk(3), peer(&["10.1.0.3/32"])),
         );
-        let mut node = crate::sim::converged(&desired);
+        let mut node = crate::fixtures::converged(&desired);
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let wg = node
             .devices

@@ -176,9 +176,10 @@ impl EventSpec {
     }
 }
 
-/// Where Events go: the API server, or a list (tests).
+/// Where Events go: the API server, or (in unit tests) a list.
 pub enum Events {
     Kube(Recorder),
+    #[cfg(test)]
     Recorded(Mutex<Vec<(ObjectReference, EventSpec)>>),
 }
 
@@ -215,6 +216,7 @@ impl Events {
                     tracing::warn!(%error, reason = %event.reason, "could not publish an Event");
                 }
             }
+            #[cfg(test)]
             Events::Recorded(list) => list
                 .lock()
                 .expect("events lock")

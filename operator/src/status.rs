@@ -43,9 +43,11 @@ impl Clock for SystemClock {
 }
 
 /// A clock stopped at one instant, for tests.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug)]
 pub struct FixedClock(pub Timestamp);
 
+#[cfg(test)]
 impl Clock for FixedClock {
     fn now(&self) -> Time {
         Time(self.0)

@@ -577,7 +577,7 @@ mod tests {
         wanted.peers.insert(peer, PeerConfig::default());
         let mut desired = DesiredNode::default();
         desired.devices.insert(device.clone(), wanted);
-        let mut observed = crate::sim::converged(&desired);
+        let mut observed = crate::fixtures::converged(&desired);
         observed
             .devices
             .get_mut(&device)
@@ -804,7 +804,7 @@ mod tests {
                 },
             );
         }
-        let observed = crate::sim::converged(&desired);
+        let observed = crate::fixtures::converged(&desired);
         let errors = vec![
             StepFailure {
                 device: Some(dev("wg1")),

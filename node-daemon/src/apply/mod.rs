@@ -1,5 +1,6 @@
 //! Executing plans: the [`Dataplane`] trait, its real implementation
-//! ([`KernelDataplane`]) and a fake ([`RecordingDataplane`]), and [`apply`].
+//! ([`KernelDataplane`]), a fake for unit tests (`RecordingDataplane`, `cfg(test)`), and
+//! [`apply`].
 //!
 //! Guarantees of [`apply`]:
 //! - steps run in plan order;
@@ -16,6 +17,7 @@
 //!   errors without the request).
 
 mod kernel;
+#[cfg(test)]
 mod recording;
 
 use std::collections::BTreeSet;
@@ -24,6 +26,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use kernel::{KernelConfig, KernelDataplane, StateRepairError, connect, connection};
+#[cfg(test)]
 pub use recording::RecordingDataplane;
 
 use crate::model::{IfaceName, ObservedNode, RouteKey};
@@ -97,8 +100,12 @@ pub enum DataplaneError {
     Userspace(String),
     #[error(transparent)]
     StateFile(#[from] StateFileError),
+    /// The fake dataplane's model of the kernel refused the step.
+    #[cfg(test)]
     #[error("rejected by the model: {0}")]
-    Rejected(#[from] crate::sim::SimError),
+    Rejected(#[from] crate::kernel_model::ModelError),
+    /// A failure the fake dataplane was told to inject.
+    #[cfg(test)]
     #[error("injected failure")]
     Injected,
 }
@@ -117,6 +124,7 @@ impl DataplaneError {
             DataplaneError::Sysctl { .. } => "ForwardingFailed",
             DataplaneError::Userspace(_) => "UserspaceWireGuardFailed",
             DataplaneError::StateFile(_) => "StateFileFailed",
+            #[cfg(test)]
             DataplaneError::Rejected(_) | DataplaneError::Injected => "ApplyFailed",
         }
     }

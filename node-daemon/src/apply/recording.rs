@@ -1,4 +1,4 @@
-//! A fake dataplane: the pure kernel model of [`crate::sim`] plus a log of
+//! A fake dataplane for unit tests: [`crate::kernel_model`] plus a log of
 //! executed steps, write and observe counters, and failure injection.
 //!
 //! Clones share one modelled kernel, so a test can keep a clone to inject
@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Dataplane, DataplaneError};
+use crate::kernel_model::apply_step;
 use crate::model::ObservedNode;
 use crate::observe::ObserveError;
 use crate::plan::Step;
-use crate::sim::apply_step;
 
 type Matcher = Box<dyn Fn(&Step) -> bool + Send>;
 

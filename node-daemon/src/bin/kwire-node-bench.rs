@@ -438,7 +438,7 @@ async fn inner(args: Args) -> Result<()> {
         drop(request);
         let mut replayed = before.clone();
         let start = Instant::now();
-        kwire_node_daemon::sim::apply_steps(&mut replayed, &big.steps)?;
+        kwire_node_daemon::kernel_model::apply_steps(&mut replayed, &big.steps)?;
         replay_only.push(start.elapsed());
 
         let start = Instant::now();

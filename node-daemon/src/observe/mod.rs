@@ -48,6 +48,8 @@ pub enum ObserveError {
     },
     #[error("reading {path}: {source}")]
     ReadSysctl { path: PathBuf, source: io::Error },
+    /// A failure the fake dataplane of the unit tests was told to inject.
+    #[cfg(test)]
     #[error("injected failure")]
     Injected,
 }

@@ -5,12 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use super::{ForwardingScope, IpFamily, PeerChange, Step};
+use super::{ForwardingScope, IpFamily, PeerChange, Step, fresh_device};
 use crate::model::{
     DesiredDevice, DesiredNode, IfaceName, ObservedDevice, ObservedNode, ObservedPeer,
     ObservedWireguard, PeerConfig, PublicKey, canonical_allowed_ips,
 };
-use crate::sim::fresh_device;
 
 /// Steps for one desired device. `have` is `None` when the device must be created.
 pub(super) fn plan_device(

@@ -31,7 +31,10 @@ mod tests;
 
 use std::collections::BTreeSet;
 
-pub use step::{Conflict, ForwardingScope, IpFamily, PeerChange, RouteTarget, Step};
+pub use step::{
+    Conflict, DEFAULT_WIREGUARD_MTU, ForwardingScope, IpFamily, PeerChange, RouteTarget, Step,
+    fresh_device,
+};
 
 use crate::model::{DesiredNode, IfaceName, ObservedNode, Ownership, PublicKey};
 

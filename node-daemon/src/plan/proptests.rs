@@ -13,9 +13,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::fixtures::*;
+use crate::kernel_model::{apply_step, apply_steps};
 use crate::model::*;
 use crate::ownership::ROUTE_PROTOCOL;
-use crate::sim::{apply_step, apply_steps, converged};
 
 const DEVICES: [&str; 3] = ["wg0", "wg1", "wg2"];
 

@@ -4,8 +4,32 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::model::{
-    IfaceName, LinkKind, OwnerRef, PresharedKey, PrivateKey, PublicKey, RouteId, RouteKey,
+    IfaceName, LinkKind, ObservedDevice, ObservedForwarding, ObservedWireguard, OwnerRef,
+    Ownership, PresharedKey, PrivateKey, PublicKey, RouteId, RouteKey,
 };
+
+/// WireGuard's default MTU (kernel module and wireguard-go alike).
+pub const DEFAULT_WIREGUARD_MTU: u32 = 1420;
+
+/// What the kernel reports for a link right after [`Step::CreateDevice`]: down, unmarked,
+/// with WireGuard's default MTU, no addresses, no WireGuard configuration and forwarding
+/// off. The planner plans the rest of a new device against it, and the kernel model
+/// ([`crate::kernel_model`]) creates it.
+pub fn fresh_device() -> ObservedDevice {
+    ObservedDevice {
+        ownership: Ownership::Owned,
+        mark: None,
+        kind: LinkKind::Wireguard,
+        up: false,
+        mtu: DEFAULT_WIREGUARD_MTU,
+        addresses: Default::default(),
+        wireguard: Some(ObservedWireguard::default()),
+        forwarding: ObservedForwarding {
+            ipv4: Some(false),
+            ipv6: Some(false),
+        },
+    }
+}
 
 /// One kernel change. `Display` is redacted and meant for people
 /// (`kwire-node --dry-run`, logs).

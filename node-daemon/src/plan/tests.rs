@@ -4,7 +4,6 @@
 use super::*;
 use crate::fixtures::*;
 use crate::model::*;
-use crate::sim::{converged, fresh_device};
 
 fn wg0() -> IfaceName {
     name("wg0")
@@ -681,6 +680,6 @@ fn restarting_a_peer_removes_and_re_adds_it_with_its_desired_configuration() {
     // Replayed, the configuration is the same as before.
     let mut state = converged(&desired);
     let before = state.clone();
-    crate::sim::apply_steps(&mut state, &plan.steps).unwrap();
+    crate::kernel_model::apply_steps(&mut state, &plan.steps).unwrap();
     assert_eq!(state, before);
 }

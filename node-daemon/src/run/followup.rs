@@ -230,9 +230,9 @@ mod tests {
 
     use super::*;
     use crate::fixtures::*;
+    use crate::kernel_model;
     use crate::model::{DesiredDevice, DesiredNode, ObservedPeer, PeerStats};
     use crate::plan::plan;
-    use crate::sim;
 
     fn with_peers(peers: &[u8]) -> DesiredNode {
         let mut device = DesiredDevice::test("a/x").with_address("10.1.0.1/24");
@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_new_peer_is_added_and_a_changed_one_only_upserted() {
-        let before = sim::converged(&with_peers(&[2]));
+        let before = converged(&with_peers(&[2]));
         let mut want = with_peers(&[2, 3]);
         want.devices
             .get_mut(&name("wg0"))
@@ -280,7 +280,7 @@ mod tests {
         let p = plan(&with_peers(&[2, 3]), &ObservedNode::default());
         assert_eq!(added_peers(&p, &ObservedNode::default()).len(), 2);
         // Recreated (its WireGuard configuration is unreachable): the old statistics are gone.
-        let mut broken = sim::converged(&with_peers(&[2, 3]));
+        let mut broken = converged(&with_peers(&[2, 3]));
         let stale_peers = broken.devices[&name("wg0")]
             .wireguard
             .as_ref()
@@ -301,12 +301,12 @@ mod tests {
     #[test]
     fn checks_follow_the_schedule_until_every_new_peer_has_shaken_hands() {
         let t0 = Instant::now();
-        let before = sim::converged(&with_peers(&[]));
+        let before = converged(&with_peers(&[]));
         let p = plan(&with_peers(&[2, 3]), &before);
         let mut f = Followup::after(&p, t0);
         assert_eq!(f.next_check(None), Some(t0 + OFFSETS[0]));
         let mut seen = before.clone();
-        sim::apply_steps(&mut seen, &p.steps).unwrap();
+        kernel_model::apply_steps(&mut seen, &p.steps).unwrap();
         f.checking();
         f.observed(&seen);
         assert_eq!(f.awaited().len(), 2);
@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn a_change_without_peers_is_looked_at_once() {
         let mut want = with_peers(&[]);
-        let before = sim::converged(&want);
+        let before = converged(&want);
         want.devices
             .get_mut(&name("wg0"))
             .unwrap()
@@ -340,10 +340,10 @@ mod tests {
     #[test]
     fn a_peer_that_never_shakes_hands_is_given_up_at_the_end_of_the_schedule() {
         let t0 = Instant::now();
-        let before = sim::converged(&with_peers(&[]));
+        let before = converged(&with_peers(&[]));
         let p = plan(&with_peers(&[2]), &before);
         let mut seen = before.clone();
-        sim::apply_steps(&mut seen, &p.steps).unwrap();
+        kernel_model::apply_steps(&mut seen, &p.steps).unwrap();
         let mut f = Followup::after(&p, t0);
         let mut checks = Vec::new();
         while let Some(at) = f.next_check(None) {
@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn a_peer_removed_meanwhile_is_no_longer_awaited() {
-        let before = sim::converged(&with_peers(&[]));
+        let before = converged(&with_peers(&[]));
         let p = plan(&with_peers(&[2]), &before);
         let mut f = Followup::after(&p, Instant::now());
         f.checking();
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn another_change_restarts_the_schedule_and_adds_its_peers() {
         let t0 = Instant::now();
-        let before = sim::converged(&with_peers(&[]));
+        let before = converged(&with_peers(&[]));
         let mut f = Followup::after(&plan(&with_peers(&[2]), &before), t0);
         for _ in 0..4 {
             f.checking();
@@ -410,9 +410,9 @@ mod tests {
 mod crossed_tests {
     use super::*;
     use crate::fixtures::*;
+    use crate::kernel_model;
     use crate::model::{DesiredDevice, DesiredNode, PeerStats};
     use crate::plan::plan;
-    use crate::sim;
 
     /// A node whose wg0 has just got peer `p`, and the followup of that change at `t0`.
     fn after_adding(p: PublicKey, t0: Instant) -> (ObservedNode, Followup) {
@@ -423,10 +423,10 @@ mod crossed_tests {
             }
             DesiredNode::default().with_device("wg0", d)
         };
-        let before = sim::converged(&want(&[]));
+        let before = converged(&want(&[]));
         let change = plan(&want(&[p]), &before);
         let mut after = before;
-        sim::apply_steps(&mut after, &change.steps).unwrap();
+        kernel_model::apply_steps(&mut after, &change.steps).unwrap();
         (after, Followup::after(&change, t0))
     }
 

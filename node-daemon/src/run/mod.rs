@@ -3,7 +3,7 @@
 //! Two paths, as in Calico's `inSyncWireguard` and kilo's resync:
 //! - **delta**: when the desired state changes, plan against the state kwire
 //!   believes the kernel is in (the last observation with the applied steps
-//!   replayed on the [`crate::sim`] model), without reading the kernel back;
+//!   replayed on [`crate::kernel_model`]), without reading the kernel back;
 //! - **full**: observe the kernel, plan, apply. Runs at start (which is how a
 //!   restarted daemon adopts what is there, without recreating anything),
 //!   every resync period (which corrects drift: a kwire route deleted by hand
@@ -39,12 +39,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::apply::{ApplyError, ApplyReport, Dataplane, apply};
+use crate::kernel_model;
 use crate::metrics::Metrics;
 use crate::model::{DesiredNode, IfaceName, ObservedNode, RouteKey};
 use crate::observe::ObserveError;
 use crate::ownership::route_protocol;
 use crate::plan::{Conflict, Plan, plan};
-use crate::sim;
 pub use events::{KernelEvents, Pending};
 use followup::{Followup, PeerEntry, added_peers};
 
@@ -257,7 +257,7 @@ impl<D: Dataplane> Reconciler<D> {
         );
         // Remember the state only when every step is known to have landed.
         self.last = if report.is_success() {
-            sim::apply_steps(&mut state, &plan.steps)
+            kernel_model::apply_steps(&mut state, &plan.steps)
                 .ok()
                 .map(|()| state)
         } else {
@@ -306,7 +306,9 @@ impl<D: Dataplane> Reconciler<D> {
         self.metrics.apply_errors.inc_by(report.errors.len() as u64);
         let success = report.is_success();
         self.last = match (self.last.take(), success) {
-            (Some(mut last), true) => sim::apply_steps(&mut last, &plan.steps).ok().map(|()| last),
+            (Some(mut last), true) => kernel_model::apply_steps(&mut last, &plan.steps)
+                .ok()
+                .map(|()| last),
             _ => None,
         };
         if success {

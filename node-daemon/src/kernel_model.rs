@@ -1,54 +1,35 @@
-//! A pure model of what each [`Step`] does to the kernel, on an
-//! [`ObservedNode`].
+//! The model of the kernel that the run loop's delta path replays: what each [`Step`]
+//! does to the kernel, applied to an [`ObservedNode`].
 //!
-//! It serves three purposes: the run loop's cheap path keeps "the observed
-//! state after the last apply" by replaying the applied steps on the last
-//! observation (instead of reading a 10k-peer device back); the
-//! [`crate::apply::RecordingDataplane`] fake is this model plus counters and
-//! failure injection; and the property tests check that applying a plan to a
-//! model of the observed node yields the desired node.
+//! The delta path keeps "the kernel after the last apply" by replaying the applied steps
+//! on the last observation here, instead of reading a 10k-peer device back
+//! ([`crate::run`]). Tests use the same model: the fake dataplane of the unit tests is
+//! this model plus counters and failure injection, and the property tests check that
+//! applying a plan to the observed node yields the desired node.
 //!
-//! The model follows the kernel where it matters to planning: a new link is
-//! down, unmarked and has WireGuard's default MTU; deleting a link takes its
-//! routes with it; an AllowedIPs prefix belongs to at most one peer of a
-//! device (adding it to one peer takes it from another); a route removal
-//! carrying kwire's protocol never removes a foreign route.
+//! The model follows the kernel where it matters to planning: a new link is what
+//! [`fresh_device`] says (down, unmarked, WireGuard's default MTU); deleting a link takes
+//! its routes with it; an AllowedIPs prefix belongs to at most one peer of a device
+//! (adding it to one peer takes it from another); a route removal carrying kwire's
+//! protocol never removes a foreign route.
+//!
+//! Dependencies go one way: this module replays the plan's [`Step`]s, and the planner
+//! knows nothing of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
 use crate::model::{
-    DesiredDevice, DesiredNode, IfaceName, LinkKind, ObservedDevice, ObservedForwarding,
-    ObservedNode, ObservedPeer, ObservedRoute, ObservedWireguard, Ownership, PeerConfig, PublicKey,
-    RouteId, canonical_allowed_ips, effective_metric,
+    IfaceName, ObservedDevice, ObservedNode, ObservedRoute, ObservedWireguard, Ownership,
+    PublicKey, RouteId,
 };
 use crate::ownership::ROUTE_PROTOCOL;
-use crate::plan::{ForwardingScope, IpFamily, PeerChange, Step};
-
-/// WireGuard's default MTU (kernel module and wireguard-go alike).
-pub const DEFAULT_WIREGUARD_MTU: u32 = 1420;
-
-/// What the kernel reports for a link right after [`Step::CreateDevice`].
-pub fn fresh_device() -> ObservedDevice {
-    ObservedDevice {
-        ownership: Ownership::Owned,
-        mark: None,
-        kind: LinkKind::Wireguard,
-        up: false,
-        mtu: DEFAULT_WIREGUARD_MTU,
-        addresses: Default::default(),
-        wireguard: Some(ObservedWireguard::default()),
-        forwarding: ObservedForwarding {
-            ipv4: Some(false),
-            ipv6: Some(false),
-        },
-    }
-}
+use crate::plan::{ForwardingScope, IpFamily, PeerChange, Step, fresh_device};
 
 /// Why the model refused a step (the kernel would have returned an error).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SimError {
+pub enum ModelError {
     #[error("device {0} already exists")]
     DeviceExists(IfaceName),
     #[error("device {0} does not exist")]
@@ -58,11 +39,11 @@ pub enum SimError {
 }
 
 /// Applies one step to the model.
-pub fn apply_step(node: &mut ObservedNode, step: &Step) -> Result<(), SimError> {
+pub fn apply_step(node: &mut ObservedNode, step: &Step) -> Result<(), ModelError> {
     match step {
         Step::CreateDevice { device: name, .. } => {
             if node.devices.contains_key(name) {
-                return Err(SimError::DeviceExists(name.clone()));
+                return Err(ModelError::DeviceExists(name.clone()));
             }
             node.devices.insert(name.clone(), fresh_device());
         }
@@ -116,11 +97,11 @@ pub fn apply_step(node: &mut ObservedNode, step: &Step) -> Result<(), SimError> 
         Step::SetUp { device: name } => device(node, name)?.up = true,
         Step::AddRoute { id, route } | Step::ReplaceRoute { id, route } => {
             if !node.devices.contains_key(&route.device) {
-                return Err(SimError::NoDevice(route.device.clone()));
+                return Err(ModelError::NoDevice(route.device.clone()));
             }
             match node.routes.get(id) {
                 Some(r) if r.ownership == Ownership::Foreign => {
-                    return Err(SimError::RouteExists(*id));
+                    return Err(ModelError::RouteExists(*id));
                 }
                 Some(_) if matches!(step, Step::AddRoute { .. }) => {
                     // EEXIST on one of our own routes counts as success.
@@ -189,7 +170,7 @@ fn upsert_fields(wg: &mut ObservedWireguard, peer: &PublicKey, change: &PeerChan
 /// O(steps · log peers): which peers hold each AllowedIPs prefix is indexed once per
 /// device instead of scanning every peer for every upsert (quadratic for the 10,000
 /// upserts that set up a big device).
-pub fn apply_steps(node: &mut ObservedNode, steps: &[Step]) -> Result<(), SimError> {
+pub fn apply_steps(node: &mut ObservedNode, steps: &[Step]) -> Result<(), ModelError> {
     type Holders = BTreeMap<IpNet, BTreeSet<PublicKey>>;
     let mut index: BTreeMap<IfaceName, Holders> = BTreeMap::new();
     for step in steps {
@@ -258,94 +239,21 @@ pub fn apply_steps(node: &mut ObservedNode, steps: &[Step]) -> Result<(), SimErr
 fn device<'a>(
     node: &'a mut ObservedNode,
     name: &IfaceName,
-) -> Result<&'a mut ObservedDevice, SimError> {
+) -> Result<&'a mut ObservedDevice, ModelError> {
     node.devices
         .get_mut(name)
-        .ok_or_else(|| SimError::NoDevice(name.clone()))
+        .ok_or_else(|| ModelError::NoDevice(name.clone()))
 }
 
 fn wg(d: &mut ObservedDevice) -> &mut ObservedWireguard {
     d.wireguard.get_or_insert_with(Default::default)
 }
 
-/// What an observation of a node that already matches `desired` looks like
-/// (forwarding knobs present and off unless desired; no foreign objects).
-pub fn converged(desired: &DesiredNode) -> ObservedNode {
-    let devices = desired
-        .devices
-        .iter()
-        .map(|(name, d)| (name.clone(), converged_device(d)))
-        .collect();
-    let routes = desired
-        .routes
-        .iter()
-        .map(|(key, r)| {
-            let id = RouteId {
-                table: key.table,
-                destination: key.destination.trunc(),
-                metric: effective_metric(&key.destination, r.metric),
-            };
-            let route = ObservedRoute {
-                ownership: Ownership::Owned,
-                protocol: ROUTE_PROTOCOL,
-                device: Some(r.device.clone()),
-                via: r.via,
-            };
-            (id, route)
-        })
-        .collect();
-    ObservedNode {
-        devices,
-        routes,
-        forwarding: ObservedForwarding {
-            ipv4: Some(desired.forwarding.ipv4),
-            ipv6: Some(desired.forwarding.ipv6),
-        },
-    }
-}
-
-fn converged_device(d: &DesiredDevice) -> ObservedDevice {
-    let peers: BTreeMap<_, _> = d
-        .peers
-        .iter()
-        .map(|(key, p)| {
-            let config = PeerConfig {
-                endpoint: p.endpoint,
-                allowed_ips: canonical_allowed_ips(&p.allowed_ips),
-                persistent_keepalive: p.persistent_keepalive.filter(|k| *k != 0),
-                preshared_key: p.preshared_key.clone(),
-            };
-            let peer = ObservedPeer {
-                config,
-                stats: Default::default(),
-            };
-            (*key, peer)
-        })
-        .collect();
-    ObservedDevice {
-        ownership: Ownership::Owned,
-        mark: Some(d.owner.clone()),
-        kind: LinkKind::Wireguard,
-        up: true,
-        mtu: d.mtu.unwrap_or(DEFAULT_WIREGUARD_MTU),
-        addresses: d.addresses.clone(),
-        wireguard: Some(ObservedWireguard {
-            private_key: Some(d.private_key.clone()),
-            public_key: Some(d.private_key.public_key()),
-            listen_port: Some(d.listen_port.unwrap_or(51820)),
-            peers,
-        }),
-        forwarding: ObservedForwarding {
-            ipv4: Some(d.forwarding),
-            ipv6: Some(d.forwarding),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures::*;
+    use crate::model::{DesiredDevice, DesiredNode};
 
     fn upsert(peer: u8, ips: &[&str]) -> Step {
         Step::UpsertPeer {
