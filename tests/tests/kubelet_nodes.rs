@@ -627,6 +627,36 @@ fn exercise(sb: &Sandbox) -> Result<()> {
             && pods(sb, "operator")?.is_empty())
         .then_some(()))
     })?;
+    // What stays is what docs/install.md (Uninstall) says: the objects, and on each node the
+    // state file and the request files; the userspace devices went with the wireguard hosts.
+    ensure!(
+        sb.get("interfaces")?.len() == 4,
+        "the Interfaces should outlive the chart"
+    );
+    for (name, node) in &sb.nodes {
+        let kubelet = node.kubelet.as_ref().context("a kubelet node")?;
+        let state = kubelet.spec.dir.join("var-lib/kwire/node-state.json");
+        ensure!(state.is_file(), "node {name}: {} is gone", state.display());
+        let out = kubelet
+            .enter()
+            .args(["ls", "/var/run/kwire/wireguard-host"])
+            .output()?;
+        let wants = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            wants.lines().any(|f| f.ends_with(".want")),
+            "node {name}: no request file left: {wants:?}"
+        );
+        wait_for(
+            &format!("node {name}'s userspace devices gone with wireguard-go"),
+            Duration::from_secs(30),
+            || {
+                let links = node
+                    .netns
+                    .exec(&["ip", "-o", "link", "show", "type", "tun"])?;
+                Ok(links.stdout.is_empty().then_some(()))
+            },
+        )?;
+    }
     Ok(())
 }
 
