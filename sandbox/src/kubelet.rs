@@ -81,12 +81,17 @@ impl Images {
 }
 
 /// The folder `scripts/build-images.sh` writes its archives to: `$KWIRE_IMAGES_DIR`, else
-/// `target/images` of this workspace.
+/// `$CARGO_TARGET_DIR/images`, else `target/images` of this workspace.
 pub fn images_dir() -> PathBuf {
-    std::env::var_os("KWIRE_IMAGES_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images"),
-        PathBuf::from,
-    )
+    if let Some(dir) = std::env::var_os("KWIRE_IMAGES_DIR") {
+        return dir.into();
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            PathBuf::from,
+        )
+        .join("images")
 }
 
 /// The chart's `appVersion`, which is the images' tag.

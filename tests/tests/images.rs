@@ -20,41 +20,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, ensure};
+use kwire_tests::kubelet::{chart_app_version, images_dir};
 use kwire_tests::wait::wait_for;
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// Where the script writes the archives: `KWIRE_IMAGES_DIR`, else `images/`
-/// in the target folder this test was built in.
-fn images_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KWIRE_IMAGES_DIR") {
-        return dir.into();
-    }
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target/tmp has a parent")
-        .join("images")
-}
-
 /// The chart's appVersion: the images' tag.
 fn app_version() -> Result<String> {
-    #[derive(serde::Deserialize)]
-    struct Chart {
-        #[serde(rename = "appVersion")]
-        app_version: String,
-    }
-    let path = repo_root().join("charts/kwire/Chart.yaml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let chart: Chart =
-        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    Ok(chart.app_version)
+    Ok(chart_app_version()?)
 }
 
 fn describe(cmd: &Command) -> String {
