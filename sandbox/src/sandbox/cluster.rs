@@ -107,12 +107,13 @@ impl Sandbox {
             format!("nodeSecretAccess.namespaces=[{namespace:?}]"),
         ];
         let chart = repo().join("charts/kwire").display().to_string();
+        let mut install = self.cp.helm();
+        install.args(["install", "kwire", &chart, "--namespace", SYSTEM_NAMESPACE]);
         if self.node_kind == NodeKind::Kubelet {
             self.begin(&format!(
                 "helm install kwire (images {})",
                 images.tag_description()
             ))?;
-            kubectl_ok(&self.cp, &["create", "namespace", &namespace])?;
             // The node DaemonSet needs Pod Security `privileged` (hostNetwork, hostPath,
             // NET_ADMIN); see docs/install.md.
             kubectl_ok(&self.cp, &["create", "namespace", SYSTEM_NAMESPACE])?;
@@ -125,43 +126,22 @@ impl Sandbox {
                     "pod-security.kubernetes.io/enforce=privileged",
                 ],
             )?;
-            run(self
-                .cp
-                .helm()
-                .args([
-                    "install",
-                    "kwire",
-                    &chart,
-                    "--namespace",
-                    SYSTEM_NAMESPACE,
-                    "--set",
-                    &format!("operator.image.repository={}", images.operator_repository),
-                    "--set",
-                    &format!("node.image.repository={}", images.node_repository),
-                    "--set",
-                    &format!("operator.image.tag={}", images.tag),
-                    "--set",
-                    &format!("node.image.tag={}", images.tag),
-                    "--wait=false",
-                ])
-                .args(&secret_access))?;
+            install.args([
+                "--set",
+                &format!("operator.image.repository={}", images.operator_repository),
+                "--set",
+                &format!("node.image.repository={}", images.node_repository),
+                "--set",
+                &format!("operator.image.tag={}", images.tag),
+                "--set",
+                &format!("node.image.tag={}", images.tag),
+            ]);
         } else {
             self.begin("helm install kwire (CRDs, RBAC, ServiceAccounts)")?;
-            kubectl_ok(&self.cp, &["create", "namespace", &namespace])?;
-            run(self
-                .cp
-                .helm()
-                .args([
-                    "install",
-                    "kwire",
-                    &chart,
-                    "--namespace",
-                    SYSTEM_NAMESPACE,
-                    "--create-namespace",
-                    "--wait=false",
-                ])
-                .args(&secret_access))?;
+            install.arg("--create-namespace");
         }
+        kubectl_ok(&self.cp, &["create", "namespace", &namespace])?;
+        run(install.arg("--wait=false").args(&secret_access))?;
         kubectl_ok(
             &self.cp,
             &[
