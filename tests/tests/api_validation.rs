@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use kwire_tests::control_plane::ControlPlane;
+use kwire_tests::wait::wait_for;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -52,24 +54,20 @@ fn install_crds(cp: &ControlPlane) {
     );
     assert!(out.status.success(), "CRDs not Established: {}", text(&out));
     // Established does not mean discovery has caught up; kubectl reads discovery.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let out = kubectl(cp, &["api-resources", "--categories=kwire", "-o", "name"]);
-        if text(&out)
-            .lines()
-            .filter(|l| l.ends_with(".kwire.dev"))
-            .count()
-            == 4
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "discovery never listed the kwire CRDs: {}",
-            text(&out)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    let mut listed = String::new();
+    wait_for(
+        "discovery to list the four kwire CRDs",
+        Duration::from_secs(30),
+        || {
+            listed = text(&kubectl(
+                cp,
+                &["api-resources", "--categories=kwire", "-o", "name"],
+            ));
+            let kwire = listed.lines().filter(|l| l.ends_with(".kwire.dev")).count();
+            Ok((kwire == 4).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}; kubectl api-resources said: {listed}"));
 }
 
 /// A namespace deleted (without waiting) when the test ends, even by a panic.
@@ -155,20 +153,23 @@ fn crds_are_established_listed_and_explained() {
     }
 
     // The API server publishes a new CRD's OpenAPI schema (what `explain` reads) a moment
-    // after the CRD is Established, so the first tries may not find it yet.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let explained = loop {
-        let out = kubectl(cp, &["explain", "interface.spec"]);
-        let explained = text(&out);
-        if out.status.success() {
-            break explained;
-        }
-        assert!(
-            std::time::Instant::now() < deadline && explained.contains("couldn't find resource"),
-            "{explained}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    };
+    // after the CRD is Established, so the first tries may not find it yet; any other
+    // failure ends the wait.
+    let mut said = String::new();
+    let (explained, _) = wait_for(
+        "kubectl explain interface.spec",
+        Duration::from_secs(60),
+        || {
+            let out = kubectl(cp, &["explain", "interface.spec"]);
+            said = text(&out);
+            if out.status.success() {
+                return Ok(Some(said.clone()));
+            }
+            assert!(said.contains("couldn't find resource"), "{said}");
+            Ok(None)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}; kubectl explain said: {said}"));
     for needle in [
         "nodeName",
         "deviceName",

@@ -4,11 +4,14 @@
 //! `cargo test -p kwire-tests --test control_plane` (builds the binaries with
 //! tests/control-plane/build.sh first if they are missing).
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kwire_tests::control_plane::ControlPlane;
+use kwire_tests::wait::wait_for_async;
 
 #[tokio::test]
 async fn kubectl_answers() -> anyhow::Result<()> {
@@ -178,14 +181,13 @@ async fn namespaces_are_per_test_and_deleted() -> anyhow::Result<()> {
     drop(a); // deletes it
     let api = Api::<Namespace>::all(cp.client().await?);
     // The namespace controller (kube-controller-manager) finalizes it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while api.get_opt(&name).await?.is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "namespace {name} not gone after 60s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let (api, name) = (&api, name.as_str());
+    wait_for_async(
+        &format!("namespace {name} to be gone"),
+        Duration::from_secs(60),
+        || async move { Ok(api.get_opt(name).await?.is_none().then_some(())) },
+    )
+    .await?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use kwire_tests::control_plane::{self, ControlPlane};
+use kwire_tests::wait::wait_for;
 use serde_json::{Value, json};
 
 /// The Kubernetes version manifests are validated against: the one the
@@ -987,14 +988,11 @@ fn get_required(cp: &ControlPlane, ns: &str, what: &str) -> Result<Value> {
 
 /// Waits until `what` is gone (helm deletes in the background).
 fn wait_gone(cp: &ControlPlane, ns: Option<&str>, what: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get_json(cp, ns, what)?.is_some() {
-        ensure!(
-            Instant::now() < deadline,
-            "{what} still exists a minute after helm uninstall"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for(
+        &format!("{what} to be gone after helm uninstall"),
+        Duration::from_secs(60),
+        || Ok(get_json(cp, ns, what)?.is_none().then_some(())),
+    )?;
     Ok(())
 }
 
