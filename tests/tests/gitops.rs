@@ -21,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::Sandbox;
+use kwire_tests::wait::wait_for;
 use serde_json::Value;
 
 const NAMESPACE: &str = "gitops";
@@ -252,21 +253,19 @@ fn not_current(sandbox: &Sandbox) -> Result<Vec<String>> {
 }
 
 fn wait_current(sandbox: &Sandbox) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        let wrong = not_current(sandbox)?;
-        if wrong.is_empty() {
-            return Ok(());
-        }
-        if start.elapsed() > CONVERGE {
-            bail!(
-                "not Current (kstatus):\n  {}\n{}",
-                wrong.join("\n  "),
-                sandbox.logs_tail(15)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let mut wrong = Vec::new();
+    wait_for("every object Current (kstatus)", CONVERGE, || {
+        wrong = not_current(sandbox)?;
+        Ok(wrong.is_empty().then_some(()))
+    })
+    .with_context(|| {
+        format!(
+            "not Current (kstatus):\n  {}\n{}",
+            wrong.join("\n  "),
+            sandbox.logs_tail(15)
+        )
+    })?;
+    Ok(())
 }
 
 fn kubectl_wait_ready(sandbox: &Sandbox, what: &[&str]) -> Result<()> {
@@ -386,19 +385,17 @@ async fn converged_seed_relay_is_in_sync_with_git() -> Result<()> {
         .as_str()
         .ok_or_else(|| anyhow!("a-to-b has no resolved public key"))?
         .to_string();
-    let start = Instant::now();
-    loop {
-        let keepalive = keepalive_on_node(&sandbox, "a", &b_key)?;
-        if keepalive == "25" {
-            break;
-        }
-        ensure!(
-            start.elapsed() < CONVERGE,
-            "node a still has keepalive {keepalive} for b\n{}",
+    let mut keepalive = String::new();
+    wait_for("keepalive 25 for b on node a", CONVERGE, || {
+        keepalive = keepalive_on_node(&sandbox, "a", &b_key)?;
+        Ok((keepalive == "25").then_some(()))
+    })
+    .with_context(|| {
+        format!(
+            "node a still has keepalive {keepalive:?} for b\n{}",
             sandbox.logs_tail(15)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        )
+    })?;
     eprintln!("generation 2 observed by kwire and on node a's device (keepalive 25)");
     sandbox.wait_ready(CONVERGE)?;
     assert_no_diff(&sandbox, "-", Some(&changed))?;
