@@ -18,13 +18,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kwire_crds::manifest::KwireObject;
 use kwire_sandbox::record::{Record, netns_inode, read_records, record_dir};
 use kwire_sandbox::teardown::{host_links, listening_tcp_ports};
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::{Sandbox, workspace_binary};
+use kwire_tests::wait::wait_for;
 
 /// One sandbox at a time: two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -218,17 +219,12 @@ async fn runs_end_to_end_with(example: &str, namespace: &str, controller_manager
             sandbox.logs_tail(20)
         );
         // After traffic every Peer reports a handshake, keepalive or not.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let idle = sandbox.not_true("peers", "Connected").expect("peers");
-            if idle.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{example}: not Connected after pings: {idle:?}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
+        let mut idle = Vec::new();
+        if let Err(e) = wait_for("every Peer Connected", Duration::from_secs(60), || {
+            idle = sandbox.not_true("peers", "Connected").expect("peers");
+            Ok(idle.is_empty().then_some(()))
+        }) {
+            panic!("{example}: not Connected after pings: {idle:?} ({e:#})");
         }
         // A node with several Interfaces has as many devices.
         for (node, want) in devices_per_node(&sandbox) {
@@ -321,20 +317,20 @@ impl SandboxUp {
 
     /// Waits until it says it is up (verified, staying up).
     fn wait_up(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.output().contains(" is up (kubeconfig: ") {
+        let up = wait_for("kwire sandbox up to say it is up", timeout, || {
+            if self.output().contains(" is up (kubeconfig: ") {
+                return Ok(Some(()));
+            }
             let exited = self.child.as_mut().unwrap().try_wait().unwrap();
             assert!(
                 exited.is_none(),
                 "kwire sandbox up exited ({exited:?}):\n{}",
                 self.output()
             );
-            assert!(
-                Instant::now() < deadline,
-                "kwire sandbox up not up after {timeout:?}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(250));
+            Ok(None)
+        });
+        if let Err(e) = up {
+            panic!("{e:#}:\n{}", self.output());
         }
     }
 
