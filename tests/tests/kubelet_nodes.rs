@@ -154,37 +154,73 @@ fn ready(pod: &Value) -> bool {
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
-/// A flood of pings every 10 ms from a node's namespace, counted when it ends.
+/// A flood of pings every 10 ms from a node's namespace, counted when it ends. Its output
+/// goes to a file (a pipe nobody reads would fill up and stall it), read as it grows.
 struct PingRun {
-    child: Child,
+    child: Option<Child>,
+    output: PathBuf,
     began: Instant,
 }
 
+/// Replies that make a steady stretch: half a second of pings at 10 ms.
+const STEADY: u64 = 50;
+
 impl PingRun {
     fn start(netns: &str, to: &str) -> Result<Self> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let output = std::env::temp_dir().join(format!(
+            "kwire-kubelet-ping-{}-{}.txt",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&output).context("creating the ping's output file")?;
         let child = Command::new("ip")
             .args([
-                "netns", "exec", netns, "ping", "-n", "-q", "-i", "0.01", "-W", "1", to,
+                "netns", "exec", netns, "ping", "-n", "-i", "0.01", "-W", "1", to,
             ])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting ping")?;
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&output);
+                return Err(e).context("starting ping");
+            }
+        };
         Ok(Self {
-            child,
+            child: Some(child),
+            output,
             began: Instant::now(),
         })
     }
 
+    /// Echo replies so far (ping prints each as it comes).
+    fn replies(&self) -> Result<u64> {
+        let text = std::fs::read_to_string(&self.output)?;
+        Ok(text.lines().filter(|l| l.contains("bytes from")).count() as u64)
+    }
+
+    /// Waits until [`STEADY`] more replies than `after` have come back.
+    fn steady_after(&self, after: u64) -> Result<()> {
+        wait_for(
+            &format!("{STEADY} more ping replies (after {after})"),
+            Duration::from_secs(60),
+            || Ok((self.replies()? >= after + STEADY).then_some(())),
+        )?;
+        Ok(())
+    }
+
     /// Stops the pings (SIGINT: ping prints its summary) and returns (sent, received).
-    fn finish(self) -> Result<(u64, u64, Duration)> {
+    fn finish(mut self) -> Result<(u64, u64, Duration)> {
         let took = self.began.elapsed();
+        let mut child = self.child.take().context("finished twice")?;
         Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args(["-INT", &child.id().to_string()])
             .status()?;
-        let out = self.child.wait_with_output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
+        child.wait()?;
+        let text = std::fs::read_to_string(&self.output)?;
         let line = text
             .lines()
             .find(|l| l.contains("packets transmitted"))
@@ -195,6 +231,16 @@ impl PingRun {
             .collect();
         ensure!(numbers.len() >= 2, "unexpected ping summary: {line}");
         Ok((numbers[0], numbers[1], took))
+    }
+}
+
+impl Drop for PingRun {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.output);
     }
 }
 
@@ -228,14 +274,14 @@ fn under_ping(
     let a = sb.nodes.get("a").context("node a")?;
     let ping = PingRun::start(a.netns.name(), "10.2.0.2")?;
     // A short steady stretch before, and the link back to steady after.
-    std::thread::sleep(Duration::from_millis(500));
+    ping.steady_after(0)?;
     disrupt()?;
     wait_for("A → C answering again", Duration::from_secs(120), || {
         Ok(a.netns
             .ping("10.2.0.2".parse()?, 1, Duration::from_secs(1))
             .then_some(()))
     })?;
-    std::thread::sleep(Duration::from_millis(500));
+    ping.steady_after(ping.replies()?)?;
     let (sent, received, took) = ping.finish()?;
     Ok(Loss {
         what,
