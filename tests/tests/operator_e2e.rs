@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail, ensure};
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::{Sandbox, metric_sum, operator_metrics};
-use kwire_tests::wait::wait_for;
+use kwire_tests::wait::{settled, wait_for};
 use serde_json::Value;
 
 /// One sandbox at a time: each is a whole cluster and three nodes on a 2-core machine.
@@ -237,6 +237,22 @@ fn address_of(sb: &Sandbox, interface: &str) -> Result<Option<String>> {
         .and_then(|i| i["status"]["addresses"][0].as_str().map(str::to_string)))
 }
 
+/// The operator's writes to the API server (`kwire_operator_api_requests_total` with verb
+/// create, update, patch or delete), but for its Lease, which it renews as long as it runs.
+fn operator_writes(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kwire_operator_api_requests_total{"))
+        .filter(|l| !l.contains("resource=\"leases"))
+        .filter(|l| {
+            ["create", "update", "patch", "delete"]
+                .iter()
+                .any(|verb| l.contains(&format!("verb=\"{verb}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// The operator's metrics, from the address it logged.
 fn metrics_of(addr: Option<std::net::SocketAddr>) -> Result<String> {
     Ok(operator_metrics(addr.ok_or_else(|| {
@@ -429,8 +445,14 @@ async fn restart_changes_nothing(sb: &mut Sandbox) -> Result<()> {
             )
         },
     )?;
-    // Let the triggers of that first pass settle, then look again.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let the triggers of that first pass settle (the operator's writes have stopped
+    // moving for three seconds), then look again.
+    settled(
+        "the restarted operator's writes",
+        Duration::from_secs(90),
+        16,
+        || Ok(operator_writes(&metrics_of(sb.operator_metrics_addr())?)),
+    )?;
     let metrics = metrics_of(sb.operator_metrics_addr()).unwrap_or(metrics);
     let after = snapshot(sb)?;
     let changed = differences(&before, &after);
@@ -1170,6 +1192,12 @@ impl Pinger {
         })
     }
 
+    /// Echo replies so far (ping prints each as it comes).
+    fn replies(&self) -> Result<u64> {
+        let text = std::fs::read_to_string(&self.out)?;
+        Ok(text.lines().filter(|l| l.contains("bytes from")).count() as u64)
+    }
+
     fn finish(mut self) -> Result<PingResult> {
         if let Some(mut c) = self.child.take() {
             c.wait()?;
@@ -1332,7 +1360,12 @@ async fn key_rotation_keeps_the_link_and_never_touches_the_others() -> Result<()
         window,
         "B→C (b-wg1-client, untouched)",
     )?;
-    std::thread::sleep(Duration::from_secs(5));
+    // Both links carry traffic before the rotation starts: a hundred replies each.
+    wait_for(
+        "a hundred ping replies on each link",
+        Duration::from_secs(15),
+        || Ok((rotated.replies()? >= 100 && other.replies()? >= 100).then_some(())),
+    )?;
     let asked = Instant::now();
     kubectl_ns(
         &sb,
@@ -1456,6 +1489,7 @@ spec:
         "  scheduled rotation due at {next_at}, in {:.0}s",
         wait.as_secs_f64()
     );
+    // not a settle: the rotation is due at a wall-clock moment; the pings start 6 s before it
     std::thread::sleep(wait.saturating_sub(Duration::from_secs(6)));
     let rotated = Pinger::start(&sb, "a", "10.1.0.2", window, "A→B (a-wg0-client rotated)")?;
     let other = Pinger::start(
