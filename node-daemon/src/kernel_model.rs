@@ -36,6 +36,8 @@ pub enum ModelError {
     NoDevice(IfaceName),
     #[error("route {0} is held by a foreign route")]
     RouteExists(RouteId),
+    #[error("device {0} has no peer {1}")]
+    NoPeer(IfaceName, PublicKey),
 }
 
 /// Applies one step to the model.
@@ -81,6 +83,17 @@ pub fn apply_step(node: &mut ObservedNode, step: &Step) -> Result<(), ModelError
         Step::RemovePeer { device: name, peer } => {
             wg(device(node, name)?).peers.remove(peer);
         }
+        // A handshake starts and the keepalive ends as `keepalive`; nothing else changes.
+        // (On a real device a request for a peer that does not exist would create one; the
+        // planner never asks for that.)
+        Step::StartHandshake {
+            device: name,
+            peer,
+            keepalive,
+        } => match wg(device(node, name)?).peers.get_mut(peer) {
+            Some(p) => p.config.persistent_keepalive = (*keepalive != 0).then_some(*keepalive),
+            None => return Err(ModelError::NoPeer(name.clone(), *peer)),
+        },
         Step::AddAddress {
             device: name,
             address,

@@ -133,12 +133,47 @@ pub fn set_request(steps: &[Step]) -> String {
                     }
                 }
             }
+            Step::StartHandshake {
+                peer, keepalive, ..
+            } => {
+                // Off, then on: wireguard-go sends a keepalive when a peer's keepalive is
+                // turned on, and with no session that keepalive starts a handshake.
+                let _ = writeln!(
+                    peers,
+                    "public_key={}\npersistent_keepalive_interval=0\npersistent_keepalive_interval={}",
+                    hex(peer.as_bytes()),
+                    (*keepalive).max(1)
+                );
+            }
             _ => {}
         }
     }
     device.push_str(&peers);
     device.push('\n');
     device
+}
+
+/// The `set=1` request that turns the keepalive off again for peers that
+/// [`Step::StartHandshake`] started with a keepalive of 0 (the first request turned it on
+/// for one second to send one keepalive); `None` when there are none.
+pub fn restore_request(steps: &[Step]) -> Option<String> {
+    let mut request = String::from("set=1\n");
+    let mut any = false;
+    for step in steps {
+        if let Step::StartHandshake {
+            peer, keepalive: 0, ..
+        } = step
+        {
+            let _ = writeln!(
+                request,
+                "public_key={}\npersistent_keepalive_interval=0",
+                hex(peer.as_bytes())
+            );
+            any = true;
+        }
+    }
+    request.push('\n');
+    any.then_some(request)
 }
 
 /// The errno of an `errno=<n>` value: `Ok(())` for 0, else the positive code
@@ -178,10 +213,18 @@ pub fn set(name: &IfaceName, steps: &[Step]) -> io::Result<()> {
             format!("no UAPI socket for {name}"),
         )
     })?;
+    send_set(&path, &set_request(steps))?;
+    match restore_request(steps) {
+        Some(restore) => send_set(&path, &restore),
+        None => Ok(()),
+    }
+}
+
+fn send_set(path: &Path, request: &str) -> io::Result<()> {
     let mut stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.write_all(set_request(steps).as_bytes())?;
+    stream.write_all(request.as_bytes())?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -429,6 +472,45 @@ mod tests {
     use super::*;
     use crate::fixtures::*;
     use crate::plan::PeerChange;
+
+    #[test]
+    fn a_handshake_is_started_by_turning_the_keepalive_off_and_on() {
+        let dev = name("wg0");
+        let steps = vec![
+            Step::SetPrivateKey {
+                device: dev.clone(),
+                key: sk(1),
+            },
+            Step::StartHandshake {
+                device: dev.clone(),
+                peer: pk(2),
+                keepalive: 15,
+            },
+            Step::StartHandshake {
+                device: dev,
+                peer: pk(3),
+                keepalive: 0,
+            },
+        ];
+        let (two, three) = ("02".repeat(32), "03".repeat(32));
+        assert_eq!(
+            set_request(&steps),
+            format!(
+                "set=1\nprivate_key={}\n\
+                 public_key={two}\npersistent_keepalive_interval=0\npersistent_keepalive_interval=15\n\
+                 public_key={three}\npersistent_keepalive_interval=0\npersistent_keepalive_interval=1\n\n",
+                "01".repeat(32)
+            )
+        );
+        // The peer without a keepalive gets it turned off again by a second request.
+        assert_eq!(
+            restore_request(&steps),
+            Some(format!(
+                "set=1\npublic_key={three}\npersistent_keepalive_interval=0\n\n"
+            ))
+        );
+        assert_eq!(restore_request(&steps[..2]), None);
+    }
 
     #[test]
     fn device_lines_come_before_peer_lines_and_keys_are_hex() {

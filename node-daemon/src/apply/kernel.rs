@@ -200,8 +200,14 @@ impl KernelDataplane {
             _ => {
                 let iface =
                     crate::observe::wg_interface_name(&name).map_err(DataplaneError::Wireguard)?;
-                tokio::task::spawn_blocking(move || wireguard_update(&steps).apply(&iface, backend))
-                    .await
+                tokio::task::spawn_blocking(move || {
+                    wireguard_update(&steps).apply(&iface, backend)?;
+                    match wireguard_restore(&steps) {
+                        Some(restore) => restore.apply(&iface, backend),
+                        None => Ok(()),
+                    }
+                })
+                .await
             }
         };
         result
@@ -439,10 +445,43 @@ fn wireguard_update(steps: &[Step]) -> DeviceUpdate {
                 }
                 update.add_peer(p)
             }
+            // Off, then on (two entries for the peer in one request, applied in order): the
+            // kernel sends a keepalive when a peer's keepalive is turned on, and with no
+            // session that keepalive starts a handshake.
+            Step::StartHandshake {
+                peer, keepalive, ..
+            } => {
+                let k = key(peer.as_bytes());
+                update
+                    .add_peer(PeerConfigBuilder::new(&k).set_persistent_keepalive_interval(0))
+                    .add_peer(
+                        PeerConfigBuilder::new(&k)
+                            .set_persistent_keepalive_interval((*keepalive).max(1)),
+                    )
+            }
             _ => update,
         };
     }
     update
+}
+
+/// The request that turns the keepalive off again for peers that [`Step::StartHandshake`]
+/// started with a keepalive of 0; `None` when there are none.
+fn wireguard_restore(steps: &[Step]) -> Option<DeviceUpdate> {
+    let mut update = DeviceUpdate::new();
+    let mut any = false;
+    for step in steps {
+        if let Step::StartHandshake {
+            peer, keepalive: 0, ..
+        } = step
+        {
+            update = update.add_peer(
+                PeerConfigBuilder::new(&key(peer.as_bytes())).set_persistent_keepalive_interval(0),
+            );
+            any = true;
+        }
+    }
+    any.then_some(update)
 }
 
 /// A route request, ready to send.
@@ -516,7 +555,10 @@ impl Dataplane for KernelDataplane {
             Step::SetPrivateKey { .. }
             | Step::SetListenPort { .. }
             | Step::UpsertPeer { .. }
-            | Step::RemovePeer { .. } => self.configure_wireguard(std::slice::from_ref(step)).await,
+            | Step::RemovePeer { .. }
+            | Step::StartHandshake { .. } => {
+                self.configure_wireguard(std::slice::from_ref(step)).await
+            }
             Step::AddAddress { device, address } => self.address(device, address, true).await,
             Step::RemoveAddress { device, address } => self.address(device, address, false).await,
             Step::AddRoute { .. } | Step::ReplaceRoute { .. } | Step::RemoveRoute { .. } => self

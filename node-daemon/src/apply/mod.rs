@@ -163,7 +163,8 @@ pub fn batch_of(step: &Step) -> Batch<'_> {
         Step::SetPrivateKey { device, .. }
         | Step::SetListenPort { device, .. }
         | Step::UpsertPeer { device, .. }
-        | Step::RemovePeer { device, .. } => Batch::Wireguard(device),
+        | Step::RemovePeer { device, .. }
+        | Step::StartHandshake { device, .. } => Batch::Wireguard(device),
         Step::AddRoute { .. } | Step::ReplaceRoute { .. } | Step::RemoveRoute { .. } => {
             Batch::Routes
         }

@@ -48,6 +48,8 @@ pub(super) fn plan_device(
             mtu,
         });
     }
+    // A new key on a device that had one (a rotation) ends every session of the device.
+    let rekeyed = wg.private_key.is_some() && wg.private_key.as_ref() != Some(&want.private_key);
     if wg.private_key.as_ref() != Some(&want.private_key) {
         steps.push(Step::SetPrivateKey {
             device: device(),
@@ -64,6 +66,9 @@ pub(super) fn plan_device(
     }
 
     plan_peers(name, &want.peers, &wg.peers, steps);
+    if rekeyed {
+        start_handshakes(name, &want.peers, steps);
+    }
 
     for address in have.addresses.difference(&want.addresses) {
         steps.push(Step::RemoveAddress {
@@ -146,6 +151,24 @@ pub(super) fn plan_peers(
         device: name.clone(),
         peer,
         change,
+    }));
+}
+
+/// After a device's private key changed: a handshake with every peer at once. The far ends
+/// already expect the new key (the operator switches the device after its Peers), but
+/// their own first initiation reached the device before the switch and was dropped, and
+/// WireGuard retries only after 5 s (`REKEY_TIMEOUT`): without this, a link whose traffic
+/// the far end starts would stop for those 5 s. Started from this end, after the switch,
+/// the handshake meets the key it expects on both sides.
+fn start_handshakes(
+    name: &IfaceName,
+    want: &BTreeMap<PublicKey, PeerConfig>,
+    steps: &mut Vec<Step>,
+) {
+    steps.extend(want.iter().map(|(peer, config)| Step::StartHandshake {
+        device: name.clone(),
+        peer: *peer,
+        keepalive: keepalive(config.persistent_keepalive).unwrap_or(0),
     }));
 }
 

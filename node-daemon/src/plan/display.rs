@@ -109,6 +109,9 @@ impl fmt::Display for Step {
                 Ok(())
             }
             Step::RemovePeer { device, peer } => write!(f, "- {device}: remove peer {peer}"),
+            Step::StartHandshake { device, peer, .. } => {
+                write!(f, "~ {device}: start a handshake with peer {peer}")
+            }
             Step::AddAddress { device, address } => {
                 write!(f, "+ {device}: add address {address}")
             }

@@ -64,6 +64,15 @@ pub enum Step {
         device: IfaceName,
         peer: PublicKey,
     },
+    /// Start a handshake with a peer now, instead of on the next packet or after WireGuard's
+    /// 5 s retry: turn its persistent keepalive off and on again, which makes WireGuard
+    /// send a keepalive at once, and leave the keepalive at `keepalive` seconds (0: none).
+    /// Planned after a device's private key changes (see [`super::device`]).
+    StartHandshake {
+        device: IfaceName,
+        peer: PublicKey,
+        keepalive: u16,
+    },
     AddAddress {
         device: IfaceName,
         address: IpNet,
@@ -116,6 +125,7 @@ impl Step {
             | Step::SetListenPort { device, .. }
             | Step::UpsertPeer { device, .. }
             | Step::RemovePeer { device, .. }
+            | Step::StartHandshake { device, .. }
             | Step::AddAddress { device, .. }
             | Step::RemoveAddress { device, .. }
             | Step::SetMtu { device, .. }
@@ -149,6 +159,7 @@ impl Step {
             Step::SetListenPort { .. } => "SetListenPort",
             Step::UpsertPeer { .. } => "UpsertPeer",
             Step::RemovePeer { .. } => "RemovePeer",
+            Step::StartHandshake { .. } => "StartHandshake",
             Step::AddAddress { .. } => "AddAddress",
             Step::RemoveAddress { .. } => "RemoveAddress",
             Step::SetMtu { .. } => "SetMtu",

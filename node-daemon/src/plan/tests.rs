@@ -438,6 +438,96 @@ fn mtu_port_and_key_are_written_only_when_they_differ() {
 }
 
 #[test]
+fn a_new_key_on_a_keyed_device_starts_a_handshake_with_every_peer_after_the_peers() {
+    let d = DesiredNode::default().with_device(
+        "wg0",
+        seed_device().with_peer(
+            pk(3),
+            PeerConfig {
+                allowed_ips: nets(&["10.1.0.3/32"]),
+                ..PeerConfig::default()
+            },
+        ),
+    );
+    let mut o = converged(&d);
+    let wg = o
+        .devices
+        .get_mut(&wg0())
+        .unwrap()
+        .wireguard
+        .as_mut()
+        .unwrap();
+    wg.private_key = Some(sk(8));
+    // The peer of key 3 was added to the desired state at the same time.
+    wg.peers.remove(&pk(3));
+    let steps = plan(&d, &o).steps;
+    assert_eq!(
+        steps,
+        vec![
+            Step::SetPrivateKey {
+                device: wg0(),
+                key: sk(1)
+            },
+            Step::UpsertPeer {
+                device: wg0(),
+                peer: pk(3),
+                change: PeerChange {
+                    create: true,
+                    allowed_ips: Some(nets(&["10.1.0.3/32"])),
+                    ..PeerChange::default()
+                },
+            },
+            Step::StartHandshake {
+                device: wg0(),
+                peer: pk(2),
+                keepalive: 15
+            },
+            Step::StartHandshake {
+                device: wg0(),
+                peer: pk(3),
+                keepalive: 0
+            },
+        ]
+    );
+    // The model ends where the desired state is: nothing more to do.
+    let mut after = o.clone();
+    crate::kernel_model::apply_steps(&mut after, &steps).unwrap();
+    assert_eq!(plan(&d, &after).steps, vec![]);
+}
+
+#[test]
+fn a_first_key_or_an_unchanged_key_starts_no_handshake() {
+    let d = seed_node();
+    let first = plan(&d, &ObservedNode::default()).steps;
+    assert!(
+        !first
+            .iter()
+            .any(|s| matches!(s, Step::StartHandshake { .. })),
+        "{first:?}"
+    );
+    let mut o = converged(&d);
+    // A peer's endpoint changes; the key does not.
+    o.devices
+        .get_mut(&wg0())
+        .unwrap()
+        .wireguard
+        .as_mut()
+        .unwrap()
+        .peers
+        .get_mut(&pk(2))
+        .unwrap()
+        .config
+        .endpoint = Some("192.168.1.9:22222".parse().unwrap());
+    let steps = plan(&d, &o).steps;
+    assert!(
+        !steps
+            .iter()
+            .any(|s| matches!(s, Step::StartHandshake { .. })),
+        "{steps:?}"
+    );
+}
+
+#[test]
 fn no_desired_mtu_or_port_accepts_whatever_the_kernel_chose() {
     let d = DesiredNode::default().with_device("wg0", DesiredDevice::test("a/b"));
     let mut o = converged(&d);

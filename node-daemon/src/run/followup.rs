@@ -71,12 +71,14 @@ pub const COST_FACTOR: u32 = 4;
 /// A peer entry on a device.
 pub type PeerEntry = (IfaceName, PublicKey);
 
-/// The peer entries a plan adds or changes.
+/// The peer entries a plan adds or changes, or starts a handshake with.
 pub fn upserted_peers(plan: &Plan) -> BTreeSet<PeerEntry> {
     plan.steps
         .iter()
         .filter_map(|s| match s {
-            Step::UpsertPeer { device, peer, .. } => Some((device.clone(), *peer)),
+            Step::UpsertPeer { device, peer, .. } | Step::StartHandshake { device, peer, .. } => {
+                Some((device.clone(), *peer))
+            }
             _ => None,
         })
         .collect()
