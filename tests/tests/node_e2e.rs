@@ -26,6 +26,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::{Sandbox, SandboxNode};
+use kwire_tests::wait::wait_for;
 use serde_json::Value;
 
 /// Generous bound for a sandbox to become Ready and Connected (about 20 s when idle).
@@ -145,22 +146,13 @@ fn condition(object: &Value, kind: &str) -> Option<(String, String, String)> {
     Some((s("status"), s("reason"), s("message")))
 }
 
-/// [`kwire_tests::wait::wait_for`] with the timeout first, as this file's calls read best.
-fn wait_for<T>(
-    timeout: Duration,
-    what: &str,
-    check: impl FnMut() -> Result<Option<T>>,
-) -> Result<(T, Duration)> {
-    kwire_tests::wait::wait_for(what, timeout, check)
-}
-
 /// Waits until everything is Ready and Connected; on failure the error has the status
 /// table and the logs. A link without persistentKeepalive shakes hands only when there is
 /// traffic (as in the seed's walkthrough, where the ping comes first), so once everything
 /// is configured every expected ping is sent before waiting for `Connected`.
 fn ready(sb: &Sandbox) -> Result<Duration> {
     let start = Instant::now();
-    wait_for(READY, "every Interface, Peer and Route Ready", || {
+    wait_for("every Interface, Peer and Route Ready", READY, || {
         Ok(sb
             .not_true("interfaces,peers,routes", "Ready")?
             .is_empty()
@@ -409,8 +401,8 @@ fn assert_handshakes_reported(sb: &Sandbox) -> Result<()> {
         // The status gets handshake and transfer from both ends (counters are written at
         // most every 30 s, so wait for traffic to show in both directions).
         wait_for(
-            Duration::from_secs(75),
             &format!("transfer of Peer {name} in status"),
+            Duration::from_secs(75),
             || {
                 let status = object(sb, "peer", &name)?["status"].clone();
                 let counted = |t: &Value| {
@@ -697,8 +689,8 @@ async fn changing_one_peer_leaves_the_device_and_the_other_peer_alone() -> Resul
          allowedIPs: [10.3.0.3/32, 10.33.0.0/24]}\n",
     )?;
     let ((), took) = wait_for(
-        Duration::from_secs(60),
         "the changed peer on the hub",
+        Duration::from_secs(60),
         || {
             let p = wg_peer(hub, &s2)?;
             Ok((p.keepalive == "25" && p.allowed_ips.contains("10.33.0.0/24")).then_some(()))
@@ -768,8 +760,8 @@ async fn a_daemon_killed_and_restarted_adopts_everything_with_zero_writes_and_no
     sb.respawn_daemon("b", &command)?;
     let b = node(&sb, "b")?;
     let (metrics, took) = wait_for(
-        Duration::from_secs(90),
         "the first reconcile after the restart",
+        Duration::from_secs(90),
         || {
             let m = scrape(b)?;
             Ok((metric(&m, "kwire_node_reconciles_total{mode=\"full\"}")? >= 1.0).then_some(m))
@@ -867,8 +859,8 @@ async fn an_unreachable_api_server_tears_nothing_down_and_changes_apply_after_it
 
     // The change made during the outage arrives once the watches are back...
     let ((), took) = wait_for(
-        Duration::from_secs(120),
         "the outage's change on node a",
+        Duration::from_secs(120),
         || Ok((wg_peer(node(&sb, "a")?, &b_key)?.keepalive == "21").then_some(())),
     )?;
     eprintln!(
@@ -878,8 +870,8 @@ async fn an_unreachable_api_server_tears_nothing_down_and_changes_apply_after_it
     // ...and so does one made afterwards.
     apply(&sb, &scratch, "a-to-b-2.yaml", &seed_peer_a_to_b(23))?;
     let ((), took) = wait_for(
-        Duration::from_secs(60),
         "a change after the outage on node a",
+        Duration::from_secs(60),
         || Ok((wg_peer(node(&sb, "a")?, &b_key)?.keepalive == "23").then_some(())),
     )?;
     eprintln!(
@@ -925,8 +917,8 @@ async fn a_killed_wireguard_go_is_replaced_and_the_link_recovers() -> Result<()>
         })
     };
     wait_for(
-        Duration::from_secs(10),
         "the killed wireguard-go to exit",
+        Duration::from_secs(10),
         || Ok(gone(before[0]).then_some(())),
     )?;
     // Until a ping gets through again, one at a time, 200 ms each.
@@ -972,8 +964,8 @@ async fn a_kwire_route_deleted_by_hand_comes_back_within_one_resync() -> Result<
         .exec(&["ip", "route", "del", "10.2.0.0/24", "proto", "75"])?;
     let deleted = Instant::now();
     let ((), took) = wait_for(
-        RESYNC + Duration::from_secs(20),
         "the route to come back",
+        RESYNC + Duration::from_secs(20),
         || {
             let now = String::from_utf8_lossy(&a.netns.exec(&show)?.stdout).into_owned();
             Ok((now == route).then_some(()))
@@ -1023,7 +1015,7 @@ async fn bad_input_becomes_a_condition_on_its_object_and_disturbs_nothing_else()
         "ip", "link", "add", "taken0", "type", "veth", "peer", "name", "taken0p",
     ])?;
     let taken_before = ip_json(vm01, &["-d", "link", "show", "dev", "taken0"])?;
-    wait_for(Duration::from_secs(10), "socat to bind UDP 40000", || {
+    wait_for("socat to bind UDP 40000", Duration::from_secs(10), || {
         let out = vm01.netns.exec(&["ss", "-Huan", "sport", "= :40000"])?;
         Ok((!out.stdout.is_empty()).then_some(()))
     })?;
@@ -1072,8 +1064,8 @@ async fn bad_input_becomes_a_condition_on_its_object_and_disturbs_nothing_else()
         ("vm01-name-taken", "Conflict", "taken0"),
     ];
     let (found, took) = wait_for(
-        Duration::from_secs(90),
         "a Ready condition on each bad Interface",
+        Duration::from_secs(90),
         || {
             let mut found = Vec::new();
             for (name, reason, _) in expected {
@@ -1231,7 +1223,7 @@ async fn foreign_links_addresses_routes_and_rules_survive_a_whole_run() -> Resul
     }
     // IPv6 duplicate address detection still runs on the new link: let it finish.
     for n in sb.nodes.values() {
-        wait_for(Duration::from_secs(20), "IPv6 DAD on fgn0", || {
+        wait_for("IPv6 DAD on fgn0", Duration::from_secs(20), || {
             let out = n
                 .netns
                 .exec(&["ip", "-6", "addr", "show", "dev", "fgn0", "tentative"])?;
@@ -1311,8 +1303,8 @@ async fn foreign_links_addresses_routes_and_rules_survive_a_whole_run() -> Resul
         ],
     )?;
     wait_for(
-        Duration::from_secs(60),
         "the daemons to remove kwire's devices and routes",
+        Duration::from_secs(60),
         || {
             let mut left = Vec::new();
             for (name, n) in &sb.nodes {
@@ -1357,7 +1349,7 @@ async fn the_daemon_serves_metrics_health_and_readiness() -> Result<()> {
     let vm01 = node(&sb, "vm01")?;
     let vm02_key = public_key(&sb, "vm02-wg0")?;
     // Per-peer numbers come from the last full observation (every resync).
-    let (m, _) = wait_for(RESYNC * 3, "per-peer metrics with a handshake", || {
+    let (m, _) = wait_for("per-peer metrics with a handshake", RESYNC * 3, || {
         let m = scrape(vm01)?;
         let age = format!(
             "kwire_node_peer_handshake_age_seconds{{device=\"wg0\",public_key=\"{vm02_key}\"}}"
@@ -1409,8 +1401,8 @@ async fn the_daemon_serves_metrics_health_and_readiness() -> Result<()> {
     sb.respawn_daemon("vm02", &command)?;
     let vm02 = node(&sb, "vm02")?;
     wait_for(
-        Duration::from_secs(30),
         "the restarted daemon's endpoints",
+        Duration::from_secs(30),
         || Ok(vm02.netns.http_get(METRICS_PORT, "/healthz").ok()),
     )?;
     std::thread::sleep(Duration::from_secs(3));
@@ -1430,8 +1422,8 @@ async fn the_daemon_serves_metrics_health_and_readiness() -> Result<()> {
     sb.reconnect_api()?;
     let vm02 = node(&sb, "vm02")?;
     let ((), took) = wait_for(
-        Duration::from_secs(90),
         "/readyz after the API is back",
+        Duration::from_secs(90),
         || Ok((vm02.netns.http_get(METRICS_PORT, "/readyz")?.0 == 200).then_some(())),
     )?;
     eprintln!(
