@@ -5,7 +5,10 @@
 
 pub mod crd;
 pub mod docs;
+pub mod keys;
 pub mod manifest;
 pub mod names;
 pub mod schema;
 pub mod v1alpha1;
+
+pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
