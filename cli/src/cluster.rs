@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
+use kwire_crds::keys::KeyError;
 use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
 
 /// Which kubeconfig and context to use; unset means what kubectl would use
@@ -106,23 +106,106 @@ pub async fn list(client: &Client, scope: &Scope) -> Result<Objects> {
     })
 }
 
-/// A 32-byte key from a Secret, as base64 (the Secret may hold the base64 text `wg genkey`
-/// prints, or the raw bytes). The error names the Secret and key, never the value.
-pub async fn secret_key(client: &Client, namespace: &str, name: &str, key: &str) -> Result<String> {
+/// A key from a Secret (the base64 text `wg genkey` prints, or the raw bytes), read with
+/// `parse` (`PrivateKey::from_secret_value` or `PresharedKey::from_secret_value`). The error
+/// names the Secret and key, never the value.
+pub async fn secret_key<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    parse: fn(&[u8]) -> Result<K, KeyError>,
+) -> Result<K> {
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
         .with_context(|| format!("reading Secret {namespace}/{name}"))?
         .with_context(|| format!("Secret {namespace}/{name} does not exist"))?;
-    let value = secret
+    key_in_secret(&secret, namespace, key, parse)
+}
+
+/// The key under `key` in `secret`, parsed where it is (no copy of the value is made).
+fn key_in_secret<K>(
+    secret: &Secret,
+    namespace: &str,
+    key: &str,
+    parse: fn(&[u8]) -> Result<K, KeyError>,
+) -> Result<K> {
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    let value: &ByteString = secret
         .data
         .as_ref()
         .and_then(|d| d.get(key))
         .with_context(|| format!("Secret {namespace}/{name} has no key {key:?}"))?;
-    let bytes = kwire_node_daemon::api::source::decode_key(&value.0).with_context(|| {
-        format!(
-            "key {key:?} of Secret {namespace}/{name} is not a WireGuard key (32 bytes, base64)"
+    parse(&value.0)
+        .with_context(|| format!("key {key:?} of Secret {namespace}/{name} is not a WireGuard key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kwire_crds::keys::{PresharedKey, PrivateKey};
+
+    use super::*;
+
+    // `wg genkey`; the test only reads it back.
+    const PRIVATE: &str = "uL05OyKCfPLVOdvOUsn5NJx1oRCuLZt/+9All5kZPVE=";
+
+    fn secret(value: &[u8]) -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("laptop-key".into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                "privateKey".to_string(),
+                ByteString(value.to_vec()),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_key_is_read_from_base64_text_or_raw_bytes() {
+        let expected = PrivateKey::from_base64(PRIVATE).unwrap();
+        for value in [
+            format!("{PRIVATE}\n").into_bytes(),
+            expected.expose_secret().to_vec(),
+        ] {
+            let read = key_in_secret(
+                &secret(&value),
+                "ns",
+                "privateKey",
+                PrivateKey::from_secret_value,
+            )
+            .unwrap();
+            assert_eq!(read, expected);
+        }
+    }
+
+    #[test]
+    fn a_bad_key_is_named_and_explained_but_never_shown() {
+        let error = key_in_secret(
+            &secret(b"c2hvcnQ="),
+            "ns",
+            "privateKey",
+            PresharedKey::from_secret_value,
         )
-    })?;
-    Ok(STANDARD.encode(bytes))
+        .unwrap_err();
+        let text = format!("{error:#}");
+        assert!(
+            text.starts_with(
+                "key \"privateKey\" of Secret ns/laptop-key is not a WireGuard key: decodes to 5 bytes instead of 32"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("c2hvcnQ"), "{text}");
+        let missing =
+            key_in_secret(&secret(b""), "ns", "other", PrivateKey::from_secret_value).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "Secret ns/laptop-key has no key \"other\""
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 use kube::ResourceExt as _;
+use kwire_crds::keys::{PresharedKey, PrivateKey, PublicKey};
 use kwire_crds::manifest::KwireObject;
 use kwire_crds::v1alpha1::{Interface, Peer, condition};
 use kwire_node_daemon::model::ObservedNode;
@@ -373,7 +374,8 @@ async fn run_showconf_cluster(
             let (name, key) = spec
                 .split_once(':')
                 .unwrap_or((spec.as_str(), "privateKey"));
-            let value = cluster::secret_key(&client, &ns, name, key).await?;
+            let value =
+                cluster::secret_key(&client, &ns, name, key, PrivateKey::from_secret_value).await?;
             check_private_key(&value, &peer, name)?;
             private_key = Some(value);
         }
@@ -394,15 +396,21 @@ async fn run_showconf_cluster(
                     args.peer
                 ),
             };
-            preshared_key = Some(cluster::secret_key(&client, &ns, &name, &key).await?);
+            preshared_key = Some(
+                cluster::secret_key(&client, &ns, &name, &key, PresharedKey::from_secret_value)
+                    .await?,
+            );
         }
     }
+    // The base64 text lives only as long as the rendering, in buffers wiped on drop.
+    let private_text = private_key.as_ref().map(PrivateKey::to_base64);
+    let preshared_text = preshared_key.as_ref().map(PresharedKey::to_base64);
     let text = render_showconf(
         args,
         &peer,
         &interfaces,
-        private_key.as_deref(),
-        preshared_key.as_deref(),
+        private_text.as_deref().map(String::as_str),
+        preshared_text.as_deref().map(String::as_str),
     )?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
@@ -410,21 +418,13 @@ async fn run_showconf_cluster(
 
 /// The private key must belong to the public key the Peer expects; the error never says
 /// anything about the key itself.
-fn check_private_key(private: &str, peer: &Peer, secret: &str) -> Result<()> {
-    let key = kwire_operator::keys::PrivateKey::from_base64(private)
-        .map_err(|e| anyhow::anyhow!("the key in Secret {secret} {e}"))?;
-    let expected = peer
-        .spec
-        .remote
-        .public_key
-        .as_ref()
-        .map(|k| k.to_string())
-        .unwrap_or_default();
-    if key.public_key().to_base64() != expected {
+fn check_private_key(key: &PrivateKey, peer: &Peer, secret: &str) -> Result<()> {
+    let expected = peer.spec.remote.public_key.as_ref();
+    if expected.and_then(|k| k.as_str().parse::<PublicKey>().ok()) != Some(key.public_key()) {
         bail!(
             "the private key in Secret {secret} does not belong to spec.remote.publicKey of Peer {} ({}…): refusing to print it",
             peer.name_any(),
-            expected.chars().take(8).collect::<String>()
+            expected.map(|k| k.prefix()).unwrap_or_default()
         );
     }
     Ok(())
@@ -539,5 +539,44 @@ fn draw(
     match format {
         graph::Format::Mermaid => graph::mermaid(&input),
         graph::Format::Dot => graph::dot(&input),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kwire_crds::manifest::parse_manifests;
+
+    use super::*;
+
+    // `wg genkey | tee private | wg pubkey`.
+    const PRIVATE: &str = "uL05OyKCfPLVOdvOUsn5NJx1oRCuLZt/+9All5kZPVE=";
+    const PUBLIC: &str = "d7n3aHWXo8ES1G6Z4qZ6/fhPmKWjCGIl6piHhsMntQ0=";
+    const OTHER_PRIVATE: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+
+    fn laptop(public_key: &str) -> Peer {
+        let yaml = format!(
+            "apiVersion: kwire.dev/v1alpha1\nkind: Peer\nmetadata: {{name: laptop}}\n\
+             spec: {{interface: gateway-wg0, remote: {{publicKey: \"{public_key}\"}}, allowedIPs: [10.4.0.2/32]}}\n"
+        );
+        match parse_manifests(&yaml).unwrap().remove(0) {
+            KwireObject::Peer(peer) => *peer,
+            other => panic!("not a Peer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_private_key_of_the_peers_public_key_is_printed() {
+        let peer = laptop(PUBLIC);
+        let right = PrivateKey::from_base64(PRIVATE).unwrap();
+        assert!(check_private_key(&right, &peer, "laptop-key").is_ok());
+        let wrong = PrivateKey::from_base64(OTHER_PRIVATE).unwrap();
+        let error = check_private_key(&wrong, &peer, "wrong-key")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "the private key in Secret wrong-key does not belong to spec.remote.publicKey of Peer laptop (d7n3aHWX…): refusing to print it"
+        );
+        assert!(!error.contains(&OTHER_PRIVATE[..8]), "{error}");
     }
 }

@@ -16,9 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use kube::ResourceExt as _;
+use kwire_crds::keys::PublicKey;
 use kwire_crds::manifest::KwireObject;
 use kwire_crds::v1alpha1::{Interface, InterfaceStatus, KeyMode, Network, Peer, PeerStatus, Route};
 use kwire_operator::reasons;
@@ -40,7 +39,7 @@ impl Placeholders {
         let mut bytes = [0u8; 32];
         bytes[..8].copy_from_slice(&MARK);
         bytes[8..16].copy_from_slice(&(self.entries.len() as u64 + 1).to_be_bytes());
-        let key = STANDARD.encode(bytes);
+        let key = PublicKey::from_bytes(bytes).to_base64();
         self.entries.push((key.clone(), label));
         key
     }

@@ -176,8 +176,7 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
 
 /// Keys in the shape of real ones (32 bytes of base64), one per Interface.
 fn public_key(n: u8) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode([n * 7 + 1; 32])
+    kwire_crds::keys::PublicKey::from_bytes([n * 7 + 1; 32]).to_string()
 }
 
 /// The seed's relay, with the status the operator and node daemons would have written:
