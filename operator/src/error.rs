@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::keys::KeyError;
+use kwire_crds::keys::KeyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,8 +1,8 @@
 //! kwire's operator as a library, so that the binary stays thin and the pure core
-//! (`ipam`, `keys`, `resolve`, `topology`, `status`) can be reused offline by a CLI.
+//! (`ipam`, `resolve`, `topology`, `status`) can be reused offline by a CLI. WireGuard keys
+//! are `kwire_crds::keys`, shared with the node daemon and the CLI.
 
 pub mod ipam;
-pub mod keys;
 pub mod reasons;
 pub mod resolve;
 pub mod status;

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use crate::keys::{KeyError, PresharedKey, PrivateKey};
+use kwire_crds::keys::{KeyError, PresharedKey, PrivateKey};
 
 pub const PRIVATE_KEY_SECRET_TYPE: &str = "kwire.dev/wireguard-private-key";
 pub const PRESHARED_KEY_SECRET_TYPE: &str = "kwire.dev/wireguard-preshared-key";
@@ -242,33 +242,37 @@ pub enum ReadProblem {
     Invalid(KeyError),
 }
 
-fn read_text(secret: &Secret, data_key: &str) -> Result<String, ReadProblem> {
-    let bytes = secret
+/// The value under `data_key`, borrowed from the Secret: the key is parsed where it is and
+/// never copied into an unwiped buffer.
+fn read_value<'a>(secret: &'a Secret, data_key: &str) -> Result<&'a [u8], ReadProblem> {
+    secret
         .data
         .as_ref()
         .and_then(|d| d.get(data_key))
-        .map(|b| b.0.clone())
+        .map(|b| b.0.as_slice())
         .or_else(|| {
             secret
                 .string_data
                 .as_ref()
                 .and_then(|d| d.get(data_key))
-                .map(|s| s.as_bytes().to_vec())
+                .map(|s| s.as_bytes())
         })
-        .ok_or(ReadProblem::Missing)?;
-    String::from_utf8(bytes).map_err(|_| ReadProblem::Invalid(KeyError::NotBase64))
+        .ok_or(ReadProblem::Missing)
+}
+
+fn read_text<'a>(secret: &'a Secret, data_key: &str) -> Result<&'a str, ReadProblem> {
+    std::str::from_utf8(read_value(secret, data_key)?)
+        .map_err(|_| ReadProblem::Invalid(KeyError::NotAscii))
 }
 
 /// The private key under `data_key`, written as by `wg genkey`.
 pub fn read_private_key(secret: &Secret, data_key: &str) -> Result<PrivateKey, ReadProblem> {
-    let text = zeroize::Zeroizing::new(read_text(secret, data_key)?);
-    PrivateKey::from_base64(&text).map_err(ReadProblem::Invalid)
+    PrivateKey::from_base64(read_text(secret, data_key)?).map_err(ReadProblem::Invalid)
 }
 
 /// The pre-shared key under `data_key`, written as by `wg genpsk`.
 pub fn read_preshared_key(secret: &Secret, data_key: &str) -> Result<PresharedKey, ReadProblem> {
-    let text = zeroize::Zeroizing::new(read_text(secret, data_key)?);
-    PresharedKey::from_base64(&text).map_err(ReadProblem::Invalid)
+    PresharedKey::from_base64(read_text(secret, data_key)?).map_err(ReadProblem::Invalid)
 }
 
 #[cfg(test)]
@@ -371,6 +375,15 @@ mod tests {
         assert_eq!(
             read_private_key(&secret, "privateKey"),
             Err(ReadProblem::Invalid(KeyError::WrongLength { len: 5 }))
+        );
+        // Not text: the raw bytes of a key are not what `wg genkey` writes.
+        secret.data = Some(BTreeMap::from([(
+            "privateKey".to_string(),
+            ByteString(vec![0xff; 44]),
+        )]));
+        assert_eq!(
+            read_private_key(&secret, "privateKey"),
+            Err(ReadProblem::Invalid(KeyError::NotAscii))
         );
         secret.data = None;
         secret.string_data = Some(BTreeMap::from([("k".to_string(), format!("{PRIVATE}\n"))]));

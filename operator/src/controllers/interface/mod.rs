@@ -21,10 +21,10 @@ use kwire_crds::v1alpha1::{Interface, KeyMode};
 use super::{apply_secret, finish, get_secret, namespace};
 use crate::context::{Context, EventSpec};
 use crate::error::Error;
-use crate::keys::PrivateKey;
 use crate::reasons;
 use crate::secrets::{PRIVATE_KEY_DATA, private_key_secret_name};
 use crate::status::{apply_status, needs_patch};
+use kwire_crds::keys::PrivateKey;
 
 pub const CONTROLLER: &str = "interface";
 

@@ -13,13 +13,13 @@ use super::rotation::{GeneratedKeys, KeyPlan, OldKeySecret, plan_generated, rota
 use crate::context::EventSpec;
 use crate::controllers::{SecretAction, condition_events};
 use crate::ipam;
-use crate::keys::PublicKey;
 use crate::reasons;
 use crate::resolve::interface_endpoint;
 use crate::secrets::{self, ReadProblem};
 use crate::status::{DesiredCondition, merge_conditions};
 use crate::topology::{Finding, ObjectKind, condition_for};
 use crate::world::{World, ns_of};
+use kwire_crds::keys::PublicKey;
 
 /// What the Interface controller observed about the private key.
 #[derive(Debug)]

@@ -37,7 +37,6 @@ use kwire_crds::v1alpha1::{
 
 use crate::context::EventSpec;
 use crate::controllers::SecretAction;
-use crate::keys::{PrivateKey, PublicKey};
 use crate::reasons;
 use crate::secrets::{
     self, ANNOTATION_ROTATION_REQUEST, LABEL_INTERFACE, PRIVATE_KEY_SECRET_TYPE, ReadProblem,
@@ -45,6 +44,7 @@ use crate::secrets::{
 };
 use crate::status::DesiredCondition;
 use crate::world::{World, ns_of};
+use kwire_crds::keys::{PrivateKey, PublicKey};
 
 /// How soon to look again while a rotation waits for its Peers (they also trigger a
 /// reconcile when they change; this is the safety net).

@@ -10,11 +10,11 @@ use serde_json::json;
 use super::*;
 use crate::controllers::SecretAction;
 use crate::fixtures::*;
-use crate::keys::PrivateKey;
 use crate::reasons;
 use crate::secrets::{PlannedSecret, private_key_secret};
 use crate::status::{Status, needs_patch};
 use crate::world::World;
+use kwire_crds::keys::PrivateKey;
 
 const PRIVATE: &str = "uL05OyKCfPLVOdvOUsn5NJx1oRCuLZt/+9All5kZPVE=";
 const PUBLIC: &str = "d7n3aHWXo8ES1G6Z4qZ6/fhPmKWjCGIl6piHhsMntQ0=";

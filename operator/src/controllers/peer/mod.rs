@@ -18,9 +18,9 @@ use kwire_crds::v1alpha1::Peer;
 use super::{apply_secret, finish, get_secret, namespace};
 use crate::context::Context;
 use crate::error::Error;
-use crate::keys::PresharedKey;
 use crate::secrets::{PRESHARED_KEY_DATA, preshared_key_secret_name};
 use crate::status::{apply_status, needs_patch};
+use kwire_crds::keys::PresharedKey;
 
 pub const CONTROLLER: &str = "peer";
 

@@ -7,7 +7,6 @@ use kwire_crds::v1alpha1::{KeyRotationPhase, Peer, PeerStatus, condition};
 
 use crate::context::EventSpec;
 use crate::controllers::{SecretAction, condition_events};
-use crate::keys::PresharedKey;
 use crate::reasons;
 use crate::resolve::{PskState, resolve_peer};
 use crate::secrets::{
@@ -16,6 +15,7 @@ use crate::secrets::{
 use crate::status::{DesiredCondition, merge_conditions};
 use crate::topology::{Finding, ObjectKind, condition_for};
 use crate::world::{World, ns_of};
+use kwire_crds::keys::PresharedKey;
 
 /// What the Peer controller observed about the pre-shared key.
 #[derive(Debug)]

@@ -5,12 +5,12 @@ use serde_json::json;
 use super::*;
 use crate::controllers::SecretAction;
 use crate::fixtures::*;
-use crate::keys::PresharedKey;
 use crate::reasons;
 use crate::secrets::{PlannedSecret, preshared_key_secret};
 use crate::status::needs_patch;
 use crate::topology::{self, ObjectKind};
 use crate::world::World;
+use kwire_crds::keys::PresharedKey;
 
 fn now(s: i64) -> Time {
     Time(Timestamp::from_second(s).unwrap())
