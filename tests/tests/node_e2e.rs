@@ -26,7 +26,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::{Sandbox, SandboxNode};
-use kwire_tests::wait::wait_for;
+use kwire_tests::wait::{settled, wait_for, wait_for_every};
 use serde_json::Value;
 
 /// Generous bound for a sandbox to become Ready and Connected (about 20 s when idle).
@@ -239,6 +239,58 @@ fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> Result<f64> {
         .ok_or_else(|| anyhow!("no metric {name}"))
 }
 
+const FULL_RECONCILES: &str = "kwire_node_reconciles_total{mode=\"full\"}";
+
+/// The counters of a daemon's reconciles: full, delta, kernel writes, failed steps. They move
+/// together during a reconcile (the full count first, the writes once the plan is applied).
+fn reconcile_counters(node: &SandboxNode) -> Result<[f64; 4]> {
+    let m = scrape(node)?;
+    Ok([
+        metric(&m, FULL_RECONCILES)?,
+        metric(&m, "kwire_node_reconciles_total{mode=\"delta\"}")?,
+        metric(&m, "kwire_node_kernel_writes_total")?,
+        metric(&m, "kwire_node_apply_errors_total")?,
+    ])
+}
+
+/// Full reconciles of each node's daemon so far, to count from with [`full_reconciles_after`].
+fn full_reconciles(nodes: &[&SandboxNode]) -> Result<Vec<f64>> {
+    nodes
+        .iter()
+        .map(|n| metric(&scrape(n)?, FULL_RECONCILES))
+        .collect()
+}
+
+/// Waits until the daemon of each of `nodes` has completed `more` full reconciles (observe,
+/// plan, apply: the periodic resync, or a look again after a change) since `since`, and
+/// then until their reconcile counters stand still, so that no reconcile is half done.
+fn full_reconciles_after(
+    nodes: &[&SandboxNode],
+    since: &[f64],
+    more: f64,
+    timeout: Duration,
+) -> Result<()> {
+    wait_for(
+        &format!("{more} more full reconciles on every node"),
+        timeout,
+        || {
+            let now = full_reconciles(nodes)?;
+            Ok(now
+                .iter()
+                .zip(since)
+                .all(|(now, since)| *now >= since + more)
+                .then_some(()))
+        },
+    )?;
+    settled("the nodes' reconcile counters", RESYNC, 3, || {
+        nodes
+            .iter()
+            .map(|n| reconcile_counters(n))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok(())
+}
+
 /// `ping -i 0.01` running in a node until [`ContinuousPing::stop`]; killed on drop.
 /// Its output goes to a file (a pipe nobody reads would fill up and stall it).
 struct ContinuousPing {
@@ -248,8 +300,15 @@ struct ContinuousPing {
 }
 
 /// Echo requests sent in the last second before the ping is interrupted may still be on
-/// their way: they are not counted (every test stops its ping seconds after the event).
+/// their way: they are not counted (every test lets [`AFTER`] more replies come back after
+/// the event before it stops its ping).
 const IN_FLIGHT: u64 = 100;
+/// Replies a test waits for before the event it pings across ([`ContinuousPing::replies_past`]):
+/// the ping runs and the path answers.
+const BEFORE: u64 = 100;
+/// Replies a test waits for after the event before it stops the ping: the [`IN_FLIGHT`]
+/// that are not counted, and as many again that are.
+const AFTER: u64 = 2 * IN_FLIGHT;
 
 #[derive(Debug)]
 struct PingSummary {
@@ -302,6 +361,24 @@ impl ContinuousPing {
             output,
             label: format!("{} → {to}", node.netns.name()),
         })
+    }
+
+    /// Echo replies so far (ping prints each as it comes).
+    fn replies(&self) -> Result<u64> {
+        let text = std::fs::read_to_string(&self.output)?;
+        Ok(text.lines().filter(|l| l.contains("bytes from")).count() as u64)
+    }
+
+    /// Waits until `more` replies have come back since this is called: the ping has run
+    /// across whatever happens meanwhile, or before what comes next.
+    fn replies_past(&self, more: u64) -> Result<()> {
+        let now = self.replies()?;
+        wait_for(
+            &format!("{more} more ping replies {} (after {now})", self.label),
+            Duration::from_secs(60),
+            || Ok((self.replies()? >= now + more).then_some(())),
+        )?;
+        Ok(())
     }
 
     /// Interrupts the ping (it prints its summary) and returns what came back.
@@ -679,7 +756,7 @@ async fn changing_one_peer_leaves_the_device_and_the_other_peer_alone() -> Resul
     let s1_before = wg_peer(hub, &s1)?;
 
     let ping = ContinuousPing::start(hub, ip("10.3.0.2"))?;
-    std::thread::sleep(Duration::from_secs(2));
+    ping.replies_past(BEFORE)?;
     apply(
         &sb,
         &scratch,
@@ -700,7 +777,7 @@ async fn changing_one_peer_leaves_the_device_and_the_other_peer_alone() -> Resul
         "   change reached the hub's device {:.1}s after kubectl apply",
         took.as_secs_f64()
     );
-    std::thread::sleep(Duration::from_secs(2));
+    ping.replies_past(AFTER)?;
     let summary = ping.stop()?;
 
     ensure!(summary.transmitted > 100, "{summary:?}");
@@ -753,9 +830,10 @@ async fn a_daemon_killed_and_restarted_adopts_everything_with_zero_writes_and_no
 
     // A → C crosses B, the relay whose daemon dies.
     let ping = ContinuousPing::start(node(&sb, "a")?, ip("10.2.0.2"))?;
-    std::thread::sleep(Duration::from_secs(1));
+    ping.replies_past(BEFORE)?;
     sb.kill_daemon("b")?;
-    std::thread::sleep(Duration::from_secs(2));
+    // B forwards with no daemon: the pings through it go on answering.
+    ping.replies_past(AFTER)?;
     let restarted = Instant::now();
     sb.respawn_daemon("b", &command)?;
     let b = node(&sb, "b")?;
@@ -771,7 +849,7 @@ async fn a_daemon_killed_and_restarted_adopts_everything_with_zero_writes_and_no
         "   first reconcile {:.1}s after the restart",
         took.as_secs_f64()
     );
-    std::thread::sleep(Duration::from_secs(2));
+    ping.replies_past(AFTER)?;
     let summary = ping.stop()?;
 
     ensure!(
@@ -793,9 +871,9 @@ async fn a_daemon_killed_and_restarted_adopts_everything_with_zero_writes_and_no
         summary.transmitted
     );
     // Still zero writes after the next resync, and the restarted daemon reports again.
-    std::thread::sleep(RESYNC + Duration::from_secs(2));
+    full_reconciles_after(&[b], &[1.0], 1.0, RESYNC * 3)?;
     let later = scrape(b)?;
-    ensure!(metric(&later, "kwire_node_reconciles_total{mode=\"full\"}")? >= 2.0);
+    ensure!(metric(&later, FULL_RECONCILES)? >= 2.0);
     ensure!(metric(&later, "kwire_node_kernel_writes_total")? == 0.0);
     eprintln!(
         "   restart to status: {:.1}s",
@@ -827,11 +905,17 @@ async fn an_unreachable_api_server_tears_nothing_down_and_changes_apply_after_it
     let ping = ContinuousPing::start(node(&sb, "a")?, ip("10.2.0.2"))?;
     sb.disconnect_api_and_connections();
     let outage = Instant::now();
+    let nodes: Vec<&SandboxNode> = sb.nodes.values().collect();
+    let since = full_reconciles(&nodes)?;
     // A change made during the outage cannot reach the nodes...
-    std::thread::sleep(Duration::from_secs(3));
     apply(&sb, &scratch, "a-to-b.yaml", &seed_peer_a_to_b(21))?;
-    let remaining = Duration::from_secs(30).saturating_sub(outage.elapsed());
-    std::thread::sleep(remaining);
+    // ...however long it lasts: every daemon goes on resyncing what it knew, four times
+    // (three resync periods at least).
+    full_reconciles_after(&nodes, &since, 4.0, RESYNC * 8)?;
+    eprintln!(
+        "   outage of {:.1}s: four full resyncs on every node",
+        outage.elapsed().as_secs_f64()
+    );
     let a = node(&sb, "a")?;
     ensure!(
         wg_peer(a, &b_key)?.keepalive == "15",
@@ -921,20 +1005,21 @@ async fn a_killed_wireguard_go_is_replaced_and_the_link_recovers() -> Result<()>
         Duration::from_secs(10),
         || Ok(gone(before[0]).then_some(())),
     )?;
-    // Until a ping gets through again, one at a time, 200 ms each.
-    let recovered = loop {
-        let out = vm01
-            .netns
-            .try_exec(&["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.0.0.2"]);
-        if out.status.success() {
-            break killed.elapsed();
-        }
-        ensure!(
-            killed.elapsed() < Duration::from_secs(30),
-            "no ping through 30 s after wireguard-go was killed\n{}",
-            sb.logs_tail(30)
-        );
-    };
+    // Until a ping gets through again, one at a time, 200 ms each (no pause between: the
+    // ping's own deadline paces them, and the recovery time is not the pause's).
+    wait_for_every(
+        Duration::ZERO,
+        "a ping through after wireguard-go was killed",
+        Duration::from_secs(30),
+        || {
+            let out = vm01
+                .netns
+                .try_exec(&["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.0.0.2"]);
+            Ok(out.status.success().then_some(()))
+        },
+    )
+    .with_context(|| sb.logs_tail(30))?;
+    let recovered = killed.elapsed();
     eprintln!(
         "   RECOVERY: ping vm01 → vm02 answered again {:.2}s after wireguard-go was killed (goal: 5 s)",
         recovered.as_secs_f64()
@@ -962,7 +1047,7 @@ async fn a_kwire_route_deleted_by_hand_comes_back_within_one_resync() -> Result<
     ensure!(route.contains("via 10.1.0.2 dev wg0-client"), "{route}");
     a.netns
         .exec(&["ip", "route", "del", "10.2.0.0/24", "proto", "75"])?;
-    let deleted = Instant::now();
+    // Within one resync period (and a margin for a loaded machine): the wait's bound.
     let ((), took) = wait_for(
         "the route to come back",
         RESYNC + Duration::from_secs(20),
@@ -976,7 +1061,6 @@ async fn a_kwire_route_deleted_by_hand_comes_back_within_one_resync() -> Result<
         took.as_secs_f64(),
         RESYNC.as_secs()
     );
-    ensure!(deleted.elapsed() < RESYNC + Duration::from_secs(20));
     ensure!(
         a.netns.ping(ip("10.2.0.2"), 2, Duration::from_secs(2)),
         "A → C after the repair"
@@ -1079,7 +1163,7 @@ async fn bad_input_becomes_a_condition_on_its_object_and_disturbs_nothing_else()
             Ok(Some(found))
         },
     )?;
-    std::thread::sleep(Duration::from_secs(2));
+    ping.replies_past(AFTER)?;
     let summary = ping.stop()?;
     eprintln!(
         "   conditions set {:.1}s after the apply:",
@@ -1288,9 +1372,11 @@ async fn foreign_links_addresses_routes_and_rules_survive_a_whole_run() -> Resul
         routes.contains("proto 75") && routes.contains("proto static"),
         "{routes}"
     );
+    let nodes: Vec<&SandboxNode> = sb.nodes.values().collect();
+    let since = full_reconciles(&nodes)?;
     compare(&sb, "after convergence")?;
-    std::thread::sleep(RESYNC + Duration::from_secs(1));
-    compare(&sb, "after a resync")?;
+    full_reconciles_after(&nodes, &since, 1.0, RESYNC * 3)?;
+    compare(&sb, "after a full reconcile")?;
 
     kubectl(
         &sb,
@@ -1405,14 +1491,20 @@ async fn the_daemon_serves_metrics_health_and_readiness() -> Result<()> {
         Duration::from_secs(30),
         || Ok(vm02.netns.http_get(METRICS_PORT, "/healthz").ok()),
     )?;
-    std::thread::sleep(Duration::from_secs(3));
+    // Nothing moves: its reconcile counters stay where they are for three seconds.
+    settled(
+        "the reconcile counters of the daemon without the API",
+        Duration::from_secs(30),
+        16,
+        || reconcile_counters(vm02),
+    )?;
     ensure!(vm02.netns.http_get(METRICS_PORT, "/healthz")?.0 == 200);
     let (code, body) = vm02.netns.http_get(METRICS_PORT, "/readyz")?;
     ensure!(
         code == 503,
         "/readyz before the first reconcile: {code} {body}"
     );
-    ensure!(metric(&scrape(vm02)?, "kwire_node_reconciles_total{mode=\"full\"}")? == 0.0);
+    ensure!(metric(&scrape(vm02)?, FULL_RECONCILES)? == 0.0);
     ensure!(
         node(&sb, "vm01")?
             .netns
