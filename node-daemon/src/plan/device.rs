@@ -147,11 +147,50 @@ pub(super) fn plan_peers(
             }
         }
     }
+    let starts = replacements_without_keepalive(want, have, &upserts);
     steps.extend(upserts.into_iter().map(|(peer, change)| Step::UpsertPeer {
         device: name.clone(),
         peer,
         change,
     }));
+    steps.extend(starts.into_iter().map(|peer| Step::StartHandshake {
+        device: name.clone(),
+        peer,
+        keepalive: 0,
+    }));
+}
+
+/// New entries that take over addresses of an entry this plan removes (a far end's key
+/// rotation: the same link under a new key) and have no keepalive to start their handshake
+/// when they are created. Traffic of the link was flowing, so a handshake is started at
+/// once: should the far end already have switched and sent its own first initiation to this
+/// device before this entry existed, nothing else would start one before WireGuard's 5 s
+/// retry. (With a keepalive, creating the entry starts the handshake by itself.)
+fn replacements_without_keepalive(
+    want: &BTreeMap<PublicKey, PeerConfig>,
+    have: &BTreeMap<PublicKey, ObservedPeer>,
+    upserts: &[(PublicKey, PeerChange)],
+) -> Vec<PublicKey> {
+    let removed: Vec<&IpNet> = have
+        .iter()
+        .filter(|(key, _)| !want.contains_key(key))
+        .flat_map(|(_, p)| &p.config.allowed_ips)
+        .collect();
+    if removed.is_empty() {
+        return Vec::new();
+    }
+    upserts
+        .iter()
+        .filter(|(_, change)| change.create && change.persistent_keepalive.is_none())
+        .filter(|(_, change)| {
+            change.allowed_ips.iter().flatten().any(|ip| {
+                removed
+                    .iter()
+                    .any(|old| old.contains(ip) || ip.contains(*old))
+            })
+        })
+        .map(|(peer, _)| *peer)
+        .collect()
 }
 
 /// After a device's private key changed: a handshake with every peer at once. The far ends

@@ -446,6 +446,12 @@ proptest! {
                     prop_assert_eq!(device, &dev);
                     prop_assert!(*peer == key || *peer == new_key, "{}", step);
                 }
+                // A new key for the same addresses, with no keepalive, starts its handshake.
+                Step::StartHandshake { device, peer, keepalive: 0 } => {
+                    prop_assert_eq!(device, &dev);
+                    prop_assert!(rekey && *peer == new_key, "{}", step);
+                    prop_assert!(changed.devices[&dev].peers[&new_key].persistent_keepalive.unwrap_or(0) == 0);
+                }
                 other => prop_assert!(false, "unexpected step {}", other),
             }
         }

@@ -221,6 +221,53 @@ fn a_new_public_key_removes_the_old_peer_before_adding_the_new_one() {
 }
 
 #[test]
+fn a_new_key_without_keepalive_for_the_same_addresses_starts_its_handshake() {
+    let quiet = |cfg: &PeerConfig| PeerConfig {
+        persistent_keepalive: None,
+        ..cfg.clone()
+    };
+    let mut old = seed_node();
+    let dev = old.devices.get_mut(&wg0()).unwrap();
+    let cfg = quiet(&dev.peers[&pk(2)]);
+    dev.peers.insert(pk(2), cfg.clone());
+    // The far end's key changes (2 -> 3); an unrelated peer (4) is added at the same time.
+    let mut new = old.clone();
+    let dev = new.devices.get_mut(&wg0()).unwrap();
+    dev.peers.remove(&pk(2));
+    dev.peers.insert(pk(3), cfg.clone());
+    dev.peers.insert(pk(4), peer(&["10.4.0.0/24"]));
+    let steps = plan(&new, &converged(&old)).steps;
+    let started: Vec<_> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::StartHandshake {
+                peer, keepalive, ..
+            } => Some((*peer, *keepalive)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, vec![(pk(3), 0)], "{steps:?}");
+    assert!(matches!(steps.last(), Some(Step::StartHandshake { .. })));
+    // With a keepalive, creating the entry starts the handshake: nothing more is planned.
+    let p = plan(&seed_node_with_peer(3), &converged(&seed_node()));
+    assert!(
+        !p.steps
+            .iter()
+            .any(|s| matches!(s, Step::StartHandshake { .. })),
+        "{:?}",
+        p.steps
+    );
+}
+
+fn seed_node_with_peer(key: u8) -> DesiredNode {
+    let mut d = seed_node();
+    let dev = d.devices.get_mut(&wg0()).unwrap();
+    let cfg = dev.peers.remove(&pk(2)).unwrap();
+    dev.peers.insert(pk(key), cfg);
+    d
+}
+
+#[test]
 fn a_changed_allowed_ips_set_replaces_only_that_peers_set() {
     let base = seed_node().with_device(
         "wg1",
