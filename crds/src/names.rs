@@ -10,11 +10,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use base64::Engine as _;
 use ipnet::IpNet;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{KeyError, PublicKey};
 use crate::schema::{CelRule, string_schema};
 
 /// Why a value does not have the form a field expects.
@@ -204,10 +204,8 @@ fn is_device_name(s: &str) -> bool {
 }
 
 fn is_wireguard_key(s: &str) -> bool {
-    s.len() == 44
-        && base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .is_ok_and(|bytes| bytes.len() == 32)
+    // The length first: `PublicKey` also accepts surrounding whitespace, the API does not.
+    s.len() == 44 && s.parse::<PublicKey>().is_ok()
 }
 
 fn is_ip(s: &str) -> bool {
@@ -253,16 +251,9 @@ fn is_object_name(s: &str) -> bool {
 }
 
 impl WireguardKey {
-    /// The 32 key bytes.
-    pub fn to_bytes(&self) -> Result<[u8; 32], InvalidValue> {
-        base64::engine::general_purpose::STANDARD
-            .decode(&self.0)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| InvalidValue {
-                value: self.0.clone(),
-                expected: Self::RULES[0].message,
-            })
+    /// The key itself. Fails only for a value made with `new_unchecked`.
+    pub fn public_key(&self) -> Result<PublicKey, KeyError> {
+        self.0.parse()
     }
 
     /// The first characters of the key, enough for a person to tell keys apart.
@@ -335,9 +326,17 @@ mod tests {
     fn wireguard_keys_must_decode_to_32_bytes() {
         let key = "OgbUF/E21zi9qHf5h9H6N/iM92nnNYgRtOMhReFm730=";
         assert_eq!(
-            WireguardKey::parse(key).unwrap().to_bytes().unwrap().len(),
-            32
+            WireguardKey::parse(key)
+                .unwrap()
+                .public_key()
+                .unwrap()
+                .to_string(),
+            key
         );
+        assert!(WireguardKey::new_unchecked("abc").public_key().is_err());
+        // Whitespace around a key: `wg` would take it, the API does not.
+        assert!(WireguardKey::parse(format!("{key}\n")).is_err());
+        assert!(WireguardKey::parse(format!(" {}", &key[1..])).is_err());
         assert!(WireguardKey::parse("OgbUF/E21zi9qHf5h9H6N/iM92nnNYgRtOMhReFm73=").is_err());
         assert!(WireguardKey::parse("not a key").is_err());
         // 44 characters, but the last base64 digit carries bits beyond 32 bytes.
