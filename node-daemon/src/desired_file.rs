@@ -32,6 +32,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use kwire_crds::keys::Zeroizing;
 use serde::Deserialize;
 
 use crate::model::{
@@ -140,7 +141,6 @@ pub fn parse(text: &str, base: &Path) -> Result<DesiredNode, DesiredFileError> {
             snippets: serde_saphyr::SnippetMode::Off,
         }),
     })?;
-    let field = |what: String| move |source| DesiredFileError::Field { what, source };
     let mut node = DesiredNode {
         forwarding: NodeForwarding {
             ipv4: file.forwarding.ipv4,
@@ -228,23 +228,35 @@ pub fn parse(text: &str, base: &Path) -> Result<DesiredNode, DesiredFileError> {
     Ok(node)
 }
 
-/// An inline value or the trimmed contents of a file; not both.
+/// The error of a field that does not parse (a name, an owner or a key).
+fn field<E: Into<ParseError>>(what: String) -> impl FnOnce(E) -> DesiredFileError {
+    move |source| DesiredFileError::Field {
+        what,
+        source: source.into(),
+    }
+}
+
+/// An inline value or the contents of a file (the key parsers ignore surrounding
+/// whitespace); not both. Wiped when dropped.
 fn secret(
     inline: Option<String>,
     file: Option<PathBuf>,
     base: &Path,
     what: &str,
-) -> Result<Option<String>, DesiredFileError> {
+) -> Result<Option<Zeroizing<String>>, DesiredFileError> {
     match (inline, file) {
-        (Some(_), Some(_)) => Err(DesiredFileError::Missing(format!(
-            "{what}: give the value or a file, not both"
-        ))),
-        (Some(v), None) => Ok(Some(v)),
+        (Some(v), Some(_)) => {
+            drop(Zeroizing::new(v));
+            Err(DesiredFileError::Missing(format!(
+                "{what}: give the value or a file, not both"
+            )))
+        }
+        (Some(v), None) => Ok(Some(Zeroizing::new(v))),
         (None, Some(f)) => {
             let path = if f.is_absolute() { f } else { base.join(f) };
             let text = std::fs::read_to_string(&path)
                 .map_err(|source| DesiredFileError::Read { path, source })?;
-            Ok(Some(text.trim().to_owned()))
+            Ok(Some(Zeroizing::new(text)))
         }
         (None, None) => Ok(None),
     }
@@ -291,6 +303,10 @@ mod tests {
             "devices:\n  wg0:\n    owner: a/b\n    privateKey: c2VjcmV0LWJ1dC10b28tc2hvcnQ=\n";
         let err = parse(text, Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("privateKey"), "{err}");
+        assert!(
+            err.contains("the key decodes to 20 bytes instead of 32"),
+            "{err}"
+        );
         assert!(!err.contains("c2VjcmV0"), "{err}");
     }
 

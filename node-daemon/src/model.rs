@@ -6,9 +6,10 @@
 //! test has a deterministic order.
 //!
 //! Guarantees:
-//! - Private and preshared keys live in [`PrivateKey`] and [`PresharedKey`],
-//!   whose `Debug` and `Display` print `<redacted>` and which implement no
-//!   `Serialize`, so they cannot leak through logs or JSON reports.
+//! - Private and preshared keys live in [`PrivateKey`] and [`PresharedKey`]
+//!   (`kwire_crds::keys`, the types the operator and the CLI use too), whose `Debug` and
+//!   `Display` print `<redacted>`, which implement no `Serialize`, and whose bytes are
+//!   wiped when dropped, so they cannot leak through logs or JSON reports.
 //! - [`IfaceName`] and [`OwnerRef`] are validated when constructed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,9 +18,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use ipnet::IpNet;
+pub use kwire_crds::keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 
 /// Routing table `main`, the kernel's default.
 pub const TABLE_MAIN: u32 = 254;
@@ -31,8 +31,8 @@ pub enum ParseError {
     IfaceName(String),
     #[error("invalid owner {0:?}: expected \"<namespace>/<name>\"")]
     Owner(String),
-    #[error("invalid key: expected 32 bytes in base64")]
-    Key,
+    #[error("the key {0}")]
+    Key(#[from] KeyError),
 }
 
 /// A kernel interface name: 1–15 bytes, no `/`, `:` or whitespace, not `.`/`..`.
@@ -133,103 +133,6 @@ impl fmt::Display for OwnerRef {
 impl fmt::Debug for OwnerRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "\"{self}\"")
-    }
-}
-
-fn decode_key(s: &str) -> Result<[u8; 32], ParseError> {
-    let bytes = B64.decode(s.trim()).map_err(|_| ParseError::Key)?;
-    bytes.try_into().map_err(|_| ParseError::Key)
-}
-
-/// A WireGuard public key. Public, so it prints as base64.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PublicKey([u8; 32]);
-
-impl PublicKey {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-    pub fn to_base64(&self) -> String {
-        B64.encode(self.0)
-    }
-}
-
-impl FromStr for PublicKey {
-    type Err = ParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        decode_key(s).map(Self)
-    }
-}
-
-impl fmt::Display for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_base64())
-    }
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({self})")
-    }
-}
-
-macro_rules! secret_key {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq)]
-        pub struct $name([u8; 32]);
-
-        impl $name {
-            pub fn from_bytes(bytes: [u8; 32]) -> Self {
-                Self(bytes)
-            }
-            /// The raw key. Only the dataplane should call this.
-            pub fn expose_secret(&self) -> &[u8; 32] {
-                &self.0
-            }
-            pub fn is_zero(&self) -> bool {
-                self.0 == [0; 32]
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = ParseError;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                decode_key(s).map(Self)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("<redacted>")
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("<redacted>")
-            }
-        }
-    };
-}
-
-secret_key!(
-    /// A WireGuard private key. `Debug` and `Display` print `<redacted>`.
-    PrivateKey
-);
-secret_key!(
-    /// A WireGuard preshared key. `Debug` and `Display` print `<redacted>`.
-    PresharedKey
-);
-
-impl PrivateKey {
-    /// The public key that belongs to this private key.
-    pub fn public_key(&self) -> PublicKey {
-        let public = wireguard_control::Key(self.0).get_public();
-        PublicKey(public.0)
     }
 }
 
@@ -449,29 +352,6 @@ pub fn effective_metric(destination: &IpNet, metric: Option<u32>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn private_keys_never_print_their_bytes() {
-        let key: PrivateKey = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
-            .parse()
-            .unwrap();
-        assert_eq!(format!("{key:?}"), "<redacted>");
-        assert_eq!(format!("{key}"), "<redacted>");
-        let psk = PresharedKey::from_bytes([7; 32]);
-        assert_eq!(format!("{:?}", Some(psk)), "Some(<redacted>)");
-    }
-
-    #[test]
-    fn a_private_key_derives_the_public_key_wg_would() {
-        // Expected value computed with `echo <private> | wg pubkey`.
-        let key: PrivateKey = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
-            .parse()
-            .unwrap();
-        assert_eq!(
-            key.public_key().to_string(),
-            "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-        );
-    }
 
     #[test]
     fn interface_names_longer_than_fifteen_bytes_are_rejected() {

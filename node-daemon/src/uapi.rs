@@ -84,13 +84,8 @@ impl UapiError {
     }
 }
 
-fn hex(bytes: &[u8; 32]) -> String {
-    let mut out = String::with_capacity(64);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
-}
+/// The all-zero key: `preshared_key=` with it removes a peer's pre-shared key.
+const NO_KEY_HEX: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The `set=1` request for `steps` (WireGuard steps of one device; others are
 /// ignored). Device-wide lines come first whatever the step order, since any
@@ -101,22 +96,22 @@ pub fn set_request(steps: &[Step]) -> String {
     for step in steps {
         match step {
             Step::SetPrivateKey { key, .. } => {
-                let _ = writeln!(device, "private_key={}", hex(key.expose_secret()));
+                let _ = writeln!(device, "private_key={}", key.to_hex().as_str());
             }
             Step::SetListenPort { port, .. } => {
                 let _ = writeln!(device, "listen_port={port}");
             }
             Step::RemovePeer { peer, .. } => {
-                let _ = writeln!(peers, "public_key={}\nremove=true", hex(peer.as_bytes()));
+                let _ = writeln!(peers, "public_key={}\nremove=true", peer.to_hex());
             }
             Step::UpsertPeer { peer, change, .. } => {
-                let _ = writeln!(peers, "public_key={}", hex(peer.as_bytes()));
+                let _ = writeln!(peers, "public_key={}", peer.to_hex());
                 match &change.preshared_key {
                     Some(Some(psk)) => {
-                        let _ = writeln!(peers, "preshared_key={}", hex(psk.expose_secret()));
+                        let _ = writeln!(peers, "preshared_key={}", psk.to_hex().as_str());
                     }
                     Some(None) => {
-                        let _ = writeln!(peers, "preshared_key={}", hex(&[0; 32]));
+                        let _ = writeln!(peers, "preshared_key={}", NO_KEY_HEX);
                     }
                     None => {}
                 }
@@ -141,7 +136,7 @@ pub fn set_request(steps: &[Step]) -> String {
                 let _ = writeln!(
                     peers,
                     "public_key={}\npersistent_keepalive_interval=0\npersistent_keepalive_interval={}",
-                    hex(peer.as_bytes()),
+                    peer.to_hex(),
                     (*keepalive).max(1)
                 );
             }
@@ -167,7 +162,7 @@ pub fn restore_request(steps: &[Step]) -> Option<String> {
             let _ = writeln!(
                 request,
                 "public_key={}\npersistent_keepalive_interval=0",
-                hex(peer.as_bytes())
+                peer.to_hex()
             );
             any = true;
         }
@@ -364,7 +359,7 @@ pub fn parse_get(answer: &[u8]) -> Result<ObservedWireguard, UapiError> {
         let bad = |what: &str| malformed(format!("{key} is not {what}"));
         match key {
             "private_key" => {
-                let k = PrivateKey::from_bytes(hex_key(value).ok_or_else(|| bad("a key"))?);
+                let k = PrivateKey::from_hex(value).map_err(|_| bad("a key"))?;
                 device.public_key = (!k.is_zero()).then(|| k.public_key());
                 device.private_key = (!k.is_zero()).then_some(k);
             }
@@ -373,7 +368,7 @@ pub fn parse_get(answer: &[u8]) -> Result<ObservedWireguard, UapiError> {
                 device.listen_port = (port != 0).then_some(port);
             }
             "public_key" => {
-                let key = PublicKey::from_bytes(hex_key(value).ok_or_else(|| bad("a key"))?);
+                let key = PublicKey::from_hex(value).map_err(|_| bad("a key"))?;
                 if let Some(done) = current.take() {
                     let (k, p) = done.finish(line)?;
                     device.peers.insert(k, p);
@@ -428,7 +423,7 @@ fn peer_line(p: &mut PeerInProgress, key: &str, value: &str) -> Result<(), &'sta
     let stats = &mut p.peer.stats;
     match key {
         "preshared_key" => {
-            let k = PresharedKey::from_bytes(hex_key(value).ok_or("a key")?);
+            let k = PresharedKey::from_hex(value).map_err(|_| "a key")?;
             config.preshared_key = (!k.is_zero()).then_some(k);
         }
         "endpoint" => config.endpoint = value.parse::<SocketAddr>().ok(),
@@ -451,20 +446,6 @@ fn peer_line(p: &mut PeerInProgress, key: &str, value: &str) -> Result<(), &'sta
         _ => {}
     }
     Ok(())
-}
-
-/// A 32-byte key from its 64 hex digits.
-fn hex_key(text: &str) -> Option<[u8; 32]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (out, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
-        let digit = |b: u8| (b as char).to_digit(16);
-        *out = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
-    }
-    Some(key)
 }
 
 #[cfg(test)]
@@ -563,8 +544,9 @@ mod tests {
         assert!(parse_answer("garbage").is_err());
     }
 
+    /// Hexadecimal written here, not by the key types, so that they are checked against it.
     fn h(bytes: &[u8; 32]) -> String {
-        hex(bytes)
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// What wireguard-go answers to `get=1` for a device with two peers, with lines kwire

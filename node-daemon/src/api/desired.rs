@@ -335,12 +335,9 @@ fn peer_entry(
             "the remote public key is not resolved yet (status.resolved): is kwire-operator running?",
         ));
     };
-    let public_key: PublicKey = public_key.parse().map_err(|_| {
-        Problem::new(
-            "InvalidPublicKey",
-            "the remote public key is not 32 bytes of base64",
-        )
-    })?;
+    let public_key: PublicKey = public_key
+        .parse()
+        .map_err(|e| Problem::new("InvalidPublicKey", format!("the remote public key {e}")))?;
     let endpoint = match endpoint {
         None => None,
         Some(text) => Some(resolve_endpoint(&text, objects)?),
@@ -742,6 +739,29 @@ mod tests {
     }
 
     #[test]
+    fn a_resolved_public_key_that_is_not_a_key_says_what_is_wrong() {
+        let mut all = relay();
+        let resolved = all
+            .1
+            .iter_mut()
+            .find(|p| p.name_any() == "b-to-c")
+            .and_then(|p| p.status.as_mut())
+            .and_then(|s| s.resolved.as_mut())
+            .unwrap();
+        resolved.public_key = Some("c2hvcnQ=".into());
+        let t = translate(&on_node("b", &all));
+        let problem = &t.peer_problems[&(NS.to_string(), "b-to-c".to_string())];
+        assert_eq!(problem.reason, "InvalidPublicKey");
+        assert!(
+            problem
+                .message
+                .starts_with("the remote public key decodes to 5 bytes instead of 32"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
     fn two_routes_to_the_same_destination_conflict_and_the_first_wins() {
         let mut all = relay();
         let mut twin = all.2[0].clone();
@@ -801,10 +821,9 @@ mod tests {
         let all = relay();
         let t = translate(&on_node("b", &all));
         let printed = format!("{t:?}");
-        use base64::Engine as _;
         for n in 1..=4 {
-            let secret = base64::engine::general_purpose::STANDARD.encode(key(n).expose_secret());
-            assert!(!printed.contains(&secret));
+            let secret = key(n).to_base64();
+            assert!(!printed.contains(secret.as_str()));
         }
     }
 }

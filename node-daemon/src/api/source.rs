@@ -21,7 +21,6 @@
 //! picked up by the next periodic snapshot, as it was when no event came.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,6 +30,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
+use kwire_crds::keys::{KeyError, Zeroizing};
 use kwire_crds::v1alpha1::{Interface, KeyMode, Peer, Route};
 use tokio::sync::Notify;
 
@@ -54,8 +54,37 @@ pub struct Source {
     routes: Store<Route>,
     changed: Arc<Notify>,
     key_dir: PathBuf,
-    /// The last key read from each (namespace, Secret, data key), for API outages.
-    last_keys: Arc<Mutex<BTreeMap<KeyPlace, [u8; 32]>>>,
+    /// The last keys read from Secrets, for API outages.
+    last_private_keys: Arc<LastKeys<PrivateKey>>,
+    last_preshared_keys: Arc<LastKeys<PresharedKey>>,
+}
+
+/// The last key read from each (namespace, Secret, data key). The keys are kwire's key types,
+/// so a key replaced, forgotten or dropped with the map is wiped.
+struct LastKeys<K>(Mutex<BTreeMap<KeyPlace, K>>);
+
+impl<K> Default for LastKeys<K> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<K: Clone> LastKeys<K> {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<KeyPlace, K>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, id: &KeyPlace) -> Option<K> {
+        self.map().get(id).cloned()
+    }
+
+    fn put(&self, id: KeyPlace, key: K) {
+        self.map().insert(id, key);
+    }
+
+    fn forget(&self, id: &KeyPlace) {
+        self.map().remove(id);
+    }
 }
 
 impl Source {
@@ -101,7 +130,8 @@ impl Source {
             routes,
             changed,
             key_dir,
-            last_keys: Arc::default(),
+            last_private_keys: Arc::default(),
+            last_preshared_keys: Arc::default(),
         };
         (source, watches)
     }
@@ -211,9 +241,13 @@ impl Source {
             (None, None) => return None,
         };
         Some(
-            self.secret_key(&ns, &secret, &data_key, reread)
-                .await
-                .map(PrivateKey::from_bytes),
+            self.secret_key(
+                (ns, secret, data_key),
+                reread,
+                &self.last_private_keys,
+                PrivateKey::from_secret_value,
+            )
+            .await,
         )
     }
 
@@ -240,27 +274,32 @@ impl Source {
             }
         };
         Some(
-            self.secret_key(&ns, &secret, &data_key, reread)
-                .await
-                .map(PresharedKey::from_bytes),
+            self.secret_key(
+                (ns, secret, data_key),
+                reread,
+                &self.last_preshared_keys,
+                PresharedKey::from_secret_value,
+            )
+            .await,
         )
     }
 
-    /// A 32-byte key from a Secret; the value is the base64 text `wg genkey` prints, or raw bytes.
-    /// Without `reread`, the key last read from the same place, if any.
-    async fn secret_key(
+    /// A key from a Secret, read with `parse` (the value is the base64 text `wg genkey`
+    /// prints, or the raw bytes). Without `reread`, the key last read from the same place,
+    /// if any.
+    async fn secret_key<K: Clone>(
         &self,
-        ns: &str,
-        name: &str,
-        data_key: &str,
+        id: KeyPlace,
         reread: bool,
-    ) -> KeyLookup<[u8; 32]> {
+        last: &LastKeys<K>,
+        parse: fn(&[u8]) -> Result<K, KeyError>,
+    ) -> KeyLookup<K> {
+        let (ns, name, data_key) = &id;
         let unavailable = |why: String| Problem {
             reason: "KeyUnavailable",
             message: format!("cannot use key {data_key:?} of Secret {ns}/{name}: {why}"),
         };
-        let id = (ns.to_string(), name.to_string(), data_key.to_string());
-        if !reread && let Some(key) = self.remembered_key(&id) {
+        if !reread && let Some(key) = last.get(&id) {
             return Ok(key);
         }
         let secret = match Api::<Secret>::namespaced(self.client.clone(), ns)
@@ -269,69 +308,44 @@ impl Source {
         {
             Ok(Some(secret)) => secret,
             Ok(None) => {
-                self.forget_key(&id);
+                last.forget(&id);
                 return Err(unavailable("the Secret does not exist".into()));
             }
             Err(e) => {
                 // An outage or a hiccup of the API server: keep using what was read last.
-                if let Some(key) = self.remembered_key(&id) {
+                if let Some(key) = last.get(&id) {
                     tracing::debug!(namespace = %ns, secret = %name, error = %e, "reading the Secret failed; using the key read before");
                     return Ok(key);
                 }
                 return Err(unavailable(format!("reading it failed ({e})")));
             }
         };
-        let value = secret.data.as_ref().and_then(|d| d.get(data_key));
-        let key = value.and_then(|v| decode_key(&v.0));
-        match (value, key) {
-            (_, Some(key)) => {
-                self.last_keys
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, key);
+        match key_in_secret(&secret, data_key, parse) {
+            Ok(key) => {
+                last.put(id.clone(), key.clone());
                 Ok(key)
             }
-            (None, None) => {
-                self.forget_key(&id);
-                Err(unavailable("the Secret has no such key".into()))
-            }
-            (Some(_), None) => {
-                self.forget_key(&id);
-                Err(unavailable(
-                    "the value is not a WireGuard key (32 bytes, base64 as printed by wg genkey)"
-                        .into(),
-                ))
+            Err(why) => {
+                last.forget(&id);
+                Err(unavailable(why))
             }
         }
     }
-
-    fn remembered_key(&self, id: &KeyPlace) -> Option<[u8; 32]> {
-        self.last_keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .copied()
-    }
-
-    fn forget_key(&self, id: &KeyPlace) {
-        self.last_keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-    }
 }
 
-/// Accepts the 32 raw bytes or their base64 text (with or without a trailing newline).
-pub fn decode_key(value: &[u8]) -> Option<[u8; 32]> {
-    use base64::Engine as _;
-    if let Ok(raw) = <[u8; 32]>::try_from(value) {
-        return Some(raw);
-    }
-    let text = std::str::from_utf8(value).ok()?.trim();
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+/// The key under `data_key` of a Secret, parsed where it is; else why there is none (never
+/// quoting the value).
+fn key_in_secret<K>(
+    secret: &Secret,
+    data_key: &str,
+    parse: fn(&[u8]) -> Result<K, KeyError>,
+) -> Result<K, String> {
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(data_key))
+        .ok_or("the Secret has no such key")?;
+    parse(&value.0).map_err(|e| format!("the value is not a WireGuard key: it {e}"))
 }
 
 /// What to do about a node-local key, decided from the result of reading its file.
@@ -348,14 +362,13 @@ enum NodeLocalKey {
 /// file that does not hold a key) is reported: a new key would silently replace the one the
 /// far ends know, and the old one could never be recovered.
 fn node_local_key_action(read: std::io::Result<Vec<u8>>) -> NodeLocalKey {
-    match read {
-        Ok(text) => match decode_key(&text) {
-            Some(key) => NodeLocalKey::Use(PrivateKey::from_bytes(key)),
-            None => NodeLocalKey::Unavailable(
-                "the file does not hold a WireGuard key; restore it from a backup, or delete it \
-                 to have a new key generated (every peer then needs the new public key)"
-                    .into(),
-            ),
+    match read.map(Zeroizing::new) {
+        Ok(text) => match PrivateKey::from_secret_value(&text) {
+            Ok(key) => NodeLocalKey::Use(key),
+            Err(e) => NodeLocalKey::Unavailable(format!(
+                "the file does not hold a WireGuard key (it {e}); restore it from a backup, or \
+                 delete it to have a new key generated (every peer then needs the new public key)"
+            )),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeLocalKey::Generate,
         Err(e) => NodeLocalKey::Unavailable(format!(
@@ -378,20 +391,14 @@ pub fn node_local_key(dir: &Path, namespace: &str, name: &str) -> KeyLookup<Priv
         NodeLocalKey::Unavailable(why) => return Err(failed(why)),
         NodeLocalKey::Generate => {}
     }
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| failed(format!("no randomness: {e}")))?;
-    // Curve25519 clamping, as `wg genkey` does.
-    bytes[0] &= 248;
-    bytes[31] = (bytes[31] & 127) | 64;
-    write_private_file(&path, &bytes).map_err(|e| failed(format!("cannot write it: {e}")))?;
+    // Clamped, as `wg genkey` does.
+    let key = PrivateKey::generate().map_err(|e| failed(format!("no new key: {e}")))?;
+    write_private_file(&path, &key).map_err(|e| failed(format!("cannot write it: {e}")))?;
     tracing::info!(file = %path.display(), "generated a node-local key");
-    Ok(PrivateKey::from_bytes(bytes))
+    Ok(key)
 }
 
-fn write_private_file(path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
-    use base64::Engine as _;
+fn write_private_file(path: &Path, key: &PrivateKey) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(dir) = path.parent() {
@@ -404,11 +411,8 @@ fn write_private_file(path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    writeln!(
-        file,
-        "{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )?;
+    file.write_all(key.to_base64().as_bytes())?;
+    file.write_all(b"\n")?;
     file.sync_all()?;
     std::fs::rename(tmp, path)?;
     // The rename itself survives a power loss only once the folder is synced.
@@ -515,6 +519,11 @@ mod tests {
         let first = node_local_key(dir.path(), "ns", "wg0").unwrap();
         let again = node_local_key(dir.path(), "ns", "wg0").unwrap();
         assert_eq!(first.expose_secret(), again.expose_secret());
+        // As `wg genkey` writes it: base64 and a newline, the key clamped.
+        let text = std::fs::read_to_string(dir.path().join("ns_wg0.key")).unwrap();
+        assert_eq!(text, format!("{}\n", first.to_base64().as_str()));
+        let bytes = first.expose_secret();
+        assert_eq!((bytes[0] & 7, bytes[31] & 0xc0), (0, 0x40));
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(dir.path().join("ns_wg0.key"))
             .unwrap()
@@ -580,5 +589,62 @@ mod tests {
                 "errno {errno}"
             );
         }
+    }
+
+    fn secret_with(value: &[u8]) -> Secret {
+        Secret {
+            data: Some(BTreeMap::from([(
+                PRIVATE_KEY_DATA.to_string(),
+                k8s_openapi::ByteString(value.to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_key_in_a_secret_is_base64_text_or_the_raw_bytes() {
+        // `wg genkey`, with the newline `kubectl create secret --from-file` keeps.
+        let text = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n";
+        let from_text = key_in_secret(
+            &secret_with(text.as_bytes()),
+            PRIVATE_KEY_DATA,
+            PrivateKey::from_secret_value,
+        )
+        .unwrap();
+        assert_eq!(
+            from_text.public_key().to_base64(),
+            "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+        );
+        let from_bytes = key_in_secret(
+            &secret_with(from_text.expose_secret()),
+            PRIVATE_KEY_DATA,
+            PrivateKey::from_secret_value,
+        )
+        .unwrap();
+        assert_eq!(from_bytes, from_text);
+    }
+
+    #[test]
+    fn a_secret_without_a_usable_key_says_what_is_wrong_and_never_shows_the_value() {
+        let why = key_in_secret(
+            &secret_with(b"c2VjcmV0LWJ1dC10b28tc2hvcnQ="),
+            PRIVATE_KEY_DATA,
+            PresharedKey::from_secret_value,
+        )
+        .unwrap_err();
+        assert!(
+            why.starts_with(
+                "the value is not a WireGuard key: it decodes to 20 bytes instead of 32"
+            ),
+            "{why}"
+        );
+        assert!(!why.contains("c2VjcmV0"), "{why}");
+        let why = key_in_secret(
+            &secret_with(b"not a key"),
+            "other",
+            PresharedKey::from_secret_value,
+        )
+        .unwrap_err();
+        assert_eq!(why, "the Secret has no such key");
     }
 }

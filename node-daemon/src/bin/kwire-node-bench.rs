@@ -190,17 +190,9 @@ fn ms(d: Duration) -> String {
 }
 
 fn keypair() -> (PrivateKey, PublicKey) {
-    let private = wireguard_control::Key::generate_private();
-    let public = private.get_public();
-    (
-        PrivateKey::from_bytes(private.0),
-        PublicKey::from_bytes(public.0),
-    )
-}
-
-fn b64(bytes: &[u8; 32]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    let private = PrivateKey::generate().expect("the system random number generator");
+    let public = private.public_key();
+    (private, public)
 }
 
 /// Peer `i`: an address in 10.128.0.0/9 and an endpoint on the (absent) LAN.
@@ -231,7 +223,7 @@ fn route_destination(base: u8, i: usize) -> IpNet {
 fn wg_config(private: &PrivateKey, port: u16, peers: &BTreeMap<PublicKey, PeerConfig>) -> String {
     let mut out = format!(
         "[Interface]\nPrivateKey = {}\nListenPort = {port}\n",
-        b64(private.expose_secret())
+        private.to_base64().as_str()
     );
     for (key, p) in peers {
         let _ = write!(out, "\n[Peer]\nPublicKey = {key}\nAllowedIPs = ");
@@ -694,7 +686,7 @@ async fn idle_memory(args: &Args, dir: &Path) -> Result<(u64, u64, u64)> {
     let (private, _) = keypair();
     let mut yaml = format!(
         "devices:\n  wgidle:\n    owner: bench/idle\n    privateKey: {}\n    listenPort: 51003\n    addresses: [10.97.0.1/16]\n    peers:\n",
-        b64(private.expose_secret())
+        private.to_base64().as_str()
     );
     for i in 0..args.idle_peers {
         let p = peer_config(i);

@@ -176,9 +176,10 @@ pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
 
 /// A fresh (private, public) key pair, base64.
 pub fn keypair() -> (String, String) {
-    let private = wireguard_control::Key::generate_private();
-    let public = private.get_public();
-    (private.to_base64(), public.to_base64())
+    let private =
+        kwire_crds::keys::PrivateKey::generate().expect("the system random number generator");
+    let public = private.public_key();
+    (private.to_base64().to_string(), public.to_base64())
 }
 
 /// Polls `check` every 100 ms until it holds or `timeout` passes.
