@@ -11,11 +11,10 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 
 use kube::ResourceExt as _;
+use kwire_crds::keys::{PresharedKey, PrivateKey};
 use kwire_crds::v1alpha1::{Interface, Peer, Route};
 use kwire_node_daemon::api::desired::{NodeObjects, translate};
-use kwire_node_daemon::model::{
-    IfaceName, ObservedForwarding, ObservedNode, PresharedKey, PrivateKey,
-};
+use kwire_node_daemon::model::{IfaceName, ObservedForwarding, ObservedNode};
 use kwire_node_daemon::plan::plan;
 use kwire_node_daemon::validate::validate;
 use kwire_operator::world::ns_of;
