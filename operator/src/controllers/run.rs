@@ -442,8 +442,15 @@ async fn run_with(
         let mut last_batch: Option<tokio::time::Instant> = None;
         while let Some(mut batch) = batches.next().await {
             let wait = coalesce_delay(last_batch.map(|at| at.elapsed()));
+            // Reading on through the window, not sleeping: each reflector updates its store
+            // as its stream is read, so a reconcile during the window sees current objects,
+            // its own last write included (else it would wait for the window's end, and
+            // retry, before it could plan). Only routing waits.
             if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+                let until = tokio::time::Instant::now() + wait;
+                while let Ok(Some(more)) = tokio::time::timeout_at(until, batches.next()).await {
+                    batch.extend(more);
+                }
             }
             while let Some(Some(more)) = batches.next().now_or_never() {
                 batch.extend(more);

@@ -111,11 +111,21 @@ pub async fn observe_key(interface: &Interface, ctx: &Context) -> Result<KeyObse
         name: name.clone(),
         source: Box::new(source),
     })?;
+    // A rotation in progress waits on the Peers: read them as they are now.
+    let current_peers = in_use.is_some().then(|| {
+        ctx.stores
+            .peers
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .collect()
+    });
     Ok(KeyObservation::Generated(GeneratedKeys {
         newest,
         in_use,
         older,
         fresh: Some(fresh),
+        current_peers,
     }))
 }
 
@@ -206,14 +216,16 @@ pub async fn reconcile(interface: Arc<Interface>, ctx: Arc<Context>) -> Result<A
         let key = observe_key(&interface, &ctx).await?;
         let world = ctx.stores.world();
         let findings = ctx.findings.get();
+        let planned_at = std::time::Instant::now();
         let plan = plan_interface(&interface, &world, key, &findings, &ctx.clock.now());
         let requeue = plan
             .requeue
             .map_or(ctx.config.resync, |r| r.min(ctx.config.resync));
         apply_interface(&interface, plan, &ctx).await?;
-        // A scheduled rotation is due on the second: wake up just after it.
+        // The plan's delays count from its clock reading, not from the end of its writes
+        // (a rotation's settle would otherwise grow by a status write).
         Ok(Action::requeue(
-            requeue + std::time::Duration::from_millis(100),
+            requeue.saturating_sub(planned_at.elapsed()),
         ))
     }
     .await;

@@ -11,13 +11,14 @@
 //!    at the far ends replace their peer entry for this device first. The device itself
 //!    keeps its previous key, and its other links are untouched.
 //! 2. **Switched**: once every in-cluster Peer of the Interface carries the new key (in the
-//!    operator's own Peer store, written just before; `peersUpdatedAt` records when) and
-//!    [`SWITCH_SETTLE`] has passed for the far ends' node daemons to apply it,
+//!    operator's own Peer store, written just before and read as it is now, not as the last
+//!    world had it; `peersUpdatedAt` records when) and [`SWITCH_SETTLE`] has passed,
 //!    `status.privateKeySecret` names the new Secret and the node daemon of this
-//!    Interface's node sets the new private key. The next packet the device sends starts a
-//!    handshake with the new key, which the far ends already expect; traffic on this
-//!    device's links pauses from the far end's switch to this one (a few hundred
-//!    milliseconds), and at worst for one handshake retry (5 s) if a far end switched late.
+//!    Interface's node sets the new private key and at once starts a handshake with every
+//!    peer, which the far ends, already switched, answer. A far end that switches later
+//!    starts its own handshake when it replaces the entry. Traffic on this device's links
+//!    pauses from the far end's switch to this one: about 100 ms here
+//!    (tests/tests/key_rotation.rs).
 //! 3. **Completed**: the node daemon reports the new public key on the device; the Secrets
 //!    of older keys are deleted (the one just replaced is kept until then).
 //!
@@ -26,13 +27,14 @@
 //! generation is newest, which request it answered, when it was made) and
 //! `status.privateKeySecret`, so a restarted operator continues a rotation where it was.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::ResourceExt;
 use kwire_crds::v1alpha1::{
-    Interface, KeyRotationPhase, KeyRotationStatus, ROTATE_KEY_ANNOTATION, condition,
+    Interface, KeyRotationPhase, KeyRotationStatus, Peer, ROTATE_KEY_ANNOTATION, condition,
 };
 
 use crate::context::EventSpec;
@@ -51,10 +53,34 @@ use kwire_crds::keys::{PrivateKey, PublicKey};
 pub const ROTATION_POLL: Duration = Duration::from_secs(5);
 
 /// How long the device waits after every in-cluster Peer carries the new key before it
-/// switches: the far ends' node daemons get the same Peer update and apply it in tens of
-/// milliseconds, so they switch first and the device's first handshake with the new key
-/// is answered. Traffic on the device's links pauses for about this long.
-pub const SWITCH_SETTLE: Duration = Duration::from_millis(300);
+/// switches. Traffic on the device's links pauses from a far end's switch to the device's,
+/// so about this long plus a status write. The order no longer decides whether the link
+/// comes back (whichever end switches last starts a handshake that the other answers: the
+/// device after its switch, a far end when it replaces the entry); the margin keeps the two
+/// ends from starting their handshakes within one network delay of each other, where both
+/// initiations would cross and WireGuard would wait 5 s.
+pub const SWITCH_SETTLE: Duration = Duration::from_millis(50);
+
+/// Right after the new key is announced, the operator's own Peer controller writes it into
+/// the Peers within milliseconds; the Interface looks at its Peer store this often for
+/// [`PEER_POLL_FOR`] rather than wait for the Peers' watch events, which the router gathers
+/// for up to 100 ms (`COALESCE`): every millisecond here is a millisecond the link waits
+/// after its far ends switched. Polling reads the in-memory store and writes nothing while
+/// the status stays the same.
+pub const PEER_POLL: Duration = Duration::from_millis(10);
+pub const PEER_POLL_FOR: Duration = Duration::from_secs(3);
+
+/// How soon to look again while a rotation that started at `started` waits for its Peers.
+fn waiting_poll(started: Option<&Time>, now: &Time) -> Duration {
+    let young = started.is_some_and(|s| {
+        Duration::try_from(now.0.duration_since(s.0)).is_ok_and(|d| d < PEER_POLL_FOR)
+    });
+    if young { PEER_POLL } else { ROTATION_POLL }
+}
+
+/// Rotation times are stored to the second: a scheduled rotation is looked at this long
+/// after its due second.
+pub const DUE_MARGIN: Duration = Duration::from_millis(100);
 
 /// One of the operator's private key Secrets of an Interface, read: its metadata and type,
 /// and the public key of the private key it holds. The private key itself is not kept, so
@@ -102,6 +128,10 @@ pub struct GeneratedKeys {
     pub older: Vec<OldKeySecret>,
     /// A freshly generated key, used only when a Secret is created now.
     pub fresh: Option<PrivateKey>,
+    /// While a rotation is in progress: the Peers of the Interface's namespace as the Peer
+    /// store has them now. The world is rebuilt once per routed batch (up to 100 ms
+    /// behind), and the device's switch waits on these Peers.
+    pub current_peers: Option<Vec<Arc<Peer>>>,
 }
 
 /// The key part of an Interface plan.
@@ -211,12 +241,20 @@ fn validate<'a>(interface: &Interface, key: &'a KeySecret) -> Result<Valid<'a>, 
 
 /// In-cluster Peers of the Interface whose resolved status still gives its far end another
 /// key than `key` for this Interface.
-fn peers_not_carrying(interface: &Interface, world: &World, key: &PublicKey) -> Vec<String> {
+fn peers_not_carrying(
+    interface: &Interface,
+    world: &World,
+    current: Option<&[Arc<Peer>]>,
+    key: &PublicKey,
+) -> Vec<String> {
     let ns = ns_of(interface);
     let name = interface.name_any();
     let key = key.to_base64();
-    let mut waiting: Vec<String> = world
-        .peers_linking(&ns, &name)
+    let peers: Box<dyn Iterator<Item = &Arc<Peer>>> = match current {
+        Some(peers) => Box::new(peers.iter().filter(|p| ns_of(p.as_ref()) == ns)),
+        None => Box::new(world.peers_linking(&ns, &name)),
+    };
+    let mut waiting: Vec<String> = peers
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
             let resolved = p.status.as_ref().and_then(|s| s.resolved.as_ref());
@@ -282,6 +320,7 @@ pub fn plan_generated(
         in_use,
         older,
         fresh,
+        current_peers,
     } = keys;
     let Some(newest) = newest else {
         let Some(fresh) = fresh else {
@@ -362,7 +401,12 @@ pub fn plan_generated(
 
     if let Some(current) = in_use {
         // Announced: the peers switch first, then the device.
-        let waiting = peers_not_carrying(interface, world, &newest.public_key);
+        let waiting = peers_not_carrying(
+            interface,
+            world,
+            current_peers.as_deref(),
+            &newest.public_key,
+        );
         let settled = previous.peers_updated_at.as_ref().map(|since| {
             let waited = now.0.duration_since(since.0);
             (
@@ -426,6 +470,7 @@ pub fn plan_generated(
                 )
             };
         }
+        let poll = waiting_poll(previous.started_at.as_ref(), now);
         return KeyPlan {
             action,
             rotation: Some(KeyRotationStatus {
@@ -437,7 +482,7 @@ pub fn plan_generated(
                 ..previous
             }),
             events,
-            requeue: Some(ROTATION_POLL),
+            requeue: Some(poll),
             ..KeyPlan::ok(
                 reasons::KEY_ROTATING,
                 format!(
@@ -532,7 +577,8 @@ pub fn plan_generated(
     let requeue = match (&next_rotation_at, due) {
         // Due but waiting for the device to report the current key: look again later.
         (_, Some(_)) => Some(ROTATION_POLL.max(Duration::from_secs(30))),
-        (Some(at), None) => Some(until(now, at)),
+        // Times are stored to the second: wake up just after the due one.
+        (Some(at), None) => Some(until(now, at) + DUE_MARGIN),
         (None, None) => None,
     };
     KeyPlan {

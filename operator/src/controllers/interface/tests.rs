@@ -616,6 +616,16 @@ fn the_device_switches_only_once_every_in_cluster_peer_carries_the_new_key() {
     assert_eq!((status, reason), ("True", reasons::KEY_ROTATING));
     assert!(message.contains("Peers a-to-b carry"), "{message}");
     assert!(!needs_patch(iface.status.as_ref(), &waiting.status) || waiting.events.is_empty());
+    // Just after the announcement the Peer store is looked at again at once; later, slowly.
+    assert_eq!(waiting.requeue, Some(super::rotation::PEER_POLL));
+    let later = plan_interface(
+        &iface,
+        &linked_world(&iface, PUBLIC, &new_public),
+        keys(),
+        &[],
+        &now(200 + super::rotation::PEER_POLL_FOR.as_secs() as i64),
+    );
+    assert_eq!(later.requeue, Some(super::rotation::ROTATION_POLL));
 
     // Both far ends carry it: the device waits a moment for their daemons, then switches.
     let both = linked_world(&iface, &new_public, &new_public);
@@ -655,6 +665,42 @@ fn the_device_switches_only_once_every_in_cluster_peer_carries_the_new_key() {
         "the old key stays until the device reports the new one"
     );
     assert_no_private_key(&switched);
+}
+
+#[test]
+fn a_rotation_reads_its_peers_as_the_store_has_them_now_not_as_the_world_had_them() {
+    let mut iface = annotated(interface("a-wg0", "a", &["10.0.0.1/24"]), "monday");
+    let new_public = new_key().public_key().to_base64();
+    iface.status = Some(kwire_crds::v1alpha1::InterfaceStatus {
+        public_key: Some(new_public.clone()),
+        private_key_secret: Some("a-wg0-private-key".into()),
+        key_rotation: Some(kwire_crds::v1alpha1::KeyRotationStatus {
+            phase: Some(kwire_crds::v1alpha1::KeyRotationPhase::Announced),
+            started_at: Some(now(200)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let owner = iface.clone();
+    let keys = |current: Option<Vec<std::sync::Arc<kwire_crds::v1alpha1::Peer>>>| {
+        KeyObservation::Generated(GeneratedKeys {
+            newest: Some(key_secret(&owner, &new_key(), 1, 200, Some("monday"))),
+            in_use: Some(key_secret(&owner, &key(), 0, 100, None)),
+            current_peers: current,
+            ..GeneratedKeys::default()
+        })
+    };
+    // The world was built before b's Peer got the new key; the store has it now.
+    let stale = linked_world(&iface, PUBLIC, &new_public);
+    let now_peers = linked_world(&iface, &new_public, &new_public).peers.clone();
+    let from_world = plan_interface(&iface, &stale, keys(None), &[], &now(201));
+    assert_eq!(rotation(&from_world).peers_updated_at, None);
+    let from_store = plan_interface(&iface, &stale, keys(Some(now_peers)), &[], &now(201));
+    assert_eq!(
+        rotation(&from_store).peers_updated_at.map(|t| t.0),
+        Some(now(201).0)
+    );
+    assert_eq!(from_store.requeue, Some(super::rotation::SWITCH_SETTLE));
 }
 
 #[test]
@@ -736,7 +782,13 @@ fn a_schedule_rotates_the_key_when_it_is_old_enough_and_says_when_next() {
     );
     assert_eq!(early.secret, SecretAction::None);
     assert_eq!(rotation(&early).next_rotation_at, Some(now(1000 + 3600)));
-    assert_eq!(early.requeue, Some(std::time::Duration::from_secs(1800)));
+    assert_eq!(
+        early.requeue,
+        Some(
+            std::time::Duration::from_secs(1800)
+                + crate::controllers::interface::rotation::DUE_MARGIN
+        )
+    );
     let due = plan_interface(
         &iface,
         &plain_world(vec![]),
