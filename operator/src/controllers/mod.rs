@@ -8,6 +8,7 @@
 
 pub mod interface;
 pub mod network;
+pub mod nodes;
 pub mod peer;
 pub mod route;
 pub mod run;

@@ -401,9 +401,22 @@ async fn run_with(
     let (routes, s4) = reflect(scoped::<Route>(&client, ns), all.clone(), |e| {
         Change::Route(Box::new(e))
     });
-    let (nodes, s5) = reflect(Api::<Node>::all(client.clone()), all, |e| {
-        Change::Node(Box::new(e))
-    });
+    // Nodes: stored trimmed to what kwire reads, routed only when that changed (see
+    // `nodes`): kubelets' heartbeats reconcile nothing.
+    let (nodes, nodes_writer) = reflector::store();
+    let mut node_filter = super::nodes::NodeFilter::default();
+    let s5 = reflector::reflector(
+        nodes_writer,
+        watcher(Api::<Node>::all(client.clone()), all)
+            .default_backoff()
+            .modify(super::nodes::trim),
+    )
+    .filter(move |e| {
+        let admit = e.as_ref().map_or(true, |e| node_filter.admit(e));
+        std::future::ready(admit)
+    })
+    .map(|e| e.map(|e| Change::Node(Box::new(e))))
+    .boxed();
     // `Api<PartialObjectMeta<_>>` makes metadata-only requests: key material never
     // crosses this watch.
     let secrets: Api<PartialObjectMeta<Secret>> = match ns {
