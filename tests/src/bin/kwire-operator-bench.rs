@@ -63,6 +63,12 @@ struct Args {
     /// The operator binary (default: target/release/kwire-operator if built, else debug).
     #[arg(long)]
     operator: Option<PathBuf>,
+    /// Node churn: kubelet-like status updates of every Node for this long (0: skip).
+    #[arg(long, default_value_t = 5)]
+    churn_minutes: u64,
+    /// Node churn: one update of every Node this often.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_seconds: u64,
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -531,6 +537,22 @@ async fn bench(
         .fold(0.0, |sum, (_, v)| sum + v);
     let restart_reconciles = metric_sum(&after_restart, "kwire_operator_reconciles_total", &[]);
 
+    let churn = if args.churn_minutes > 0 {
+        Some(
+            churn(
+                args,
+                &client,
+                nodes,
+                operator_bin,
+                &kubeconfig,
+                &run_dir.join("operator-churn.log"),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     // The table.
     let cold = requests_table(&metrics_done);
     let (start_q, end_q) = (requests_table(&quiet_start), requests_table(&quiet_end));
@@ -609,6 +631,9 @@ async fn bench(
     for ((verb, resource), count) in &cold {
         println!("| {verb} | {resource} | {count:.0} |");
     }
+    if let Some(c) = &churn {
+        c.print(nodes, args);
+    }
     if writes_resync > 0.0 {
         println!("\nWrites during the no-op resync:\n");
         for (key, end) in &end_q {
@@ -619,4 +644,231 @@ async fn bench(
         }
     }
     Ok(())
+}
+
+/// A kubelet-like status of Node `i`: its address stays, everything else moves with `beat`.
+fn node_status(i: u32, ip: &str, beat: u64) -> serde_json::Value {
+    json!({"status": {
+        "addresses": [
+            {"type": "InternalIP", "address": ip},
+            {"type": "Hostname", "address": format!("node-{i:03}")},
+        ],
+        "conditions": [{
+            "type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": format!("kubelet is posting ready status (beat {beat})"),
+            "lastHeartbeatTime": format!("2026-12-04T10:{:02}:{:02}Z", beat / 60 % 60, beat % 60),
+            "lastTransitionTime": "2026-12-04T09:00:00Z",
+        }],
+        "allocatable": {"cpu": "2", "memory": format!("{}Ki", 24_000_000 + beat)},
+        "images": [{"names": [format!("registry.example/app:{beat}")], "sizeBytes": 1000 + beat}],
+    }})
+}
+
+fn node_ip(i: u32) -> String {
+    format!("10.200.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// What the churn phase measured.
+struct Churn {
+    window: Duration,
+    updates: u64,
+    reconciles: f64,
+    writes: f64,
+    moved: String,
+    dependents: usize,
+    rewritten: usize,
+    others_rewritten: usize,
+    move_writes: f64,
+    move_reconciles: f64,
+}
+
+impl Churn {
+    fn print(&self, nodes: u32, args: &Args) {
+        println!(
+            "\n### Node churn: {nodes} Nodes, one kubelet-like status update each every {} s for {:.0} s\n",
+            args.heartbeat_seconds,
+            self.window.as_secs_f64()
+        );
+        println!("| measure | value |\n|---|---|");
+        println!(
+            "| reference: Node status updates sent (conditions, images, allocatable; addresses unchanged) | {} |",
+            self.updates
+        );
+        println!(
+            "| operator reconciles meanwhile | **{:.0}** |",
+            self.reconciles
+        );
+        println!(
+            "| operator API writes meanwhile (goal 0) | **{:.0}** |",
+            self.writes
+        );
+        println!(
+            "| one Node's InternalIP changed ({}): objects whose status carried it / rewritten / others rewritten | {} / {} / {} |",
+            self.moved, self.dependents, self.rewritten, self.others_rewritten
+        );
+        println!(
+            "| … operator reconciles / writes for it | {:.0} / {:.0} |",
+            self.move_reconciles, self.move_writes
+        );
+    }
+}
+
+/// resourceVersion and status text of every Interface and Peer of the benchmark namespace.
+async fn statuses(client: &kube::Client) -> Result<BTreeMap<String, (String, String)>> {
+    let mut out = BTreeMap::new();
+    let lp = ListParams::default();
+    for i in Api::<Interface>::namespaced(client.clone(), NS)
+        .list(&lp)
+        .await?
+    {
+        out.insert(
+            format!("Interface/{}", i.metadata.name.clone().unwrap_or_default()),
+            (
+                i.metadata.resource_version.clone().unwrap_or_default(),
+                serde_json::to_string(&i.status)?,
+            ),
+        );
+    }
+    for p in Api::<Peer>::namespaced(client.clone(), NS)
+        .list(&lp)
+        .await?
+    {
+        out.insert(
+            format!("Peer/{}", p.metadata.name.clone().unwrap_or_default()),
+            (
+                p.metadata.resource_version.clone().unwrap_or_default(),
+                serde_json::to_string(&p.status)?,
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// Node churn with a fresh operator whose resync period is longer than the window, so that
+/// every reconcile counted comes from the churn: kubelet-like updates of every Node, then one
+/// Node's address changed.
+async fn churn(
+    args: &Args,
+    client: &kube::Client,
+    nodes: u32,
+    operator_bin: &Path,
+    kubeconfig: &Path,
+    log: &Path,
+) -> Result<Churn> {
+    let window = Duration::from_secs(args.churn_minutes * 60);
+    let resync = window.as_secs() * 4 + 600;
+    let started = Instant::now();
+    let operator = start_operator(operator_bin, kubeconfig, resync, log)?;
+    let addr = loop {
+        if let Some(a) = operator_metrics_addr(log) {
+            break a;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the churn operator logs no metrics address"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let begin = wait_quiet(addr, Duration::from_secs(300)).await?;
+    let totals = |m: &str| {
+        let writes = requests_table(m)
+            .iter()
+            .filter(|(k, _)| is_write(&k.0) && k.1 != "leases")
+            .fold(0.0, |sum, (_, v)| sum + v);
+        (
+            metric_sum(m, "kwire_operator_reconciles_total", &[]),
+            writes,
+        )
+    };
+    let (r0, w0) = totals(&begin);
+    eprintln!(
+        "node churn: every Node every {}s for {}s",
+        args.heartbeat_seconds,
+        window.as_secs()
+    );
+    let node_api = Api::<Node>::all(client.clone());
+    let churn_start = Instant::now();
+    let mut beat = 0u64;
+    let mut updates = 0u64;
+    while churn_start.elapsed() < window {
+        let round = Instant::now();
+        beat += 1;
+        create_all(nodes, args.concurrency, |i| {
+            let api = node_api.clone();
+            async move {
+                api.patch_status(
+                    &format!("node-{i:03}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(node_status(i, &node_ip(i), beat)),
+                )
+                .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        updates += u64::from(nodes);
+        // Paced like a kubelet: the pause is the subject of the benchmark, not a settle.
+        let next = round + Duration::from_secs(args.heartbeat_seconds);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let window = churn_start.elapsed();
+    let end = wait_quiet(addr, Duration::from_secs(300)).await?;
+    let (r1, w1) = totals(&end);
+
+    // One Node moves.
+    let moved = 0u32;
+    let (old_ip, new_ip) = (node_ip(moved), "10.201.0.1".to_string());
+    let before = statuses(client).await?;
+    let carries = |status: &str, ip: &str| {
+        status.contains(&format!("\"{ip}:")) || status.contains(&format!("\"{ip}\""))
+    };
+    let dependents: Vec<String> = before
+        .iter()
+        .filter(|(_, (_, s))| carries(s, &old_ip))
+        .map(|(k, _)| k.clone())
+        .collect();
+    node_api
+        .patch_status(
+            &format!("node-{moved:03}"),
+            &PatchParams::default(),
+            &Patch::Merge(node_status(moved, &new_ip, beat + 1)),
+        )
+        .await?;
+    let moved_at = Instant::now();
+    loop {
+        let now = statuses(client).await?;
+        if dependents
+            .iter()
+            .all(|k| now.get(k).is_some_and(|(_, s)| carries(s, &new_ip)))
+        {
+            break;
+        }
+        ensure!(
+            moved_at.elapsed() < Duration::from_secs(120),
+            "the objects on node-{moved:03} did not follow its new address"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after_move = wait_quiet(addr, Duration::from_secs(120)).await?;
+    let (r2, w2) = totals(&after_move);
+    let after = statuses(client).await?;
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|(k, (rv, _))| before.get(*k).is_none_or(|(old, _)| old != rv))
+        .map(|(k, _)| k)
+        .collect();
+    let rewritten = changed.iter().filter(|k| dependents.contains(k)).count();
+    drop(operator);
+    Ok(Churn {
+        window,
+        updates,
+        reconciles: r1 - r0,
+        writes: w1 - w0,
+        moved: format!("node-{moved:03} {old_ip} → {new_ip}"),
+        dependents: dependents.len(),
+        rewritten,
+        others_rewritten: changed.len() - rewritten,
+        move_writes: w2 - w1,
+        move_reconciles: r2 - r1,
+    })
 }
