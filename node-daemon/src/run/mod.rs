@@ -25,6 +25,7 @@
 
 pub mod events;
 pub mod followup;
+pub mod initiator;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -146,6 +147,8 @@ impl From<&ApplyError> for StepFailure {
 pub struct Reconciler<D> {
     dataplane: D,
     last: Option<ObservedNode>,
+    /// New entries whose keepalive waits for their first handshake ([`initiator`]).
+    holds: initiator::Holds,
     metrics: Arc<Metrics>,
     status: watch::Sender<NodeStatus>,
 }
@@ -155,6 +158,7 @@ impl<D: Dataplane> Reconciler<D> {
         Self {
             dataplane,
             last: None,
+            holds: initiator::Holds::default(),
             metrics,
             status: watch::Sender::new(NodeStatus::default()),
         }
@@ -226,7 +230,9 @@ impl<D: Dataplane> Reconciler<D> {
         snapshot: Option<Arc<ObservedNode>>,
         began: StdInstant,
     ) -> Outcome {
-        let plan = plan(desired, &state);
+        let plan = self
+            .holds
+            .apply(plan(desired, &state), &state, Instant::now());
         for conflict in &plan.conflicts {
             tracing::warn!(reason = conflict.reason(), "{conflict}");
         }

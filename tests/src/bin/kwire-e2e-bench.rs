@@ -266,6 +266,10 @@ struct Milestones {
     views: [DeviceView; 2],
     /// Whether the slow first handshake was reported (`--verbose`).
     slow_reported: bool,
+    /// Whether both kernels were seen in the state of crossed first initiations: no
+    /// handshake, an initiation (148 B) received and an initiation and a response (240 B)
+    /// sent by each.
+    crossed: bool,
 }
 
 fn both(pair: [Option<Duration>; 2]) -> Option<Duration> {
@@ -308,6 +312,15 @@ impl Milestones {
 
     fn on_device(&mut self, node: usize, at: Duration, view: DeviceView) {
         self.views[node] = view;
+        if self.handshake.iter().all(Option::is_none)
+            && view.handshaken == 0
+            && self
+                .views
+                .iter()
+                .all(|v| v.handshaken == 0 && v.rx >= 148 && v.tx >= 240)
+        {
+            self.crossed = true;
+        }
         if view.peers > 0 {
             self.configured[node].get_or_insert(at);
         }
@@ -726,6 +739,10 @@ fn print_tables(
         )
     );
 
+    println!(
+        "\nRuns whose first initiations crossed (both kernels: an initiation received, an initiation and a response sent, no handshake): **{} of {n}**",
+        runs.iter().filter(|(m, _)| m.crossed).count()
+    );
     println!(
         "\n| milestone, from the Peer's creation in the API (kwire's share) | p50 | p99 | min | max | runs |"
     );
