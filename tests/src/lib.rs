@@ -6,4 +6,5 @@
 
 pub use kwire_sandbox::{control_plane, kubelet, netns, sandbox};
 
+pub mod node_status;
 pub mod wait;

@@ -22,12 +22,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, ensure};
 use kwire_tests::control_plane::ControlPlane;
 use kwire_tests::netns::can_run_network_tests;
+use kwire_tests::node_status::heartbeat;
 use kwire_tests::sandbox::{metric_sum, operator_metrics, operator_metrics_addr, workspace_binary};
 use kwire_tests::wait::{settled, wait_for};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const NODES: usize = 20;
-const ROUNDS: u32 = 5;
+const ROUNDS: u64 = 5;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -70,23 +71,23 @@ fn address(i: usize) -> String {
     format!("10.210.0.{}", i + 1)
 }
 
-/// A kubelet-like status: the addresses stay, everything else moves with `beat`.
-fn heartbeat(ip: &str, name: &str, beat: u32) -> String {
-    json!({"status": {
-        "addresses": [
-            {"type": "InternalIP", "address": ip},
-            {"type": "Hostname", "address": name},
+/// A kubelet-like status update of Node `name` (see [`heartbeat`]).
+fn beat(cp: &ControlPlane, name: &str, ip: &str, beat: u64) -> Result<()> {
+    let patch = heartbeat(ip, name, beat).to_string();
+    kubectl(
+        cp,
+        &[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
         ],
-        "conditions": [{
-            "type": "Ready", "status": "True", "reason": "KubeletReady",
-            "message": format!("kubelet is posting ready status (beat {beat})"),
-            "lastHeartbeatTime": format!("2026-12-04T10:{:02}:{:02}Z", beat / 60 % 60, beat % 60),
-            "lastTransitionTime": "2026-12-04T09:00:00Z",
-        }],
-        "allocatable": {"cpu": "2", "memory": format!("{}Ki", 24_000_000 + beat)},
-        "images": [{"names": [format!("registry.example/app:{beat}")], "sizeBytes": 1000 + beat}],
-    }})
-    .to_string()
+        None,
+    )?;
+    Ok(())
 }
 
 struct Operator {
@@ -105,6 +106,17 @@ impl Operator {
         let addr = operator_metrics_addr(&self.log)
             .ok_or_else(|| anyhow!("the operator does not serve its metrics yet"))?;
         Ok(operator_metrics(addr)?)
+    }
+
+    /// Waits until its reconciles and writes have stood still for 10 reads; returns them.
+    fn quiet(&mut self, timeout: Duration) -> Result<(f64, f64)> {
+        let (counted, _) = settled("the operator's reconciles and writes", timeout, 10, || {
+            self.metrics().map(|m| {
+                let (r, w, _) = counts(&m);
+                (r, w)
+            })
+        })?;
+        Ok(counted)
     }
 }
 
@@ -234,19 +246,7 @@ async fn churn(cp: &ControlPlane, ns: &str) -> Result<()> {
     kubectl(cp, &["apply", "-f", "-"], Some(&yaml))?;
     for i in 0..=NODES {
         let name = node_name(ns, i);
-        kubectl(
-            cp,
-            &[
-                "patch",
-                "node",
-                &name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &heartbeat(&address(i), &name, 0),
-            ],
-            None,
-        )?;
+        beat(cp, &name, &address(i), 0)?;
     }
     let mut yaml = String::from(
         "apiVersion: kwire.dev/v1alpha1\nkind: Network\nmetadata: {name: ring}\nspec: {cidr: 10.70.0.0/24}\n",
@@ -308,17 +308,7 @@ async fn churn(cp: &ControlPlane, ns: &str) -> Result<()> {
             .unwrap_or(0);
         Ok((resolved == NODES).then_some(()))
     })?;
-    let (quiet, _) = settled(
-        "the operator's reconciles and writes",
-        Duration::from_secs(120),
-        10,
-        || {
-            operator.metrics().map(|m| {
-                let (r, w, _) = counts(&m);
-                (r, w)
-            })
-        },
-    )?;
+    let quiet = operator.quiet(Duration::from_secs(120))?;
     let before = counts(&operator.metrics()?);
     println!("  settled after the cold start: {quiet:?} (reconciles, writes)");
 
@@ -327,36 +317,12 @@ async fn churn(cp: &ControlPlane, ns: &str) -> Result<()> {
     for round in 1..=ROUNDS {
         for i in 0..NODES {
             let name = node_name(ns, i);
-            kubectl(
-                cp,
-                &[
-                    "patch",
-                    "node",
-                    &name,
-                    "--subresource=status",
-                    "--type=merge",
-                    "-p",
-                    &heartbeat(&address(i), &name, round),
-                ],
-                None,
-            )?;
+            beat(cp, &name, &address(i), round)?;
         }
         fence_beat = round;
     }
     let fence = node_name(ns, NODES);
-    kubectl(
-        cp,
-        &[
-            "patch",
-            "node",
-            &fence,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &heartbeat("10.210.1.1", &fence, fence_beat),
-        ],
-        None,
-    )?;
+    beat(cp, &fence, "10.210.1.1", fence_beat)?;
     let (after_churn, _) = wait_for(
         "the fence taken in (a topology check after it)",
         Duration::from_secs(60),
@@ -393,19 +359,7 @@ async fn churn(cp: &ControlPlane, ns: &str) -> Result<()> {
         "no status carries {old_ip}: {statuses_before:?}"
     );
     let name = node_name(ns, moved);
-    kubectl(
-        cp,
-        &[
-            "patch",
-            "node",
-            &name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &heartbeat(&new_ip, &name, ROUNDS + 1),
-        ],
-        None,
-    )?;
+    beat(cp, &name, &new_ip, ROUNDS + 1)?;
     wait_for(
         "every dependent to carry the new address",
         Duration::from_secs(60),
@@ -420,17 +374,7 @@ async fn churn(cp: &ControlPlane, ns: &str) -> Result<()> {
                 .then_some(()))
         },
     )?;
-    settled(
-        "the operator's reconciles and writes",
-        Duration::from_secs(60),
-        10,
-        || {
-            operator.metrics().map(|m| {
-                let (r, w, _) = counts(&m);
-                (r, w)
-            })
-        },
-    )?;
+    operator.quiet(Duration::from_secs(60))?;
     let statuses_after = statuses(cp, ns)?;
     let rewritten: BTreeSet<String> = statuses_after
         .iter()

@@ -31,6 +31,7 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kwire_crds::v1alpha1::{Interface, Network, Peer};
 use kwire_tests::control_plane::ControlPlane;
+use kwire_tests::node_status::heartbeat;
 use kwire_tests::sandbox::{
     SYSTEM_NAMESPACE, metric_sum, operator_metrics, operator_metrics_addr, workspace_binary,
 };
@@ -646,24 +647,6 @@ async fn bench(
     Ok(())
 }
 
-/// A kubelet-like status of Node `i`: its address stays, everything else moves with `beat`.
-fn node_status(i: u32, ip: &str, beat: u64) -> serde_json::Value {
-    json!({"status": {
-        "addresses": [
-            {"type": "InternalIP", "address": ip},
-            {"type": "Hostname", "address": format!("node-{i:03}")},
-        ],
-        "conditions": [{
-            "type": "Ready", "status": "True", "reason": "KubeletReady",
-            "message": format!("kubelet is posting ready status (beat {beat})"),
-            "lastHeartbeatTime": format!("2026-12-04T10:{:02}:{:02}Z", beat / 60 % 60, beat % 60),
-            "lastTransitionTime": "2026-12-04T09:00:00Z",
-        }],
-        "allocatable": {"cpu": "2", "memory": format!("{}Ki", 24_000_000 + beat)},
-        "images": [{"names": [format!("registry.example/app:{beat}")], "sizeBytes": 1000 + beat}],
-    }})
-}
-
 fn node_ip(i: u32) -> String {
     format!("10.200.{}.{}", i / 250, i % 250 + 1)
 }
@@ -799,7 +782,7 @@ async fn churn(
                 api.patch_status(
                     &format!("node-{i:03}"),
                     &PatchParams::default(),
-                    &Patch::Merge(node_status(i, &node_ip(i), beat)),
+                    &Patch::Merge(heartbeat(&node_ip(i), &format!("node-{i:03}"), beat)),
                 )
                 .await?;
                 Ok(())
@@ -831,7 +814,7 @@ async fn churn(
         .patch_status(
             &format!("node-{moved:03}"),
             &PatchParams::default(),
-            &Patch::Merge(node_status(moved, &new_ip, beat + 1)),
+            &Patch::Merge(heartbeat(&new_ip, &format!("node-{moved:03}"), beat + 1)),
         )
         .await?;
     let moved_at = Instant::now();
