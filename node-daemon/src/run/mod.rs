@@ -147,8 +147,10 @@ impl From<&ApplyError> for StepFailure {
 pub struct Reconciler<D> {
     dataplane: D,
     last: Option<ObservedNode>,
-    /// New entries whose keepalive waits for their first handshake ([`initiator`]).
-    holds: initiator::Holds,
+    /// New entries whose keepalive waits for their first handshake ([`initiator`]); only
+    /// in [`run`], whose follow-up looks again to release them (a one-shot reconcile
+    /// configures everything at once).
+    holds: Option<initiator::Holds>,
     metrics: Arc<Metrics>,
     status: watch::Sender<NodeStatus>,
 }
@@ -158,7 +160,7 @@ impl<D: Dataplane> Reconciler<D> {
         Self {
             dataplane,
             last: None,
-            holds: initiator::Holds::default(),
+            holds: None,
             metrics,
             status: watch::Sender::new(NodeStatus::default()),
         }
@@ -230,9 +232,10 @@ impl<D: Dataplane> Reconciler<D> {
         snapshot: Option<Arc<ObservedNode>>,
         began: StdInstant,
     ) -> Outcome {
-        let plan = self
-            .holds
-            .apply(plan(desired, &state), &state, Instant::now());
+        let plan = match &mut self.holds {
+            Some(holds) => holds.apply(plan(desired, &state), &state, Instant::now()),
+            None => plan(desired, &state),
+        };
         for conflict in &plan.conflicts {
             tracing::warn!(reason = conflict.reason(), "{conflict}");
         }
@@ -346,6 +349,9 @@ pub async fn run<D: Dataplane>(
     shutdown: impl Future<Output = ()>,
 ) -> Reconciler<D> {
     tokio::pin!(shutdown);
+    reconciler
+        .holds
+        .get_or_insert_with(initiator::Holds::default);
     let mut need_full = true;
     let mut dirty = true;
     let mut retry_delay = config.min_retry;
