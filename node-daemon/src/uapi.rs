@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::model::{
     IfaceName, ObservedPeer, ObservedWireguard, PresharedKey, PrivateKey, PublicKey,
 };
-use crate::plan::Step;
+use crate::plan::{Step, keepalives_to_turn_off};
 use crate::userspace::socket_path;
 
 /// How long one `set` request may take (10k peers take about a second).
@@ -152,23 +152,18 @@ pub fn set_request(steps: &[Step]) -> String {
 /// [`Step::StartHandshake`] started with a keepalive of 0 (the first request turned it on
 /// for one second to send one keepalive); `None` when there are none.
 pub fn restore_request(steps: &[Step]) -> Option<String> {
+    let mut peers = keepalives_to_turn_off(steps).peekable();
+    peers.peek()?;
     let mut request = String::from("set=1\n");
-    let mut any = false;
-    for step in steps {
-        if let Step::StartHandshake {
-            peer, keepalive: 0, ..
-        } = step
-        {
-            let _ = writeln!(
-                request,
-                "public_key={}\npersistent_keepalive_interval=0",
-                peer.to_hex()
-            );
-            any = true;
-        }
+    for peer in peers {
+        let _ = writeln!(
+            request,
+            "public_key={}\npersistent_keepalive_interval=0",
+            peer.to_hex()
+        );
     }
     request.push('\n');
-    any.then_some(request)
+    Some(request)
 }
 
 /// The errno of an `errno=<n>` value: `Ok(())` for 0, else the positive code

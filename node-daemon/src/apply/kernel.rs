@@ -22,7 +22,7 @@ use crate::backend::WireguardBackend;
 use crate::model::{IfaceName, LinkKind, ObservedNode, RouteId};
 use crate::observe::{ObserveError, forwarding_path, observe_kernel};
 use crate::ownership::{OwnedDevices, StateFile, StateFileError, device_alias, route_protocol};
-use crate::plan::{ForwardingScope, Step};
+use crate::plan::{ForwardingScope, Step, keepalives_to_turn_off};
 use crate::run::KernelEvents;
 use crate::userspace::{Supervisor, socket_answers};
 
@@ -468,20 +468,13 @@ fn wireguard_update(steps: &[Step]) -> DeviceUpdate {
 /// The request that turns the keepalive off again for peers that [`Step::StartHandshake`]
 /// started with a keepalive of 0; `None` when there are none.
 fn wireguard_restore(steps: &[Step]) -> Option<DeviceUpdate> {
-    let mut update = DeviceUpdate::new();
-    let mut any = false;
-    for step in steps {
-        if let Step::StartHandshake {
-            peer, keepalive: 0, ..
-        } = step
-        {
-            update = update.add_peer(
-                PeerConfigBuilder::new(&key(peer.as_bytes())).set_persistent_keepalive_interval(0),
-            );
-            any = true;
-        }
-    }
-    any.then_some(update)
+    let mut peers = keepalives_to_turn_off(steps).peekable();
+    peers.peek()?;
+    Some(peers.fold(DeviceUpdate::new(), |update, peer| {
+        update.add_peer(
+            PeerConfigBuilder::new(&key(peer.as_bytes())).set_persistent_keepalive_interval(0),
+        )
+    }))
 }
 
 /// A route request, ready to send.

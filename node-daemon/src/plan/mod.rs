@@ -33,7 +33,7 @@ use std::collections::BTreeSet;
 
 pub use step::{
     Conflict, DEFAULT_WIREGUARD_MTU, ForwardingScope, IpFamily, PeerChange, RouteTarget, Step,
-    fresh_device,
+    fresh_device, keepalives_to_turn_off,
 };
 
 use crate::model::{DesiredNode, IfaceName, ObservedNode, Ownership, PublicKey};

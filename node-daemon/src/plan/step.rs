@@ -173,6 +173,17 @@ impl Step {
     }
 }
 
+/// The peers whose [`Step::StartHandshake`] among `steps` has a keepalive of 0: to send one
+/// keepalive the request turns theirs on, so a second request must turn it off again.
+pub fn keepalives_to_turn_off(steps: &[Step]) -> impl Iterator<Item = &PublicKey> {
+    steps.iter().filter_map(|s| match s {
+        Step::StartHandshake {
+            peer, keepalive: 0, ..
+        } => Some(peer),
+        _ => None,
+    })
+}
+
 /// The fields of a peer to write. `None` leaves a field as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerChange {
