@@ -112,14 +112,7 @@ pub async fn observe_key(interface: &Interface, ctx: &Context) -> Result<KeyObse
         source: Box::new(source),
     })?;
     // A rotation in progress waits on the Peers: read them as they are now.
-    let current_peers = in_use.is_some().then(|| {
-        ctx.stores
-            .peers
-            .state()
-            .into_iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-            .collect()
-    });
+    let current_peers = in_use.is_some().then(|| ctx.stores.peers.state());
     Ok(KeyObservation::Generated(GeneratedKeys {
         newest,
         in_use,

@@ -128,8 +128,8 @@ pub struct GeneratedKeys {
     pub older: Vec<OldKeySecret>,
     /// A freshly generated key, used only when a Secret is created now.
     pub fresh: Option<PrivateKey>,
-    /// While a rotation is in progress: the Peers of the Interface's namespace as the Peer
-    /// store has them now. The world is rebuilt once per routed batch (up to 100 ms
+    /// While a rotation is in progress: the Peers as the Peer store has them now (the plan
+    /// picks those of the Interface's namespace). The world is rebuilt once per routed batch (up to 100 ms
     /// behind), and the device's switch waits on these Peers.
     pub current_peers: Option<Vec<Arc<Peer>>>,
 }
