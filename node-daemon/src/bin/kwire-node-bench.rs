@@ -381,8 +381,14 @@ async fn inner(args: Args) -> Result<()> {
     let (mut plan_only, mut request_only, mut replay_only) = (Vec::new(), Vec::new(), Vec::new());
     let mut route_writes = 0;
     // Reference and kwire take turns, so that a busy machine weighs on both alike.
+    let mut loads = vec![load_average()];
     for run_no in 0..runs {
-        eprintln!("reference run {}/{runs}", run_no + 1);
+        loads.push(load_average());
+        eprintln!(
+            "reference run {}/{runs} (load average {})",
+            run_no + 1,
+            loads.last().map(String::as_str).unwrap_or_default()
+        );
         let device = reference_device("wgref", "10.98.0.1/16")?;
         setconf.push(timed(
             Command::new("wg").arg("setconf").arg("wgref").arg(&config),
@@ -412,7 +418,12 @@ async fn inner(args: Args) -> Result<()> {
         while Path::new("/sys/class/net/wgref").exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        eprintln!("kwire run {}/{runs}", run_no + 1);
+        loads.push(load_average());
+        eprintln!(
+            "kwire run {}/{runs} (load average {})",
+            run_no + 1,
+            loads.last().map(String::as_str).unwrap_or_default()
+        );
         let created = rec.reconcile_full(&empty).await?;
         ensure!(
             created.report.is_success(),
@@ -593,7 +604,7 @@ async fn inner(args: Args) -> Result<()> {
             comparison: pct_of(rss, 20 * 1024),
         },
     ];
-    print_table(&rows, &args, runs);
+    print_table(&rows, &args, runs, &loads);
     Ok(())
 }
 
@@ -601,7 +612,7 @@ fn pct_of(kib: u64, of: u64) -> String {
     format!("{:.0}% of the goal", 100.0 * kib as f64 / of as f64)
 }
 
-fn print_table(rows: &[Row], args: &Args, runs: usize) {
+fn print_table(rows: &[Row], args: &Args, runs: usize, loads: &[String]) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -629,12 +640,11 @@ fn print_table(rows: &[Row], args: &Args, runs: usize) {
     } else {
         "release"
     };
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_default();
+    let load = load_average();
+    let before = loads.first().cloned().unwrap_or_default();
+    let during = loads.iter().skip(1).cloned().collect::<Vec<_>>().join(", ");
     println!(
-        "machine: {cpu}, {cores} cores, Linux {}, {wg_go}; load average {load} at the end; kwire built {profile}; median of {runs} runs; {} peers, {} routes",
+        "machine: {cpu}, {cores} cores, Linux {}, {wg_go}; load average (1 min) {before} before the runs, {during} at the start of each run, {load} at the end; kwire built {profile}; median of {runs} runs; {} peers, {} routes",
         kernel.trim(),
         args.peers,
         args.routes
@@ -749,4 +759,12 @@ fn wireguard_go_pids() -> Vec<u32> {
                 && std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() == here
         })
         .collect()
+}
+
+/// The machine's 1-minute load average, as `/proc/loadavg` gives it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
