@@ -11,11 +11,13 @@ use crate::model::{
     ObservedWireguard, PeerConfig, PublicKey, canonical_allowed_ips,
 };
 
-/// Steps for one desired device. `have` is `None` when the device must be created.
+/// Steps for one desired device. `have` is `None` when the device must be created; `mtu`
+/// is the MTU it must have (see [`super::mtu`]).
 pub(super) fn plan_device(
     name: &IfaceName,
     want: &DesiredDevice,
     have: Option<&ObservedDevice>,
+    mtu: u32,
     steps: &mut Vec<Step>,
 ) {
     let fresh;
@@ -40,9 +42,7 @@ pub(super) fn plan_device(
             owner: want.owner.clone(),
         });
     }
-    if let Some(mtu) = want.mtu
-        && have.mtu != mtu
-    {
+    if have.mtu != mtu {
         steps.push(Step::SetMtu {
             device: device(),
             mtu,

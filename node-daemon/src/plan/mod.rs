@@ -13,6 +13,8 @@
 //! - per-key minimal deltas: peers are never replaced wholesale, a peer's
 //!   AllowedIPs are replaced only when that peer's set changed, a new public
 //!   key is a removal and an addition, MTU/up/port are set only when they differ;
+//! - a device without a desired MTU gets the underlay's MTU minus WireGuard's overhead,
+//!   decided from the observation ([`mtu`]); an unset port is left as the kernel chose it;
 //! - a converged node plans to no steps at all.
 //!
 //! Assumptions: the desired state passed [`crate::validate::validate`] (in
@@ -21,6 +23,7 @@
 
 mod device;
 mod display;
+mod mtu;
 mod routes;
 mod step;
 
@@ -31,6 +34,9 @@ mod tests;
 
 use std::collections::BTreeSet;
 
+pub use mtu::{
+    MAX_DEFAULT_MTU, MIN_DEFAULT_MTU, MtuChoice, MtuSource, WIREGUARD_OVERHEAD, device_mtu,
+};
 pub use step::{
     Conflict, DEFAULT_WIREGUARD_MTU, ForwardingScope, IpFamily, PeerChange, RouteTarget, Step,
     fresh_device, keepalives_to_turn_off,
@@ -95,13 +101,14 @@ pub fn plan(desired: &DesiredNode, observed: &ObservedNode) -> Plan {
             continue;
         }
         let have = observed.devices.get(name);
+        let mtu = device_mtu(want, observed).mtu;
         if recreate.contains(name) {
             plan.steps.push(Step::DeleteDevice {
                 device: name.clone(),
             });
-            device::plan_device(name, want, None, &mut plan.steps);
+            device::plan_device(name, want, None, mtu, &mut plan.steps);
         } else {
-            device::plan_device(name, want, have, &mut plan.steps);
+            device::plan_device(name, want, have, mtu, &mut plan.steps);
         }
     }
 

@@ -246,14 +246,33 @@ fn observed_node() -> impl Strategy<Value = ObservedNode> {
             prop::sample::select(vec![2u8, 4, 80]).prop_map(|p| foreign_route(p, Some("eth0"))),
         ],
     );
+    // The underlay: eth0 (maybe with a default route) and eth1 (maybe with a route to
+    // some of the endpoints), of various MTUs.
+    let underlay = (
+        prop::sample::select(vec![1280u32, 1500, 9000]),
+        prop::sample::select(vec![1400u32, 1500, 65536]),
+        option::of(prop::sample::select(vec!["0.0.0.0/0", "::/0"])),
+        option::of(prop::sample::select(vec![
+            "192.168.9.0/24",
+            "192.168.9.2/32",
+            "fd99::/64",
+        ])),
+    );
     (
         btree_map(device_name(), observed_device(), 0..=3),
         vec(route, 0..4),
         forwarding_knobs(),
+        underlay,
     )
-        .prop_map(|(mut devices, routes, forwarding)| {
-            devices.insert(name("eth0"), foreign_link("veth"));
-            let routes = routes
+        .prop_map(|(mut devices, routes, forwarding, underlay)| {
+            let (eth0_mtu, eth1_mtu, default_route, endpoint_route) = underlay;
+            let mut eth0 = foreign_link("veth");
+            eth0.mtu = eth0_mtu;
+            devices.insert(name("eth0"), eth0);
+            let mut eth1 = foreign_link("vlan");
+            eth1.mtu = eth1_mtu;
+            devices.insert(name("eth1"), eth1);
+            let mut routes: BTreeMap<RouteId, ObservedRoute> = routes
                 .into_iter()
                 .map(|(dst, metric, r)| {
                     let id = RouteId {
@@ -264,6 +283,11 @@ fn observed_node() -> impl Strategy<Value = ObservedNode> {
                     (id, r)
                 })
                 .collect();
+            for (dst, link) in [(default_route, "eth0"), (endpoint_route, "eth1")] {
+                if let Some(dst) = dst {
+                    routes.insert(route_id(dst, 0), foreign_route(3, Some(link)));
+                }
+            }
             ObservedNode {
                 devices,
                 routes,
@@ -297,8 +321,12 @@ fn check_matches(desired: &DesiredNode, node: &ObservedNode, plan: &Plan) {
         assert!(have.up);
         assert_eq!(have.addresses, want.addresses);
         assert_eq!(wg.private_key.as_ref(), Some(&want.private_key));
-        if let Some(mtu) = want.mtu {
-            assert_eq!(have.mtu, mtu);
+        // The desired MTU, or the underlay's minus WireGuard's overhead (the underlay is
+        // the node's own links, which no plan changes).
+        let mtu = device_mtu(want, node);
+        assert_eq!(have.mtu, mtu.mtu, "{name}: {:?}", mtu.source);
+        if let Some(m) = want.mtu {
+            assert_eq!(mtu.mtu, m);
         }
         if let Some(port) = want.listen_port {
             assert_eq!(wg.listen_port, Some(port));

@@ -575,12 +575,153 @@ fn a_first_key_or_an_unchanged_key_starts_no_handshake() {
 }
 
 #[test]
-fn no_desired_mtu_or_port_accepts_whatever_the_kernel_chose() {
+fn no_desired_port_accepts_whatever_the_kernel_chose() {
     let d = DesiredNode::default().with_device("wg0", DesiredDevice::test("a/b"));
     let mut o = converged(&d);
     let dev = o.devices.get_mut(&wg0()).unwrap();
-    dev.mtu = 1280;
     dev.wireguard.as_mut().unwrap().listen_port = Some(34567);
+    assert_eq!(plan(&d, &o).steps, vec![]);
+}
+
+/// `node` with a foreign link `link` of MTU `mtu` and a foreign route to `dst` through it.
+fn with_underlay(
+    mut node: ObservedNode,
+    link: &str,
+    mtu: u32,
+    dst: &str,
+    metric: u32,
+) -> ObservedNode {
+    let mut l = foreign_link("veth");
+    l.mtu = mtu;
+    node.devices.entry(name(link)).or_insert(l);
+    node.routes
+        .insert(route_id(dst, metric), foreign_route(2, Some(link)));
+    node
+}
+
+fn mtu_of(d: &DesiredNode, o: &ObservedNode) -> MtuChoice {
+    device_mtu(&d.devices[&wg0()], o)
+}
+
+#[test]
+fn without_a_desired_mtu_a_device_gets_the_default_route_links_mtu_minus_80() {
+    let d = DesiredNode::default().with_device("wg0", DesiredDevice::test("a/b"));
+    let converged_node = converged(&d);
+    // Nothing known about the underlay: WireGuard's 1420, which a converged device has.
+    assert_eq!(
+        mtu_of(&d, &converged_node).source,
+        MtuSource::WireguardDefault
+    );
+    assert_eq!(plan(&d, &converged_node).steps, vec![]);
+
+    // Two default routes (IPv4 on a jumbo link, IPv6 on a 1500 one): the smaller wins.
+    let o = with_underlay(converged_node, "eth0", 9000, "0.0.0.0/0", 100);
+    let o = with_underlay(o, "eth1", 1500, "::/0", 1024);
+    assert_eq!(
+        mtu_of(&d, &o),
+        MtuChoice {
+            mtu: 1420,
+            source: MtuSource::DefaultRouteLink {
+                link: name("eth1"),
+                mtu: 1500
+            }
+        }
+    );
+    let o = with_underlay(
+        with_underlay(converged(&d), "eth0", 9000, "0.0.0.0/0", 0),
+        "lo",
+        65536,
+        "10.0.0.0/8",
+        0,
+    );
+    assert_eq!(
+        mtu_of(&d, &o).mtu,
+        8920,
+        "a route that is not a default route does not count"
+    );
+    assert_eq!(
+        plan(&d, &o).steps,
+        vec![Step::SetMtu {
+            device: wg0(),
+            mtu: 8920
+        }]
+    );
+
+    // A device that had its MTU changed by hand is set back to the default.
+    let mut o = converged(&d);
+    o.devices.get_mut(&wg0()).unwrap().mtu = 1280;
+    assert_eq!(
+        plan(&d, &o).steps,
+        vec![Step::SetMtu {
+            device: wg0(),
+            mtu: 1420
+        }]
+    );
+}
+
+#[test]
+fn the_link_holding_the_route_to_the_peers_endpoints_comes_before_the_default_route() {
+    let d = seed_node(); // one peer, endpoint 192.168.1.2
+    let o = with_underlay(converged(&d), "eth0", 1500, "0.0.0.0/0", 0);
+    let o = with_underlay(o, "vlan7", 1400, "192.168.0.0/16", 0);
+    // A more specific route with a higher metric is still the one the kernel takes.
+    let o = with_underlay(o, "ppp0", 1492, "192.168.1.0/24", 500);
+    assert_eq!(
+        mtu_of(&d, &o),
+        MtuChoice {
+            mtu: 1412,
+            source: MtuSource::EndpointLink {
+                link: name("ppp0"),
+                mtu: 1492
+            }
+        }
+    );
+    // Among equal prefixes, the lowest metric.
+    let o2 = with_underlay(o.clone(), "wlan0", 1300, "192.168.1.0/24", 600);
+    assert_eq!(mtu_of(&d, &o2).mtu, 1412);
+    let o3 = with_underlay(o, "wlan0", 1300, "192.168.1.0/24", 100);
+    assert_eq!(
+        mtu_of(&d, &o3).mtu,
+        1280,
+        "1300 - 80 is raised to IPv6's 1280"
+    );
+}
+
+#[test]
+fn routes_through_kwires_own_devices_never_size_the_underlay() {
+    let d = seed_node();
+    let o = with_underlay(converged(&d), "eth0", 1500, "0.0.0.0/0", 0);
+    let mut o = with_underlay(o, "eth1", 9000, "192.168.0.0/16", 0);
+    // A (foreign-protocol) route to the endpoint through the kwire device itself.
+    o.routes
+        .insert(route_id("192.168.1.2/32", 0), foreign_route(2, Some("wg0")));
+    assert_eq!(mtu_of(&d, &o).mtu, 8920);
+    // An endpoint nobody routes to (IPv6, with an IPv4 default route only) leaves the
+    // default route to decide.
+    let mut lost = d.clone();
+    for p in lost.devices.get_mut(&wg0()).unwrap().peers.values_mut() {
+        p.endpoint = Some("[fd00::1]:51820".parse().unwrap());
+    }
+    assert_eq!(
+        mtu_of(&lost, &o).source,
+        MtuSource::DefaultRouteLink {
+            link: name("eth0"),
+            mtu: 1500
+        }
+    );
+}
+
+#[test]
+fn a_desired_mtu_wins_over_the_underlay() {
+    let d = DesiredNode::default().with_device("wg0", DesiredDevice::test("a/b").with_mtu(1300));
+    let o = with_underlay(converged(&d), "eth0", 9000, "0.0.0.0/0", 0);
+    assert_eq!(
+        mtu_of(&d, &o),
+        MtuChoice {
+            mtu: 1300,
+            source: MtuSource::Desired
+        }
+    );
     assert_eq!(plan(&d, &o).steps, vec![]);
 }
 
