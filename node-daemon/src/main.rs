@@ -254,6 +254,7 @@ async fn main() -> Result<()> {
                 node_name,
                 key_dir: args.key_dir.clone(),
                 resync_period: args.resync_period,
+                metrics: metrics.clone(),
             };
             tasks.spawn(
                 "the Kubernetes API side",

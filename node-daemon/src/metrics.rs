@@ -59,6 +59,15 @@ struct ModeLabels {
     mode: &'static str,
 }
 
+/// A watch event: the kind of its object, and whether the object concerns this node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabels {
+    kind: &'static str,
+    /// `this`: the object is this node's (an Interface on it, a Peer or Route of one);
+    /// `other`: it is another node's, and the daemon had no need to receive it.
+    node: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     device: String,
@@ -106,6 +115,8 @@ pub struct Metrics {
     pub last_reconcile_seconds: Gauge<f64, AtomicU64>,
     /// 1 once the first reconcile completed; never cleared.
     ready: CountGauge,
+    /// Objects received on the API watches (see [`Metrics::watch_event`]).
+    watch_events: Family<WatchLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -180,6 +191,12 @@ impl Default for Metrics {
             "ready",
             "1 once the first reconcile completed",
         );
+        let watch_events = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "watch_events",
+            "Objects received on the API watches (listed, added, changed, deleted), by kind and by whether they concern this node",
+            watch_events.clone(),
+        );
         let live = Arc::new(Live {
             heartbeat_millis: AtomicU64::new(since_start(Instant::now())),
             stall_after_millis: AtomicU64::new(120_000),
@@ -202,6 +219,7 @@ impl Default for Metrics {
             last_reconcile_errors,
             last_reconcile_seconds,
             ready,
+            watch_events,
         }
     }
 }
@@ -244,6 +262,23 @@ impl Metrics {
     /// Keeps the last full observation for the per-peer metrics.
     pub fn set_observed(&self, observed: Arc<ObservedNode>, at: SystemTime) {
         *self.live.observed.lock().unwrap_or_else(|e| e.into_inner()) = Some((observed, at));
+    }
+
+    /// One object of `kind` came on a watch (in a list, or as an added, changed or
+    /// deleted object); `this_node` says whether it concerns this node.
+    pub fn watch_event(&self, kind: &'static str, this_node: bool) {
+        let node = if this_node { "this" } else { "other" };
+        self.watch_events
+            .get_or_create(&WatchLabels { kind, node })
+            .inc();
+    }
+
+    /// Objects of `kind` received so far that concern this node or not.
+    pub fn watch_events(&self, kind: &'static str, this_node: bool) -> u64 {
+        let node = if this_node { "this" } else { "other" };
+        self.watch_events
+            .get_or_create(&WatchLabels { kind, node })
+            .get()
     }
 
     /// The first reconcile completed.
@@ -540,6 +575,24 @@ mod tests {
     use super::*;
     use crate::fixtures::*;
     use crate::model::{DesiredDevice, DesiredNode, PeerStats};
+
+    #[test]
+    fn watch_events_are_counted_by_kind_and_by_node() {
+        let m = Metrics::default();
+        m.watch_event("Peer", true);
+        m.watch_event("Peer", true);
+        m.watch_event("Route", false);
+        assert_eq!(m.watch_events("Peer", true), 2);
+        assert_eq!(m.watch_events("Route", false), 1);
+        assert_eq!(m.watch_events("Route", true), 0);
+        let text = m.render();
+        for line in [
+            "kwire_node_watch_events_total{kind=\"Peer\",node=\"this\"} 2\n",
+            "kwire_node_watch_events_total{kind=\"Route\",node=\"other\"} 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
 
     #[test]
     fn metrics_render_in_the_openmetrics_text_format_with_the_node_prefix() {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kube::{Client, ResourceExt as _};
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use crate::model::DesiredNode;
 use crate::run::NodeStatus;
 use crate::run::followup::PeerEntry;
@@ -30,6 +31,8 @@ pub struct ApiConfig {
     pub key_dir: PathBuf,
     /// How often the desired state is rebuilt even without a watch event (keys, DNS).
     pub resync_period: Duration,
+    /// Where the watches count the objects they receive.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why [`drive`] stopped before its shutdown. Each of these leaves the node without
@@ -64,8 +67,13 @@ pub async fn drive(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DriveError> {
     tokio::pin!(shutdown);
-    let (source, mut watches) =
-        Source::start(client.clone(), &config.node_name, config.key_dir.clone()).await;
+    let (source, mut watches) = Source::start(
+        client.clone(),
+        &config.node_name,
+        config.key_dir.clone(),
+        config.metrics.clone(),
+    )
+    .await;
     tracing::info!(node = %config.node_name, "watching this node's Interfaces and their Peers and Routes");
     let (translation_tx, translation_rx) =
         watch::channel(Arc::new(rebuild(&source, &desired_tx, true).await));

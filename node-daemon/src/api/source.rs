@@ -35,6 +35,7 @@ use kwire_crds::v1alpha1::{Interface, KeyMode, Peer, Route};
 use tokio::sync::Notify;
 
 use super::desired::{self, KeyLookup, NodeObjects, ObjectKey, Problem, Translation};
+use crate::metrics::Metrics;
 use crate::model::{PresharedKey, PrivateKey};
 
 /// The data key of a private key in a kwire Secret (also the default for user Secrets).
@@ -89,27 +90,60 @@ impl<K: Clone> LastKeys<K> {
 
 impl Source {
     /// Starts the reflectors and returns once each has listed. They run as the tasks of
-    /// the returned [`Watches`], which must live as long as the source is used.
-    pub async fn start(client: Client, node_name: &str, key_dir: PathBuf) -> (Self, Watches) {
+    /// the returned [`Watches`], which must live as long as the source is used. Every
+    /// object they receive is counted in `metrics`, as this node's or another's
+    /// ([`concerns`]).
+    pub async fn start(
+        client: Client,
+        node_name: &str,
+        key_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> (Self, Watches) {
         let changed = Arc::new(Notify::new());
         let mut watches = Watches::default();
         let selector = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-        let interfaces = watches.reflect(
-            "Interfaces",
-            Api::<Interface>::all(client.clone()),
-            selector,
+        // The Interfaces store is filled before the others are classified against it only
+        // at startup; the classification is a metric and never decides what is configured.
+        let (interfaces, interfaces_writer) = reflector::store();
+        let node = node_name.to_string();
+        watches.reflect(
+            Watched::new(
+                "Interfaces",
+                Api::<Interface>::all(client.clone()),
+                selector,
+            ),
+            interfaces_writer,
+            Counting::new(&metrics, "Interface", move |i: &Interface| {
+                concerns::interface(i, &node)
+            }),
             changed.clone(),
         );
-        let peers = watches.reflect(
-            "Peers",
-            Api::<Peer>::all(client.clone()),
-            watcher::Config::default(),
+        let (node, mine) = (node_name.to_string(), interfaces.clone());
+        let (peers, peers_writer) = reflector::store();
+        watches.reflect(
+            Watched::new(
+                "Peers",
+                Api::<Peer>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+            peers_writer,
+            Counting::new(&metrics, "Peer", move |p: &Peer| {
+                concerns::peer(p, &node, &mine)
+            }),
             changed.clone(),
         );
-        let routes = watches.reflect(
-            "Routes",
-            Api::<Route>::all(client.clone()),
-            watcher::Config::default(),
+        let (node, mine) = (node_name.to_string(), interfaces.clone());
+        let (routes, routes_writer) = reflector::store();
+        watches.reflect(
+            Watched::new(
+                "Routes",
+                Api::<Route>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+            routes_writer,
+            Counting::new(&metrics, "Route", move |r: &Route| {
+                concerns::route(r, &node, &mine)
+            }),
             changed.clone(),
         );
         for ready in [
@@ -445,6 +479,87 @@ fn endpoints_to_resolve(peer: &Peer) -> Vec<String> {
     out
 }
 
+/// One watch: what it is called in errors, its API and its selectors.
+struct Watched<K> {
+    what: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+}
+
+impl<K> Watched<K> {
+    fn new(what: &'static str, api: Api<K>, config: watcher::Config) -> Self {
+        Self { what, api, config }
+    }
+}
+
+/// Counts the objects a watch delivers, by whether they concern this node.
+struct Counting<K> {
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+    this_node: Box<dyn Fn(&K) -> bool + Send + Sync>,
+}
+
+impl<K> Counting<K> {
+    fn new(
+        metrics: &Arc<Metrics>,
+        kind: &'static str,
+        this_node: impl Fn(&K) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            kind,
+            this_node: Box::new(this_node),
+        }
+    }
+
+    fn count(&self, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
+                self.metrics.watch_event(self.kind, (self.this_node)(o));
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+}
+
+/// Whether an object received on a watch concerns a node, for the watch event metric: an
+/// Interface on the node; a Peer with an end on it; a Route through one of its Interfaces.
+/// What the operator resolved says it (`status.resolved.localNode`/`remoteNode`); before
+/// it has, the node's Interfaces (as the watch of Interfaces holds them now) do.
+pub mod concerns {
+    use kube::ResourceExt as _;
+    use kube::runtime::reflector::{ObjectRef, Store};
+    use kwire_crds::v1alpha1::{Interface, Peer, Route};
+
+    pub fn interface(interface: &Interface, node: &str) -> bool {
+        interface.spec.node_name.as_str() == node
+    }
+
+    fn is_mine(mine: &Store<Interface>, namespace: Option<String>, name: &str) -> bool {
+        let reference = match namespace {
+            Some(ns) => ObjectRef::new(name).within(&ns),
+            None => ObjectRef::new(name),
+        };
+        mine.get(&reference).is_some()
+    }
+
+    pub fn peer(peer: &Peer, node: &str, mine: &Store<Interface>) -> bool {
+        if let Some(resolved) = peer.status.as_ref().and_then(|s| s.resolved.as_ref()) {
+            let ends = [&resolved.local_node, &resolved.remote_node];
+            if ends.iter().any(|n| n.is_some()) {
+                return ends.iter().any(|n| n.as_deref() == Some(node));
+            }
+        }
+        std::iter::once(peer.spec.interface.as_str())
+            .chain(peer.spec.remote.interface.as_ref().map(|r| r.as_str()))
+            .any(|end| is_mine(mine, peer.namespace(), end))
+    }
+
+    pub fn route(route: &Route, _node: &str, mine: &Store<Interface>) -> bool {
+        is_mine(mine, route.namespace(), route.spec.interface.as_str())
+    }
+}
+
 /// The reflector tasks of a [`Source`]: they run until dropped (then they are aborted).
 #[derive(Default)]
 pub struct Watches {
@@ -453,16 +568,15 @@ pub struct Watches {
 }
 
 impl Watches {
-    /// Starts a reflector of `api`, named `what` in errors; `changed` is notified on
-    /// every event.
+    /// Starts a reflector of `watched` into `writer`; `changed` is notified on every event
+    /// and every object received is counted by `counting`.
     fn reflect<K>(
         &mut self,
-        what: &'static str,
-        api: Api<K>,
-        config: watcher::Config,
+        watched: Watched<K>,
+        writer: reflector::store::Writer<K>,
+        counting: Counting<K>,
         changed: Arc<Notify>,
-    ) -> Store<K>
-    where
+    ) where
         K: kube::Resource<DynamicType = ()>
             + Clone
             + std::fmt::Debug
@@ -471,21 +585,24 @@ impl Watches {
             + Sync
             + 'static,
     {
-        let (reader, writer) = reflector::store();
-        let stream = watcher(api, config).default_backoff().reflect(writer);
+        let stream = watcher(watched.api, watched.config)
+            .default_backoff()
+            .reflect(writer);
         let handle = self.tasks.spawn(async move {
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(_) => changed.notify_one(),
+                    Ok(event) => {
+                        counting.count(&event);
+                        changed.notify_one();
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "watch failed; retrying with backoff, keeping the last known objects")
                     }
                 }
             }
         });
-        self.names.insert(handle.id(), what);
-        reader
+        self.names.insert(handle.id(), watched.what);
     }
 
     /// Waits until a reflector ends (none should: a watch retries forever) and names it,
@@ -511,6 +628,96 @@ mod tests {
             Ok(_) => panic!("expected KeyUnavailable, got a key"),
             Err(p) => p,
         }
+    }
+
+    fn object<K: serde::de::DeserializeOwned>(json: serde_json::Value) -> K {
+        serde_json::from_value(json).expect("a valid object")
+    }
+
+    fn interface_on(name: &str, node: &str) -> Interface {
+        object(serde_json::json!({
+            "apiVersion": "kwire.dev/v1alpha1", "kind": "Interface",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"nodeName": node, "listenPort": 51820},
+        }))
+    }
+
+    fn peer(name: &str, local: &str, remote: &str, resolved: serde_json::Value) -> Peer {
+        object(serde_json::json!({
+            "apiVersion": "kwire.dev/v1alpha1", "kind": "Peer",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"interface": local, "remote": {"interface": remote}},
+            "status": {"resolved": resolved},
+        }))
+    }
+
+    fn route(name: &str, interface: &str, status: serde_json::Value) -> Route {
+        object(serde_json::json!({
+            "apiVersion": "kwire.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"interface": interface, "destination": "10.9.0.0/24"},
+            "status": status,
+        }))
+    }
+
+    /// A store holding this node's Interfaces, as the watch of Interfaces fills it.
+    fn mine(interfaces: &[Interface]) -> Store<Interface> {
+        let (store, mut writer) = reflector::store();
+        for i in interfaces {
+            writer.apply_watcher_event(&watcher::Event::Apply(i.clone()));
+        }
+        store
+    }
+
+    #[test]
+    fn an_object_concerns_a_node_by_its_interface_or_what_the_operator_resolved() {
+        let here = mine(&[interface_on("wg0", "a")]);
+        assert!(concerns::interface(&interface_on("wg0", "a"), "a"));
+        assert!(!concerns::interface(&interface_on("wg1", "b"), "a"));
+        let resolved = |l: &str, r: &str| serde_json::json!({"localNode": l, "remoteNode": r});
+        // Resolved: the nodes the operator wrote decide, either end.
+        assert!(concerns::peer(
+            &peer("p", "x", "y", resolved("a", "b")),
+            "a",
+            &here
+        ));
+        assert!(concerns::peer(
+            &peer("p", "x", "y", resolved("b", "a")),
+            "a",
+            &here
+        ));
+        assert!(!concerns::peer(
+            &peer("p", "wg0", "y", resolved("b", "c")),
+            "a",
+            &here
+        ));
+        // Not resolved yet: this node's Interfaces decide.
+        let unresolved = serde_json::json!({});
+        assert!(concerns::peer(
+            &peer("p", "wg0", "y", unresolved.clone()),
+            "a",
+            &here
+        ));
+        assert!(concerns::peer(
+            &peer("p", "y", "wg0", unresolved.clone()),
+            "a",
+            &here
+        ));
+        assert!(!concerns::peer(
+            &peer("p", "x", "y", unresolved),
+            "a",
+            &here
+        ));
+        assert!(concerns::route(
+            &route("r", "wg0", serde_json::json!({})),
+            "a",
+            &here
+        ));
+        assert!(!concerns::route(
+            &route("r", "wg9", serde_json::json!({})),
+            "a",
+            &here
+        ));
     }
 
     #[test]

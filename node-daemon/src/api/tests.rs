@@ -50,6 +50,7 @@ async fn start(node: &str) -> Driven {
         node_name: node.into(),
         key_dir: std::env::temp_dir(),
         resync_period: Duration::from_secs(3600),
+        metrics: Arc::default(),
     };
     let task = tokio::spawn(drive(
         empty_api_server(),
