@@ -58,4 +58,7 @@ pub mod condition {
     /// On a Peer to an external peer: the local Interface's key was rotated and the far
     /// side, which kwire cannot configure, has not been seen using the new key yet.
     pub const ROTATION_PENDING: &str = "RotationPending";
+    /// On a Peer whose two ends both report their device's MTU: `True` when they differ
+    /// (packets of the larger side may not fit the path of the smaller).
+    pub const MTU_MISMATCH: &str = "MTUMismatch";
 }

@@ -62,7 +62,11 @@ pub struct InterfaceSpec {
     #[schemars(length(min = 1, max = 2), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub networks: Option<Vec<NetworkAllocation>>,
 
-    /// MTU of the device; the kernel default for WireGuard (1420) when unset.
+    /// MTU of the device. When unset, the node daemon uses the underlay's MTU minus
+    /// WireGuard's 80 bytes of overhead: the MTU of the node's link that holds the route to
+    /// the peers' endpoints (the smallest, if several), else of the link that holds the
+    /// default route, else WireGuard's own default, 1420; kept within 1280 to 9000.
+    /// `status.device.mtu` and `status.device.mtuSource` show what is in use and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1280, max = 9000))]
     pub mtu: Option<u16>,
@@ -266,6 +270,13 @@ pub struct DeviceStatus {
     pub public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<u32>,
+    /// The MTU of the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Where the MTU comes from: `spec.mtu`, or the underlay link it was derived from
+    /// (e.g. `eth0 (MTU 1500, the link of the default route) minus 80`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_source: Option<String>,
     /// The generation of the spec the device was last configured from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

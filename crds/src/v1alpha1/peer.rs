@@ -22,6 +22,8 @@ use crate::schema::CelRule;
     status = "PeerStatus",
     shortname = "wgpeer",
     category = "kwire",
+    selectable = ".status.resolved.localNode",
+    selectable = ".status.resolved.remoteNode",
     printcolumn = r#"{"name":"Interface","type":"string","jsonPath":".spec.interface"}"#,
     printcolumn = r#"{"name":"Remote","type":"string","jsonPath":".status.remoteName"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.resolved.endpoint"}"#,
@@ -100,8 +102,9 @@ pub struct PresharedKey {
 ///
 /// Field ownership under server-side apply: the operator writes `resolved`, `remoteName`,
 /// `observedGeneration` and the `Resolved` condition; the daemon of the local node writes
-/// `latestHandshake`, `transfer`, `endpointSeen`, and the `Connected` and `Ready` conditions;
-/// the daemon of the remote node (in-cluster links) writes `remoteEnd`.
+/// `latestHandshake`, `transfer`, `endpointSeen`, `mtu`, and the `Connected`, `Ready` and
+/// `MTUMismatch` conditions; the daemon of the remote node (in-cluster links) writes
+/// `remoteEnd`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
@@ -125,6 +128,10 @@ pub struct PeerStatus {
     /// The remote endpoint the local device last received from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_seen: Option<String>,
+    /// The MTU of the local device. When the remote end reports a different one
+    /// (`remoteEnd.mtu`), the `MTUMismatch` condition is `True`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// The remote device's view of the link (in-cluster links).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_end: Option<RemoteEndStatus>,
@@ -190,6 +197,9 @@ pub struct RemoteEndStatus {
     /// Whether the remote device has this peer configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub configured: Option<bool>,
+    /// The MTU of the remote device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 pub(crate) const RULES: &[(&[&str], CelRule)] = &[

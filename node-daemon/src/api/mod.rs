@@ -227,6 +227,7 @@ impl Source {
                 Seen {
                     generation: object.meta().generation,
                     conditions,
+                    remote_mtu: None,
                 },
             )
         }
@@ -247,13 +248,19 @@ impl Source {
             .peers_state()
             .iter()
             .map(|p| {
-                seen_of(
+                let (key, mut seen) = seen_of(
                     p.as_ref(),
                     p.status
                         .as_ref()
                         .map(|s| s.conditions.clone())
                         .unwrap_or_default(),
-                )
+                );
+                seen.remote_mtu = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.remote_end.as_ref())
+                    .and_then(|e| e.mtu);
+                (key, seen)
             })
             .filter(|(k, _)| {
                 translation.peer_sides.contains_key(k) || translation.peer_problems.contains_key(k)

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::desired::{ObjectKey, PeerSide, Translation};
 use crate::model::{LinkKind, ObservedNode, Ownership};
-use crate::plan::Conflict;
+use crate::plan::{Conflict, device_mtu};
 use crate::run::StepFailure;
 use crate::run::followup::PeerEntry;
 
@@ -57,6 +57,8 @@ pub struct StatusReport {
 pub struct Seen {
     pub generation: Option<i64>,
     pub conditions: Vec<Condition>,
+    /// Peers: the MTU the remote end's node reports (`status.remoteEnd.mtu`).
+    pub remote_mtu: Option<u32>,
 }
 
 pub struct ReportInput<'a> {
@@ -157,6 +159,11 @@ impl StatusReport {
                     )
                 };
             let wireguard = observed.and_then(|o| o.wireguard.as_ref());
+            // Why the device has its MTU: what the planner decided it from.
+            let mtu_source = device
+                .and_then(|d| input.translation.desired.devices.get(d))
+                .zip(input.observed)
+                .map(|(want, node)| device_mtu(want, node).source.to_string());
             let significant = json!({
                 "conditions": [condition_json(seen, condition::READY, ready, reason, &message, input.now)],
                 "device": {
@@ -164,6 +171,8 @@ impl StatusReport {
                     "listenPort": wireguard.and_then(|w| w.listen_port),
                     "publicKey": wireguard.and_then(|w| w.public_key).map(|k| k.to_base64()),
                     "peers": wireguard.map(|w| w.peers.len()),
+                    "mtu": observed.map(|o| o.mtu),
+                    "mtuSource": observed.and(mtu_source),
                     "observedGeneration": seen.generation,
                 },
             });
@@ -209,20 +218,54 @@ impl StatusReport {
                         since,
                         input.now,
                     );
+                    let local_mtu = input
+                        .translation
+                        .peer_entries
+                        .get(key)
+                        .and_then(|entry| entry_mtu(input, entry));
+                    let remote_here = input.translation.remote_ends_here.get(key);
+                    let remote_mtu = match remote_here {
+                        Some(entry) => entry_mtu(input, entry),
+                        None => seen.remote_mtu,
+                    };
+                    let mut conditions = vec![
+                        condition_json(seen, condition::READY, ready, reason, &message, input.now),
+                        condition_json(
+                            seen,
+                            condition::CONNECTED,
+                            connected,
+                            c_reason,
+                            &c_message,
+                            input.now,
+                        ),
+                    ];
+                    if let Some((mismatch, m_reason, m_message)) =
+                        mtu_mismatch(local_mtu, remote_mtu)
+                    {
+                        conditions.push(condition_json(
+                            seen,
+                            condition::MTU_MISMATCH,
+                            mismatch,
+                            m_reason,
+                            &m_message,
+                            input.now,
+                        ));
+                    }
                     let mut significant = json!({
-                        "conditions": [
-                            condition_json(seen, condition::READY, ready, reason, &message, input.now),
-                            condition_json(seen, condition::CONNECTED, connected, c_reason, &c_message, input.now),
-                        ],
+                        "conditions": conditions,
                         "endpointSeen": stats.as_ref().and_then(|s| s.endpoint.clone()),
+                        "mtu": local_mtu,
                     });
                     let mut counters = json!({
                         "latestHandshake": stats.as_ref().and_then(|s| s.handshake).map(timestamp),
                         "transfer": stats.as_ref().map(|s| json!({"rxBytes": s.rx, "txBytes": s.tx})),
                     });
-                    if let Some(entry) = input.translation.remote_ends_here.get(key) {
-                        let (end, end_counters) =
-                            remote_end(input.node, entry_stats(input, entry).as_ref());
+                    if let Some(entry) = remote_here {
+                        let (end, end_counters) = remote_end(
+                            input.node,
+                            entry_stats(input, entry).as_ref(),
+                            entry_mtu(input, entry),
+                        );
                         significant["remoteEnd"] = end;
                         counters["remoteEnd"] = end_counters;
                     }
@@ -235,7 +278,12 @@ impl StatusReport {
                     );
                 }
                 PeerSide::Remote => {
-                    let (end, end_counters) = remote_end(input.node, stats.as_ref());
+                    let mtu = input
+                        .translation
+                        .peer_entries
+                        .get(key)
+                        .and_then(|entry| entry_mtu(input, entry));
+                    let (end, end_counters) = remote_end(input.node, stats.as_ref(), mtu);
                     let significant = json!({ "remoteEnd": end });
                     let counters = json!({ "remoteEnd": end_counters });
                     report.peers.insert(
@@ -311,14 +359,46 @@ impl StatusReport {
 
 /// `status.remoteEnd` from the node of a Peer's remote end: what matters at once, and
 /// counters.
-fn remote_end(node: &str, stats: Option<&Stats>) -> (Value, Value) {
+fn remote_end(node: &str, stats: Option<&Stats>, mtu: Option<u32>) -> (Value, Value) {
     (
-        json!({ "node": node, "configured": stats.is_some() }),
+        json!({ "node": node, "configured": stats.is_some(), "mtu": mtu }),
         json!({
             "latestHandshake": stats.and_then(|s| s.handshake).map(timestamp),
             "transfer": stats.map(|s| json!({"rxBytes": s.rx, "txBytes": s.tx})),
         }),
     )
+}
+
+/// The `MTUMismatch` condition of a Peer from the MTUs of its two devices: `None` (no
+/// condition) until both are known.
+pub fn mtu_mismatch(
+    local: Option<u32>,
+    remote: Option<u32>,
+) -> Option<(bool, &'static str, String)> {
+    let (local, remote) = (local?, remote?);
+    Some(if local == remote {
+        (false, "SameMTU", format!("both ends use MTU {local}"))
+    } else {
+        let smaller = local.min(remote);
+        (
+            true,
+            "MTUsDiffer",
+            format!(
+                "the local device has MTU {local} and the remote device {remote}: packets of up to {} bytes from the side with the larger MTU may not fit the other side's path and are fragmented or dropped. Set spec.mtu: {smaller} on both Interfaces, or give both nodes' underlay links the same MTU (without spec.mtu each end uses its underlay's MTU minus 80; status.device.mtuSource on each Interface says which link)",
+                local.max(remote)
+            ),
+        )
+    })
+}
+
+/// The MTU of the device of a peer entry, as observed.
+fn entry_mtu(input: &ReportInput<'_>, entry: &PeerEntry) -> Option<u32> {
+    input
+        .observed?
+        .devices
+        .get(&entry.0)
+        .map(|d| d.mtu)
+        .filter(|m| *m > 0)
 }
 
 struct Stats {
@@ -681,10 +761,17 @@ mod tests {
             .iter()
             .map(|c| c["reason"].as_str().unwrap())
             .collect();
-        assert_eq!(reasons, ["Configured", "Connected"]);
+        assert_eq!(reasons, ["Configured", "Connected", "SameMTU"]);
         assert_eq!(
             status.significant["remoteEnd"],
-            json!({"node": "a", "configured": true})
+            json!({"node": "a", "configured": true, "mtu": 1420})
+        );
+        assert_eq!(status.significant["mtu"], 1420);
+        let mtu = &status.significant["conditions"][2];
+        assert_eq!(
+            (mtu["type"].as_str(), mtu["status"].as_str()),
+            (Some("MTUMismatch"), Some("False")),
+            "both ends are on this node and both are known: {mtu}"
         );
         assert!(status.counters["remoteEnd"]["latestHandshake"].is_string());
     }
@@ -770,6 +857,149 @@ mod tests {
         assert_eq!(
             report.peers[&key].significant,
             json!({"remoteEnd": {"node": "b", "configured": false}})
+        );
+    }
+
+    #[test]
+    fn an_mtu_mismatch_is_reported_only_when_both_ends_are_known_and_differ() {
+        assert_eq!(mtu_mismatch(None, Some(1420)), None);
+        assert_eq!(mtu_mismatch(Some(1420), None), None);
+        let (mismatch, reason, message) = mtu_mismatch(Some(1420), Some(1420)).unwrap();
+        assert!(!mismatch);
+        assert_eq!(reason, "SameMTU");
+        assert!(message.contains("1420"), "{message}");
+        let (mismatch, reason, message) = mtu_mismatch(Some(1420), Some(1320)).unwrap();
+        assert!(mismatch);
+        assert_eq!(reason, "MTUsDiffer");
+        for part in [
+            "MTU 1420",
+            "remote device 1320",
+            "spec.mtu: 1320",
+            "mtuSource",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+    }
+
+    /// The local side's report of `ns/a-to-b` when the remote end's node reported
+    /// `remote_mtu` (the local device has the converged fixture's 1420).
+    fn local_report_with_remote_mtu(remote_mtu: Option<u32>) -> ObjectStatus {
+        let (translation, observed, key, _) = one_local_peer(Some(at(0)));
+        let peers: BTreeMap<ObjectKey, Seen> = [(
+            key.clone(),
+            Seen {
+                remote_mtu,
+                ..Seen::default()
+            },
+        )]
+        .into();
+        let mut report = StatusReport::build(&ReportInput {
+            node: "a",
+            translation: &translation,
+            observed: Some(&observed),
+            fresh: &BTreeSet::new(),
+            conflicts: &[],
+            errors: &[],
+            now: at(1),
+            configured_since: &BTreeMap::new(),
+            interfaces: &BTreeMap::new(),
+            peers: &peers,
+            routes: &BTreeMap::new(),
+        });
+        report.peers.remove(&key).unwrap()
+    }
+
+    #[test]
+    fn the_local_side_sets_mtu_mismatch_from_the_mtu_the_remote_end_reported() {
+        let types = |s: &ObjectStatus| -> Vec<String> {
+            s.significant["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["type"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let unknown = local_report_with_remote_mtu(None);
+        assert_eq!(
+            types(&unknown),
+            ["Ready", "Connected"],
+            "no condition while unknown"
+        );
+        assert_eq!(unknown.significant["mtu"], 1420);
+
+        let differ = local_report_with_remote_mtu(Some(1320));
+        let c = &differ.significant["conditions"][2];
+        assert_eq!(c["type"], "MTUMismatch");
+        assert_eq!(c["status"], "True");
+        assert_eq!(c["reason"], "MTUsDiffer");
+        assert!(
+            c["message"]
+                .as_str()
+                .unwrap()
+                .contains("MTU 1420 and the remote device 1320")
+        );
+        // Ready and Connected are not affected: the link works, its large packets may not.
+        assert_eq!(differ.significant["conditions"][0]["status"], "True");
+        assert_eq!(differ.significant["conditions"][1]["status"], "True");
+
+        let same = local_report_with_remote_mtu(Some(1420));
+        assert_eq!(same.significant["conditions"][2]["status"], "False");
+    }
+
+    #[test]
+    fn the_remote_end_reports_its_device_mtu_and_the_interface_its_mtu_and_where_it_comes_from() {
+        use crate::model::{DesiredDevice, DesiredNode, IfaceName, PublicKey};
+        let key = ("ns".to_string(), "a-to-b".to_string());
+        let device = IfaceName::new("wg1").unwrap();
+        let near = PublicKey::from_bytes([7; 32]);
+        let mut translation = Translation::default();
+        translation.peer_sides.insert(key.clone(), PeerSide::Remote);
+        translation
+            .peer_entries
+            .insert(key.clone(), (device.clone(), near));
+        let iface = ("ns".to_string(), "b".to_string());
+        translation.devices.insert(iface.clone(), device.clone());
+        let mut observed = observed_with_peer("wg1", 2, near, Some(at(0)));
+        observed.devices.get_mut(&device).unwrap().mtu = 1320;
+        // The desired device: no spec.mtu, and a default route through a 1400 link.
+        let mut desired = DesiredNode::default();
+        desired
+            .devices
+            .insert(device.clone(), DesiredDevice::test("ns/b"));
+        translation.desired = desired;
+        let mut eth0 = crate::fixtures::foreign_link("veth");
+        eth0.mtu = 1400;
+        observed
+            .devices
+            .insert(IfaceName::new("eth0").unwrap(), eth0);
+        observed.routes.insert(
+            crate::fixtures::route_id("0.0.0.0/0", 0),
+            crate::fixtures::foreign_route(3, Some("eth0")),
+        );
+        let peers: BTreeMap<ObjectKey, Seen> = [(key.clone(), Seen::default())].into();
+        let interfaces: BTreeMap<ObjectKey, Seen> = [(iface.clone(), Seen::default())].into();
+        let report = StatusReport::build(&ReportInput {
+            node: "b",
+            translation: &translation,
+            observed: Some(&observed),
+            fresh: &BTreeSet::new(),
+            conflicts: &[],
+            errors: &[],
+            now: at(1),
+            configured_since: &BTreeMap::new(),
+            interfaces: &interfaces,
+            peers: &peers,
+            routes: &BTreeMap::new(),
+        });
+        assert_eq!(
+            report.peers[&key].significant,
+            json!({"remoteEnd": {"node": "b", "configured": true, "mtu": 1320}})
+        );
+        let device_status = &report.interfaces[&iface].significant["device"];
+        assert_eq!(device_status["mtu"], 1320);
+        assert_eq!(
+            device_status["mtuSource"],
+            "eth0 (MTU 1400, the link of the default route) minus 80"
         );
     }
 
@@ -871,6 +1101,7 @@ mod tests {
                 ),
                 observed_generation: Some(1),
             }],
+            remote_mtu: None,
         };
         let kept = condition_json(&seen, "Ready", true, "Configured", "ok", at(0));
         assert_eq!(kept["lastTransitionTime"], "2026-01-01T00:00:00Z");
