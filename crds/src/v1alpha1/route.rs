@@ -18,6 +18,7 @@ use crate::schema::CelRule;
     status = "RouteStatus",
     shortname = "wgroute",
     category = "kwire",
+    selectable = ".spec.interface",
     printcolumn = r#"{"name":"Interface","type":"string","jsonPath":".spec.interface"}"#,
     printcolumn = r#"{"name":"Destination","type":"string","jsonPath":".spec.destination"}"#,
     printcolumn = r#"{"name":"Via","type":"string","jsonPath":".spec.via"}"#,

@@ -1,7 +1,13 @@
 //! What this node should have, read from the Kubernetes API.
 //!
-//! Reflectors keep the Interfaces of this node (a field selector on `spec.nodeName`), and
-//! the Peers and Routes of the cluster, in memory. After every change, and on every resync,
+//! Reflectors keep this node's objects in memory, selected by the API server with field
+//! selectors, so that the daemon neither receives nor holds the rest of the cluster: the
+//! Interfaces of this node (`spec.nodeName`), the Peers with an end on it (the nodes the
+//! operator resolved, `status.resolved.localNode` and `status.resolved.remoteNode`: two
+//! watches, merged), and the Routes through its Interfaces (`spec.interface`, one watch per
+//! Interface). An object whose selected field moves to another node comes as a deletion,
+//! and what it configured goes. See docs/decisions/0009-node-scoped-watches.md. After
+//! every change, and on every resync,
 //! [`Source::snapshot`] gathers the keys and endpoint addresses the translation needs, and
 //! [`desired::translate`] turns it all into a [`DesiredNode`].
 //!
@@ -51,13 +57,21 @@ type KeyPlace = (String, String, String);
 pub struct Source {
     client: Client,
     interfaces: Store<Interface>,
-    peers: Store<Peer>,
-    routes: Store<Route>,
+    /// The Peers whose local end is on this node, and those whose remote end is (a Peer
+    /// with both ends here is in both).
+    peers_local: Store<Peer>,
+    peers_remote: Store<Peer>,
+    routes: Arc<RouteWatches>,
     changed: Arc<Notify>,
     key_dir: PathBuf,
     /// The last keys read from Secrets, for API outages.
     last_private_keys: Arc<LastKeys<PrivateKey>>,
     last_preshared_keys: Arc<LastKeys<PresharedKey>>,
+}
+
+/// The field selector of the objects whose `field` is `node_name`.
+fn on_node(field: &str, node_name: &str) -> watcher::Config {
+    watcher::Config::default().fields(&format!("{field}={node_name}"))
 }
 
 /// The last key read from each (namespace, Secret, data key). The keys are kwire's key types,
@@ -90,9 +104,15 @@ impl<K: Clone> LastKeys<K> {
 
 impl Source {
     /// Starts the reflectors and returns once each has listed. They run as the tasks of
-    /// the returned [`Watches`], which must live as long as the source is used. Every
-    /// object they receive is counted in `metrics`, as this node's or another's
-    /// ([`concerns`]).
+    /// the returned [`Watches`] (and of the Route watches the source keeps), which must
+    /// live as long as the source is used. Every object they receive is counted in
+    /// `metrics`, as this node's or another's ([`concerns`]).
+    ///
+    /// Each watch selects this node's objects on the API server (see
+    /// docs/decisions/0009-node-scoped-watches.md): Interfaces by `spec.nodeName`, Peers by
+    /// the nodes the operator resolved (`status.resolved.localNode`, and
+    /// `status.resolved.remoteNode`), Routes by `spec.interface`, one watch per Interface
+    /// of this node.
     pub async fn start(
         client: Client,
         node_name: &str,
@@ -101,16 +121,15 @@ impl Source {
     ) -> (Self, Watches) {
         let changed = Arc::new(Notify::new());
         let mut watches = Watches::default();
-        let selector = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-        // The Interfaces store is filled before the others are classified against it only
-        // at startup; the classification is a metric and never decides what is configured.
+        // The classification against this node's Interfaces is a metric only: it never
+        // decides what is configured.
         let (interfaces, interfaces_writer) = reflector::store();
         let node = node_name.to_string();
         watches.reflect(
             Watched::new(
                 "Interfaces",
                 Api::<Interface>::all(client.clone()),
-                selector,
+                on_node("spec.nodeName", node_name),
             ),
             interfaces_writer,
             Counting::new(&metrics, "Interface", move |i: &Interface| {
@@ -118,49 +137,58 @@ impl Source {
             }),
             changed.clone(),
         );
-        let (node, mine) = (node_name.to_string(), interfaces.clone());
-        let (peers, peers_writer) = reflector::store();
-        watches.reflect(
-            Watched::new(
-                "Peers",
-                Api::<Peer>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-            peers_writer,
-            Counting::new(&metrics, "Peer", move |p: &Peer| {
-                concerns::peer(p, &node, &mine)
-            }),
-            changed.clone(),
-        );
-        let (node, mine) = (node_name.to_string(), interfaces.clone());
-        let (routes, routes_writer) = reflector::store();
-        watches.reflect(
-            Watched::new(
-                "Routes",
-                Api::<Route>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-            routes_writer,
-            Counting::new(&metrics, "Route", move |r: &Route| {
-                concerns::route(r, &node, &mine)
-            }),
-            changed.clone(),
-        );
-        for ready in [
-            interfaces.wait_until_ready().await,
-            peers.wait_until_ready().await,
-            routes.wait_until_ready().await,
+        let mut peer_stores = Vec::new();
+        for (what, field) in [
+            ("Peers (local end)", "status.resolved.localNode"),
+            ("Peers (remote end)", "status.resolved.remoteNode"),
         ] {
-            // The writer lives as long as its task; only a task that ended drops it, and
-            // `Watches::ended` reports that.
-            if ready.is_err() {
-                tracing::warn!("a reflector stopped before it was ready");
-            }
+            let (node, mine) = (node_name.to_string(), interfaces.clone());
+            let (store, writer) = reflector::store();
+            watches.reflect(
+                Watched::new(
+                    what,
+                    Api::<Peer>::all(client.clone()),
+                    on_node(field, node_name),
+                ),
+                writer,
+                Counting::new(&metrics, "Peer", move |p: &Peer| {
+                    concerns::peer(p, &node, &mine)
+                }),
+                changed.clone(),
+            );
+            peer_stores.push(store);
+        }
+        let [peers_local, peers_remote] =
+            <[Store<Peer>; 2]>::try_from(peer_stores).unwrap_or_else(|_| unreachable!());
+        let mut ready = vec![
+            interfaces.wait_until_ready().await,
+            peers_local.wait_until_ready().await,
+            peers_remote.wait_until_ready().await,
+        ];
+        // The Routes of the Interfaces listed: their watches list before anything is
+        // published, so that a restarted daemon never takes a route not listed yet for one
+        // to remove.
+        let routes = Arc::new(RouteWatches {
+            client: client.clone(),
+            node: node_name.to_string(),
+            metrics,
+            changed: changed.clone(),
+            mine: interfaces.clone(),
+            watches: Mutex::default(),
+        });
+        for store in routes.sync(&interfaces.state()) {
+            ready.push(store.wait_until_ready().await);
+        }
+        // The writer lives as long as its task; only a task that ended drops it, and
+        // `Watches::ended` reports that (for the Route watches, the next sync restarts it).
+        if ready.iter().any(Result::is_err) {
+            tracing::warn!("a reflector stopped before it was ready");
         }
         let source = Self {
             client,
             interfaces,
-            peers,
+            peers_local,
+            peers_remote,
             routes,
             changed,
             key_dir,
@@ -174,8 +202,9 @@ impl Source {
         self.interfaces.state()
     }
 
+    /// The Peers of this node, each once ([`merge_peers`]).
     pub fn peers_state(&self) -> Vec<Arc<Peer>> {
-        self.peers.state()
+        merge_peers(self.peers_local.state(), self.peers_remote.state())
     }
 
     pub fn routes_state(&self) -> Vec<Arc<Route>> {
@@ -191,18 +220,19 @@ impl Source {
     /// Without `reread_keys`, a key already read from its Secret is not read again.
     pub async fn snapshot(&self, reread_keys: bool) -> Translation {
         let interfaces = self.interfaces.state();
+        // Routes of an Interface that just appeared come with the next change, once its
+        // watch has listed (its device is new: there is no route of it to keep meanwhile).
+        drop(self.routes.sync(&interfaces));
         let namespaces: BTreeSet<String> =
             interfaces.iter().filter_map(|i| i.namespace()).collect();
         let in_scope = |ns: Option<String>| ns.is_some_and(|ns| namespaces.contains(&ns));
         let peers: Vec<Arc<Peer>> = self
-            .peers
-            .state()
+            .peers_state()
             .into_iter()
             .filter(|p| in_scope(p.namespace()))
             .collect();
         let routes: Vec<Arc<Route>> = self
-            .routes
-            .state()
+            .routes_state()
             .into_iter()
             .filter(|r| in_scope(r.namespace()))
             .collect();
@@ -479,6 +509,142 @@ fn endpoints_to_resolve(peer: &Peer) -> Vec<String> {
     out
 }
 
+/// Peers from the two watches, each once: a Peer with both ends on this node is in both,
+/// and the two may briefly hold different versions of it (one watch ahead of the other);
+/// the later version wins.
+pub fn merge_peers(local: Vec<Arc<Peer>>, remote: Vec<Arc<Peer>>) -> Vec<Arc<Peer>> {
+    use std::collections::btree_map::Entry;
+    let version = |p: &Peer| {
+        p.resource_version()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut by_key: BTreeMap<ObjectKey, Arc<Peer>> = BTreeMap::new();
+    for peer in local.into_iter().chain(remote) {
+        match by_key.entry((peer.namespace().unwrap_or_default(), peer.name_any())) {
+            Entry::Vacant(e) => {
+                e.insert(peer);
+            }
+            Entry::Occupied(mut e) => {
+                if version(&peer) > version(e.get()) {
+                    e.insert(peer);
+                }
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
+/// The Routes of this node: one watch per Interface of the node, of the Routes through it
+/// (field `spec.interface`, in its namespace). A field selector cannot say "one of these
+/// names", and a Route names its Interface, not its node.
+struct RouteWatches {
+    client: Client,
+    node: String,
+    metrics: Arc<Metrics>,
+    changed: Arc<Notify>,
+    /// This node's Interfaces, for the watch event metric.
+    mine: Store<Interface>,
+    watches: Mutex<BTreeMap<ObjectKey, RouteWatch>>,
+}
+
+/// The watch of the Routes of one Interface; its task is aborted when dropped.
+struct RouteWatch {
+    store: Store<Route>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RouteWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RouteWatches {
+    fn watches(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, RouteWatch>> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One watch for each of `interfaces`: starts those missing (and any whose task
+    /// ended), stops those of Interfaces gone. Returns the stores of the watches started.
+    fn sync(&self, interfaces: &[Arc<Interface>]) -> Vec<Store<Route>> {
+        let wanted: BTreeSet<ObjectKey> = interfaces
+            .iter()
+            .map(|i| (i.namespace().unwrap_or_default(), i.name_any()))
+            .collect();
+        let mut watches = self.watches();
+        watches.retain(|key, watch| {
+            if watch.task.is_finished() {
+                tracing::warn!(namespace = %key.0, interface = %key.1, "the watch of the Interface's Routes ended; starting it again");
+            }
+            wanted.contains(key) && !watch.task.is_finished()
+        });
+        let mut started = Vec::new();
+        for key in wanted {
+            if watches.contains_key(&key) {
+                continue;
+            }
+            let (store, writer) = reflector::store();
+            let (node, mine) = (self.node.clone(), self.mine.clone());
+            let task = tokio::spawn(watch_into(
+                Watched::new(
+                    "Routes",
+                    Api::<Route>::namespaced(self.client.clone(), &key.0),
+                    on_node("spec.interface", &key.1),
+                ),
+                writer,
+                Counting::new(&self.metrics, "Route", move |r: &Route| {
+                    concerns::route(r, &node, &mine)
+                }),
+                self.changed.clone(),
+            ));
+            started.push(store.clone());
+            watches.insert(key, RouteWatch { store, task });
+        }
+        started
+    }
+
+    fn state(&self) -> Vec<Arc<Route>> {
+        self.watches()
+            .values()
+            .flat_map(|w| w.store.state())
+            .collect()
+    }
+}
+
+/// Runs the watch of `watched` into `writer`: `changed` is notified on every event and
+/// every object received is counted by `counting`. Retries for ever.
+async fn watch_into<K>(
+    watched: Watched<K>,
+    writer: reflector::store::Writer<K>,
+    counting: Counting<K>,
+    changed: Arc<Notify>,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = watcher(watched.api, watched.config)
+        .default_backoff()
+        .reflect(writer);
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                counting.count(&event);
+                changed.notify_one();
+            }
+            Err(e) => {
+                tracing::warn!(watch = watched.what, error = %e, "watch failed; retrying with backoff, keeping the last known objects")
+            }
+        }
+    }
+}
+
 /// One watch: what it is called in errors, its API and its selectors.
 struct Watched<K> {
     what: &'static str,
@@ -568,8 +734,7 @@ pub struct Watches {
 }
 
 impl Watches {
-    /// Starts a reflector of `watched` into `writer`; `changed` is notified on every event
-    /// and every object received is counted by `counting`.
+    /// Starts a reflector of `watched` into `writer` ([`watch_into`]).
     fn reflect<K>(
         &mut self,
         watched: Watched<K>,
@@ -585,24 +750,11 @@ impl Watches {
             + Sync
             + 'static,
     {
-        let stream = watcher(watched.api, watched.config)
-            .default_backoff()
-            .reflect(writer);
-        let handle = self.tasks.spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(event) => {
-                        counting.count(&event);
-                        changed.notify_one();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "watch failed; retrying with backoff, keeping the last known objects")
-                    }
-                }
-            }
-        });
-        self.names.insert(handle.id(), watched.what);
+        let what = watched.what;
+        let handle = self
+            .tasks
+            .spawn(watch_into(watched, writer, counting, changed));
+        self.names.insert(handle.id(), what);
     }
 
     /// Waits until a reflector ends (none should: a watch retries forever) and names it,
@@ -718,6 +870,37 @@ mod tests {
             "a",
             &here
         ));
+    }
+
+    fn versioned(mut p: Peer, version: &str, uid: &str) -> Arc<Peer> {
+        p.metadata.resource_version = Some(version.into());
+        p.metadata.uid = Some(uid.into());
+        Arc::new(p)
+    }
+
+    #[test]
+    fn a_peer_in_both_watches_is_taken_once_in_its_later_version() {
+        let both = |v: &str| versioned(peer("both", "x", "y", serde_json::json!({})), v, "u1");
+        let only_local = versioned(peer("l", "x", "y", serde_json::json!({})), "5", "u2");
+        let only_remote = versioned(peer("r", "x", "y", serde_json::json!({})), "6", "u3");
+        for (local, remote, kept) in [("7", "9", "9"), ("9", "7", "9"), ("8", "8", "8")] {
+            let merged = merge_peers(
+                vec![both(local), only_local.clone()],
+                vec![only_remote.clone(), both(remote)],
+            );
+            let got: Vec<(String, String)> = merged
+                .iter()
+                .map(|p| (p.name_any(), p.resource_version().unwrap()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("both".to_string(), kept.to_string()),
+                    ("l".into(), "5".into()),
+                    ("r".into(), "6".into())
+                ]
+            );
+        }
     }
 
     #[test]
