@@ -8,7 +8,7 @@
 //!     privateKeyFile: wg0.key       # or privateKey: <base64>; relative to this file
 //!     listenPort: 51820
 //!     addresses: [10.1.0.1/24]
-//!     mtu: 1420
+//!     mtu: 1420                     # optional; default: the underlay's MTU minus 80
 //!     forwarding: false
 //!     peers:
 //!       - publicKey: <base64>

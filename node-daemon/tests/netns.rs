@@ -322,6 +322,59 @@ fn a_no_op_reconcile_on_the_real_kernel_makes_zero_writes_and_recreates_nothing(
 }
 
 #[test]
+fn without_an_mtu_a_device_takes_the_underlays_mtu_minus_80_and_follows_it() {
+    require_prerequisites!();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Netns::new("mu"), Netns::new("mv"));
+    veth(&a, "192.168.76.1/24", &b, "192.168.76.2/24");
+    a.ip(&["link", "set", "eth0", "mtu", "9000"]);
+    let dev = unique("mu");
+    let (sk, _) = keypair();
+    let (_, peer) = keypair();
+    let file = write_desired(
+        dir.path(),
+        "node.yaml",
+        &NodeSpec {
+            device: &dev,
+            private_key: &sk,
+            port: 51850,
+            address: "10.76.0.1/24",
+            peers: vec![(
+                &peer,
+                Some("192.168.76.2:51850".into()),
+                vec!["10.76.0.2/32"],
+            )],
+            routes: vec![],
+        },
+    );
+    let mtu = || {
+        let link = a.ip(&["-o", "link", "show", &dev]);
+        link.split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no MTU in {link}"))
+    };
+    // The endpoint is reached through eth0 (its connected route), MTU 9000.
+    let first = reconcile_once(&a, dir.path(), &file);
+    assert_eq!(first["errors"], serde_json::json!([]), "{first}");
+    assert_eq!(mtu(), "8920");
+    let again = reconcile_once(&a, dir.path(), &file);
+    assert_eq!(again["steps"], serde_json::json!([]), "{again}");
+
+    // The underlay shrinks: the device follows, and nothing else changes.
+    a.ip(&["link", "set", "eth0", "mtu", "1400"]);
+    let shrunk = reconcile_once(&a, dir.path(), &file);
+    assert_eq!(shrunk["errors"], serde_json::json!([]), "{shrunk}");
+    assert_eq!(mtu(), "1320");
+    assert_eq!(
+        shrunk["steps"].as_array().map(Vec::len),
+        Some(1),
+        "{shrunk}"
+    );
+}
+
+#[test]
 fn drift_is_corrected_within_one_resync() {
     require_prerequisites!();
     let dir = tempfile::tempdir().unwrap();

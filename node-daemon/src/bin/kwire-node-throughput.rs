@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Two network namespaces, `a` and `b`, joined by a veth pair (10.77.0.1/24 and
-//! 10.77.0.2/24, MTU 1500) stand for two nodes on a LAN. On that underlay:
+//! 10.77.0.2/24, MTU 1500 or `--underlay-mtu`) stand for two nodes on a LAN. On that underlay:
 //! - the hand link: `wireguard-go` started by hand in each namespace, configured with
 //!   `wg set` (key, port, the other end as peer with its endpoint) and `ip addr`/`ip link`
 //!   (10.78.0.1 ↔ 10.78.0.2), WireGuard's default MTU;
@@ -48,6 +48,10 @@ struct Args {
     /// iperf3's parallel streams (`-P`).
     #[arg(long, default_value_t = 1)]
     streams: u32,
+    /// The MTU of the veth underlay. The hand link keeps WireGuard's default (1420, what
+    /// `wireguard-go`/`ip link add` give); kwire without `mtu` takes the underlay's minus 80.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1360..=65535))]
+    underlay_mtu: u32,
 }
 
 /// A network namespace; on drop every process in it is killed and it is deleted.
@@ -246,8 +250,9 @@ fn measure(args: &Args, daemon: &Path, dir: &Path, a: &Namespace, b: &Namespace)
     ]))?;
     a.ip(&["addr", "add", "10.77.0.1/24", "dev", &va])?;
     b.ip(&["addr", "add", "10.77.0.2/24", "dev", &vb])?;
-    a.ip(&["link", "set", &va, "up"])?;
-    b.ip(&["link", "set", &vb, "up"])?;
+    let mtu = args.underlay_mtu.to_string();
+    a.ip(&["link", "set", &va, "mtu", &mtu, "up"])?;
+    b.ip(&["link", "set", &vb, "mtu", &mtu, "up"])?;
     let underlay_mtu = a.mtu(&va)?;
 
     let key = || PrivateKey::generate().context("the system random number generator");
