@@ -58,7 +58,8 @@ pub mod condition {
     /// On a Peer to an external peer: the local Interface's key was rotated and the far
     /// side, which kwire cannot configure, has not been seen using the new key yet.
     pub const ROTATION_PENDING: &str = "RotationPending";
-    /// On a Peer whose two ends both report their device's MTU: `True` when they differ
-    /// (packets of the larger side may not fit the path of the smaller).
-    pub const MTU_MISMATCH: &str = "MTUMismatch";
+    /// On a Peer whose two ends both report their device's MTU: `True` when they are the
+    /// same; `False` (reason `MTUMismatch`) when they differ, as packets of the side with the
+    /// larger MTU may not fit the path of the other.
+    pub const MTUS_MATCH: &str = "MTUsMatch";
 }

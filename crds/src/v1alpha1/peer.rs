@@ -103,7 +103,7 @@ pub struct PresharedKey {
 /// Field ownership under server-side apply: the operator writes `resolved`, `remoteName`,
 /// `observedGeneration` and the `Resolved` condition; the daemon of the local node writes
 /// `latestHandshake`, `transfer`, `endpointSeen`, `mtu`, and the `Connected`, `Ready` and
-/// `MTUMismatch` conditions; the daemon of the remote node (in-cluster links) writes
+/// `MTUsMatch` conditions; the daemon of the remote node (in-cluster links) writes
 /// `remoteEnd`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -129,7 +129,7 @@ pub struct PeerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_seen: Option<String>,
     /// The MTU of the local device. When the remote end reports a different one
-    /// (`remoteEnd.mtu`), the `MTUMismatch` condition is `True`.
+    /// (`remoteEnd.mtu`), the `MTUsMatch` condition is `False` (reason `MTUMismatch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     /// The remote device's view of the link (in-cluster links).

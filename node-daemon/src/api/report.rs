@@ -239,13 +239,11 @@ impl StatusReport {
                             input.now,
                         ),
                     ];
-                    if let Some((mismatch, m_reason, m_message)) =
-                        mtu_mismatch(local_mtu, remote_mtu)
-                    {
+                    if let Some((same, m_reason, m_message)) = mtus_match(local_mtu, remote_mtu) {
                         conditions.push(condition_json(
                             seen,
-                            condition::MTU_MISMATCH,
-                            mismatch,
+                            condition::MTUS_MATCH,
+                            same,
                             m_reason,
                             &m_message,
                             input.now,
@@ -369,20 +367,17 @@ fn remote_end(node: &str, stats: Option<&Stats>, mtu: Option<u32>) -> (Value, Va
     )
 }
 
-/// The `MTUMismatch` condition of a Peer from the MTUs of its two devices: `None` (no
+/// The `MTUsMatch` condition of a Peer from the MTUs of its two devices: `None` (no
 /// condition) until both are known.
-pub fn mtu_mismatch(
-    local: Option<u32>,
-    remote: Option<u32>,
-) -> Option<(bool, &'static str, String)> {
+pub fn mtus_match(local: Option<u32>, remote: Option<u32>) -> Option<(bool, &'static str, String)> {
     let (local, remote) = (local?, remote?);
     Some(if local == remote {
-        (false, "SameMTU", format!("both ends use MTU {local}"))
+        (true, "SameMTU", format!("both ends use MTU {local}"))
     } else {
         let smaller = local.min(remote);
         (
-            true,
-            "MTUsDiffer",
+            false,
+            "MTUMismatch",
             format!(
                 "the local device has MTU {local} and the remote device {remote}: packets of up to {} bytes from the side with the larger MTU may not fit the other side's path and are fragmented or dropped. Set spec.mtu: {smaller} on both Interfaces, or give both nodes' underlay links the same MTU (without spec.mtu each end uses its underlay's MTU minus 80; status.device.mtuSource on each Interface says which link)",
                 local.max(remote)
@@ -770,7 +765,7 @@ mod tests {
         let mtu = &status.significant["conditions"][2];
         assert_eq!(
             (mtu["type"].as_str(), mtu["status"].as_str()),
-            (Some("MTUMismatch"), Some("False")),
+            (Some("MTUsMatch"), Some("True")),
             "both ends are on this node and both are known: {mtu}"
         );
         assert!(status.counters["remoteEnd"]["latestHandshake"].is_string());
@@ -862,15 +857,15 @@ mod tests {
 
     #[test]
     fn an_mtu_mismatch_is_reported_only_when_both_ends_are_known_and_differ() {
-        assert_eq!(mtu_mismatch(None, Some(1420)), None);
-        assert_eq!(mtu_mismatch(Some(1420), None), None);
-        let (mismatch, reason, message) = mtu_mismatch(Some(1420), Some(1420)).unwrap();
-        assert!(!mismatch);
+        assert_eq!(mtus_match(None, Some(1420)), None);
+        assert_eq!(mtus_match(Some(1420), None), None);
+        let (same, reason, message) = mtus_match(Some(1420), Some(1420)).unwrap();
+        assert!(same);
         assert_eq!(reason, "SameMTU");
         assert!(message.contains("1420"), "{message}");
-        let (mismatch, reason, message) = mtu_mismatch(Some(1420), Some(1320)).unwrap();
-        assert!(mismatch);
-        assert_eq!(reason, "MTUsDiffer");
+        let (same, reason, message) = mtus_match(Some(1420), Some(1320)).unwrap();
+        assert!(!same);
+        assert_eq!(reason, "MTUMismatch");
         for part in [
             "MTU 1420",
             "remote device 1320",
@@ -910,7 +905,7 @@ mod tests {
     }
 
     #[test]
-    fn the_local_side_sets_mtu_mismatch_from_the_mtu_the_remote_end_reported() {
+    fn the_local_side_sets_mtus_match_from_the_mtu_the_remote_end_reported() {
         let types = |s: &ObjectStatus| -> Vec<String> {
             s.significant["conditions"]
                 .as_array()
@@ -929,9 +924,9 @@ mod tests {
 
         let differ = local_report_with_remote_mtu(Some(1320));
         let c = &differ.significant["conditions"][2];
-        assert_eq!(c["type"], "MTUMismatch");
-        assert_eq!(c["status"], "True");
-        assert_eq!(c["reason"], "MTUsDiffer");
+        assert_eq!(c["type"], "MTUsMatch");
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["reason"], "MTUMismatch");
         assert!(
             c["message"]
                 .as_str()
@@ -943,7 +938,7 @@ mod tests {
         assert_eq!(differ.significant["conditions"][1]["status"], "True");
 
         let same = local_report_with_remote_mtu(Some(1420));
-        assert_eq!(same.significant["conditions"][2]["status"], "False");
+        assert_eq!(same.significant["conditions"][2]["status"], "True");
     }
 
     #[test]
