@@ -308,6 +308,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, (u32, Timestamp)>>,
     /// The versions of the Interfaces whose status the operator applied last.
     pub written: crate::written::WrittenVersions,
+    /// Objects whose waiting status is held back (see `controllers::waiting`).
+    pub holds: crate::controllers::waiting::Holds,
 }
 
 impl Context {
@@ -331,6 +333,7 @@ impl Context {
             carved: tokio::sync::Mutex::new(BTreeMap::new()),
             failures: Mutex::new(HashMap::new()),
             written: crate::written::WrittenVersions::default(),
+            holds: crate::controllers::waiting::Holds::default(),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     pub status_patches: Family<ControllerLabels, Counter>,
     pub status_patches_skipped: Family<ControllerLabels, Counter>,
+    /// Status writes held back while the object waits on the operator's own work.
+    pub status_holds: Family<ControllerLabels, Counter>,
     pub leader: Gauge,
     /// Topology checks of the whole world (one task, after changes).
     pub topology_checks: Counter,
@@ -53,6 +55,7 @@ impl Default for Metrics {
         let failures = Family::<ErrorLabels, Counter>::default();
         let status_patches = Family::<ControllerLabels, Counter>::default();
         let status_patches_skipped = Family::<ControllerLabels, Counter>::default();
+        let status_holds = Family::<ControllerLabels, Counter>::default();
         let leader = Gauge::default();
         let topology_checks = Counter::default();
         registry.register(
@@ -77,6 +80,11 @@ impl Default for Metrics {
             status_patches_skipped.clone(),
         );
         registry.register(
+            "status_holds",
+            "Status writes held back because the object only waited on the operator's own next write (a key, an address)",
+            status_holds.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica runs the controllers",
             leader.clone(),
@@ -88,6 +96,7 @@ impl Default for Metrics {
             failures,
             status_patches,
             status_patches_skipped,
+            status_holds,
             leader,
             topology_checks,
         }
@@ -109,6 +118,13 @@ impl Metrics {
         let (verb, resource) = classify_request(method, uri);
         self.api_requests
             .get_or_create(&RequestLabels { verb, resource })
+            .inc();
+    }
+
+    /// Counts one status write held back (see `controllers::waiting`).
+    pub fn held(&self, controller: &'static str) {
+        self.status_holds
+            .get_or_create(&ControllerLabels { controller })
             .inc();
     }
 

@@ -19,7 +19,6 @@ pub const PRESHARED_KEY_PENDING: &str = "PresharedKeyPending";
 
 // Interface `KeyReady`.
 pub const KEY_GENERATED: &str = "KeyGenerated";
-pub const KEY_FROM_SECRET: &str = "KeyFromSecret";
 pub const KEY_USER_SUPPLIED: &str = "UserSuppliedKey";
 pub const KEY_NODE_LOCAL: &str = "NodeLocalKey";
 pub const KEY_NODE_LOCAL_PENDING: &str = "NodeLocalKeyPending";
@@ -65,7 +64,6 @@ pub const INTERFACE_NOT_FOUND: &str = "InterfaceNotFound";
 pub const NODE_MISSING: &str = "NodeNotFound";
 
 // Events only.
-pub const EVENT_KEY_GENERATED: &str = "KeyGenerated";
 pub const EVENT_SECRET_ADOPTED: &str = "KeySecretAdopted";
 pub const EVENT_ADDRESS_ALLOCATED: &str = "AddressAllocated";
 pub const EVENT_ADDRESS_RELEASED: &str = "AddressReleased";

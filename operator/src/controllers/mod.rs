@@ -13,6 +13,7 @@ pub mod peer;
 pub mod route;
 pub mod run;
 pub mod triggers;
+pub mod waiting;
 
 use std::sync::Arc;
 
@@ -57,6 +58,26 @@ pub fn condition_events(previous: &[Condition], desired: &[DesiredCondition]) ->
         .collect()
 }
 
+/// Whether to write a status whose plan asks (`wants`) to hold it back, counting holds in
+/// the metrics; a plan that does not ask ends the object's hold.
+pub(crate) fn hold_status(
+    ctx: &Context,
+    controller: &'static str,
+    kind: &'static str,
+    (ns, name): (&str, &str),
+    wants: bool,
+) -> waiting::Hold {
+    if !wants {
+        ctx.holds.release(kind, ns, name);
+        return waiting::Hold::Write;
+    }
+    let hold = ctx.holds.hold(kind, ns, name, std::time::Instant::now());
+    if matches!(hold, waiting::Hold::Wait(_)) {
+        ctx.metrics.held(controller);
+    }
+    hold
+}
+
 /// The namespace of a namespaced object.
 pub(crate) fn namespace<K: Resource>(obj: &K, kind: &'static str) -> Result<String, Error> {
     obj.meta().namespace.clone().ok_or(Error::MissingMetadata {
@@ -83,20 +104,20 @@ pub(crate) async fn get_secret(
         })
 }
 
-/// Executes a [`SecretAction`].
+/// Executes a [`SecretAction`]; returns the Secret it created, as the API server stored it.
 pub(crate) async fn apply_secret(
     ctx: &Context,
     namespace: &str,
     action: &SecretAction,
-) -> Result<(), Error> {
+) -> Result<Option<Secret>, Error> {
     let api = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
     match action {
-        SecretAction::None => Ok(()),
+        SecretAction::None => Ok(None),
         SecretAction::Create(planned) => {
             let secret = &planned.0;
             api.create(&PostParams::default(), secret)
                 .await
-                .map(|_| ())
+                .map(Some)
                 .map_err(|source| Error::CreateSecret {
                     namespace: namespace.to_string(),
                     name: secret.name_any(),
@@ -110,7 +131,7 @@ pub(crate) async fn apply_secret(
                 &Patch::Strategic(adopt_patch(owner)),
             )
             .await
-            .map(|_| ())
+            .map(|_| None)
             .map_err(|source| Error::AdoptSecret {
                 namespace: namespace.to_string(),
                 name: name.clone(),

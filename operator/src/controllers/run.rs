@@ -142,6 +142,12 @@ where
     (reader, stream)
 }
 
+/// Reconciles of one kind that run at once. A reconcile mostly waits on the API server; 16
+/// keeps as many requests in flight as the bench's plain client (4 left the API server idle
+/// half the time at a cold start: 2.6× the plain client's time at 400 Interfaces, see
+/// docs/performance.md).
+pub const RECONCILES_IN_FLIGHT: u16 = 16;
+
 /// How long the findings task waits for more changes before recomputing.
 pub const FINDINGS_DEBOUNCE: Duration = Duration::from_secs(1);
 
@@ -518,7 +524,7 @@ async fn run_with(
         faults.check(),
     ));
     // No debounce here: the router gathers requests (see `COALESCE`).
-    let config = kube::runtime::controller::Config::default().concurrency(4);
+    let config = kube::runtime::controller::Config::default().concurrency(RECONCILES_IN_FLIGHT);
     let networks = applier(
         |o, c| Box::pin(network::reconcile(o, c)),
         error_policy::<Network>,

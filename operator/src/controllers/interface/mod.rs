@@ -18,7 +18,8 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use kwire_crds::v1alpha1::{Interface, KeyMode};
 
-use super::{apply_secret, finish, get_secret, namespace};
+use super::waiting::Hold;
+use super::{apply_secret, finish, get_secret, hold_status, namespace};
 use crate::context::{Context, EventSpec};
 use crate::error::Error;
 use crate::reasons;
@@ -122,15 +123,24 @@ pub async fn observe_key(interface: &Interface, ctx: &Context) -> Result<KeyObse
     }))
 }
 
-/// Secrets first, then status, then Events.
+/// Secrets first, then status (unless held, see [`super::waiting`]), then Events. Returns
+/// the hold decision.
 pub async fn apply_interface(
     interface: &Interface,
     plan: InterfacePlan,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<Hold, Error> {
     let ns = namespace(interface, "Interface")?;
-    apply_secret(ctx, &ns, &plan.secret).await?;
-    let patch = needs_patch(interface.status.as_ref(), &plan.status);
+    if let Some(created) = apply_secret(ctx, &ns, &plan.secret).await?
+        && let Some(generation) = crate::secrets::is_key_secret_of(&created.metadata, &interface.name_any())
+    {
+        // The next reconcile reads this key from the cache instead of the API server.
+        let live = || ctx.stores.secrets.state().len();
+        ctx.key_cache.put(&KeySecret::read(generation, created), live);
+    }
+    let name = interface.name_any();
+    let hold = hold_status(ctx, CONTROLLER, "Interface", (&ns, &name), plan.hold);
+    let patch = hold == Hold::Write && needs_patch(interface.status.as_ref(), &plan.status);
     if patch {
         let api = Api::<Interface>::namespaced(ctx.client.clone(), &ns);
         let applied = apply_status(&api, interface, &plan.status)
@@ -146,7 +156,9 @@ pub async fn apply_interface(
             applied.metadata.resource_version.as_deref(),
         );
     }
-    ctx.metrics.patched(CONTROLLER, patch);
+    if hold == Hold::Write {
+        ctx.metrics.patched(CONTROLLER, patch);
+    }
     let reference = interface.object_ref(&());
     for event in plan.events {
         ctx.events.publish(&reference, event).await;
@@ -187,7 +199,7 @@ pub async fn apply_interface(
             }
         }
     }
-    Ok(())
+    Ok(hold)
 }
 
 /// Reconciles one Interface.
@@ -214,7 +226,10 @@ pub async fn reconcile(interface: Arc<Interface>, ctx: Arc<Context>) -> Result<A
         let requeue = plan
             .requeue
             .map_or(ctx.config.resync, |r| r.min(ctx.config.resync));
-        apply_interface(&interface, plan, &ctx).await?;
+        let requeue = match apply_interface(&interface, plan, &ctx).await? {
+            Hold::Wait(left) => requeue.min(left),
+            Hold::Write => requeue,
+        };
         // The plan's delays count from its clock reading, not from the end of its writes
         // (a rotation's settle would otherwise grow by a status write).
         Ok(Action::requeue(

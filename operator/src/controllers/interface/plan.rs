@@ -52,6 +52,9 @@ pub struct InterfacePlan {
     pub delete: Vec<OldKeySecret>,
     /// Look again this soon rather than at the next resync (rotations).
     pub requeue: Option<Duration>,
+    /// The status only says the Interface waits for its Network to record its address, and
+    /// it never had one: the write may be held (see [`crate::controllers::waiting`]).
+    pub hold: bool,
 }
 
 /// Keys the operator does not make cannot be rotated by it: an Event says so, once per
@@ -263,12 +266,16 @@ pub fn plan_interface(
         &ns_of(interface),
         &interface.name_any(),
     );
-    let desired = [key.condition, address_condition, topology];
     let previous = interface
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
+    let hold = address_condition.reason == reasons::ALLOCATION_PENDING
+        && !previous
+            .iter()
+            .any(|c| c.type_ == condition::ADDRESS_ALLOCATED && c.status == "True");
+    let desired = [key.condition, address_condition, topology];
     let generation = interface.metadata.generation;
     let mut events = key.events;
     events.extend(condition_events(previous, &desired));
@@ -276,6 +283,7 @@ pub fn plan_interface(
         secret: key.action,
         delete: key.delete,
         requeue: key.requeue,
+        hold,
         status: InterfaceStatus {
             observed_generation: generation,
             conditions: merge_conditions(previous, &desired, generation, now),

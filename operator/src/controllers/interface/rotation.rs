@@ -165,6 +165,17 @@ impl KeyPlan {
         }
     }
 
+    /// A key the operator generated, in Secret `secret_name`. The same words when the key
+    /// was just made and when it is read back, so that reading it back writes nothing.
+    fn generated(public_key: PublicKey, secret_name: String) -> Self {
+        Self::ok(
+            reasons::KEY_GENERATED,
+            format!("kwire generated the key pair; the private key is in Secret {secret_name}"),
+            public_key,
+            secret_name,
+        )
+    }
+
     fn ok(reason: &str, message: String, public_key: PublicKey, secret_name: String) -> Self {
         KeyPlan {
             condition: DesiredCondition::ok(condition::KEY_READY, reason, message),
@@ -347,19 +358,9 @@ pub fn plan_generated(
                 last_request: rotation_request(interface).map(str::to_string),
                 ..KeyRotationStatus::default()
             }),
-            events: vec![EventSpec::normal(
-                reasons::EVENT_KEY_GENERATED,
-                "GenerateKey",
-                format!(
-                    "generated a WireGuard key pair with public key {public_key}; the private key is in Secret {secret_name}"
-                ),
-            )],
-            ..KeyPlan::ok(
-                reasons::KEY_GENERATED,
-                format!("generated a key pair; the private key is in Secret {secret_name}"),
-                public_key,
-                secret_name,
-            )
+            // No Event: `KeyReady` says it (reason `KeyGenerated`, with the Secret's name),
+            // and an Event per Interface was a quarter of a cold start's writes.
+            ..KeyPlan::generated(public_key, secret_name)
         };
     };
     let newest = match validate(interface, &newest) {
@@ -462,12 +463,7 @@ pub fn plan_generated(
                 }),
                 events,
                 requeue: None,
-                ..KeyPlan::ok(
-                    reasons::KEY_FROM_SECRET,
-                    format!("the private key is in Secret {}", newest.name),
-                    newest.public_key,
-                    newest.name.clone(),
-                )
+                ..KeyPlan::generated(newest.public_key, newest.name.clone())
             };
         }
         let poll = waiting_poll(previous.started_at.as_ref(), now);
@@ -593,11 +589,6 @@ pub fn plan_generated(
         }),
         events,
         requeue,
-        ..KeyPlan::ok(
-            reasons::KEY_FROM_SECRET,
-            format!("the private key is in Secret {}", newest.name),
-            newest.public_key,
-            newest.name.clone(),
-        )
+        ..KeyPlan::generated(newest.public_key, newest.name.clone())
     }
 }

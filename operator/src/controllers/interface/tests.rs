@@ -102,8 +102,11 @@ fn a_missing_key_secret_is_created_with_the_fresh_key_and_its_public_key_is_publ
         Some("a-wg0-private-key")
     );
     assert_eq!(key_condition(&plan).1, reasons::KEY_GENERATED);
-    assert_eq!(plan.events.len(), 1);
-    assert!(plan.events[0].note.contains(PUBLIC));
+    assert!(
+        plan.events.is_empty(),
+        "the first key is told by KeyReady, not by an Event: {:?}",
+        plan.events
+    );
     assert_no_private_key(&plan);
 }
 
@@ -124,12 +127,48 @@ fn an_existing_key_secret_is_never_regenerated_and_keeps_the_public_key() {
         key_condition(&plan),
         (
             "True",
-            reasons::KEY_FROM_SECRET,
-            "the private key is in Secret a-wg0-private-key"
+            reasons::KEY_GENERATED,
+            "kwire generated the key pair; the private key is in Secret a-wg0-private-key"
         )
     );
     assert!(plan.events.is_empty());
     assert_no_private_key(&plan);
+}
+
+#[test]
+fn reading_back_a_key_just_generated_plans_the_status_already_written() {
+    let iface = interface("a-wg0", "a", &["10.0.0.1/24"]);
+    let world = plain_world(vec![iface.clone()]);
+    let fresh = key();
+    let first = plan_interface(
+        &iface,
+        &world,
+        generated(None, Some(fresh.clone())),
+        &[],
+        &now(1),
+    );
+    let SecretAction::Create(planned) = &first.secret else {
+        panic!("{:?}", first.secret)
+    };
+    let mut written = iface.clone();
+    written.status = Some(first.status.clone());
+    let again = plan_interface(
+        &written,
+        &world,
+        generated(
+            Some(planned.0.clone()),
+            Some(PrivateKey::generate().unwrap()),
+        ),
+        &[],
+        &now(2),
+    );
+    assert_eq!(again.secret, SecretAction::None);
+    assert!(
+        !needs_patch(written.status.as_ref(), &again.status),
+        "the second reconcile would write again:\n{:?}\n{:?}",
+        first.status,
+        again.status
+    );
 }
 
 #[test]
@@ -369,7 +408,41 @@ fn a_missing_or_unready_network_or_a_conflict_is_explained() {
         assert_eq!((status, got), ("False", reason), "{message}");
         assert!(message.contains(fragment), "{message}");
         assert!(plan.status.addresses.is_empty());
+        assert_eq!(
+            plan.hold,
+            reason == reasons::ALLOCATION_PENDING,
+            "only a wait for the Network's own next write is held ({reason})"
+        );
     }
+}
+
+#[test]
+fn an_interface_that_had_an_address_is_never_held() {
+    let auto = interface_in("b-wg0", "a", "link", Some(2));
+    let allocated = world(
+        vec![network_with(&[("10.1.0.2/24", "b-wg0", "uid-b-wg0")])],
+        vec![auto.clone()],
+        vec![],
+        vec![],
+        None,
+    );
+    let plan = plan_interface(&auto, &allocated, KeyObservation::NodeLocal, &[], &now(1));
+    assert!(!plan.hold);
+    let mut had = auto.clone();
+    had.status = Some(plan.status);
+    let pending = world(
+        vec![network_with(&[])],
+        vec![had.clone()],
+        vec![],
+        vec![],
+        None,
+    );
+    let plan = plan_interface(&had, &pending, KeyObservation::NodeLocal, &[], &now(2));
+    assert_eq!(address_condition(&plan).1, reasons::ALLOCATION_PENDING);
+    assert!(
+        !plan.hold,
+        "an Interface that loses its address says so at once"
+    );
 }
 
 #[test]

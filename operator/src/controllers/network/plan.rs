@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kwire_crds::v1alpha1::{Interface, IpFamily, Network, NetworkStatus, condition};
+use kwire_crds::v1alpha1::{Allocation, Interface, IpFamily, Network, NetworkStatus, condition};
 
 use crate::context::EventSpec;
 use crate::ipam::{self, Pool, Usable};
@@ -111,6 +111,38 @@ pub struct NetworkPlan {
     pub events: Vec<(Regarding, EventSpec)>,
 }
 
+/// How many allocations an `AddressAllocated` Event names.
+pub const EVENT_NAMES: usize = 8;
+
+/// One Event for the addresses a reconcile allocated, about the Network (an Event per
+/// Interface made a cold start send as many Events as Interfaces; each Interface's
+/// `AddressAllocated` condition names its own address).
+fn allocated_event(network: &str, added: &[Allocation]) -> Option<EventSpec> {
+    let (first, rest) = (
+        added.iter().take(EVENT_NAMES),
+        added.len().saturating_sub(EVENT_NAMES),
+    );
+    let mut names: Vec<String> = first
+        .map(|a| format!("{} to Interface {}", a.address, a.interface))
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    if rest > 0 {
+        names.push(format!("and {rest} more"));
+    }
+    let count = added.len();
+    let noun = if count == 1 { "address" } else { "addresses" };
+    Some(EventSpec::normal(
+        reasons::EVENT_ADDRESS_ALLOCATED,
+        "AllocateAddress",
+        format!(
+            "allocated {count} {noun} from Network {network}: {}",
+            names.join(", ")
+        ),
+    ))
+}
+
 /// Plans one Network: runs the allocator against the live Interfaces.
 pub fn plan_network(
     network: &Network,
@@ -150,15 +182,8 @@ pub fn plan_network(
             }
             let outcome = ipam::allocate_for_network(network, Some(*cidr), interfaces)
                 .expect("a CIDR is given");
-            for a in &outcome.added {
-                events.push((
-                    Regarding::Interface(a.interface.clone()),
-                    EventSpec::normal(
-                        reasons::EVENT_ADDRESS_ALLOCATED,
-                        "AllocateAddress",
-                        format!("allocated {} from Network {name}", a.address),
-                    ),
-                ));
+            if let Some(event) = allocated_event(&name, &outcome.added) {
+                events.push((Regarding::Network, event));
             }
             for a in &outcome.released {
                 events.push((

@@ -144,7 +144,7 @@ fn seed() -> (
 }
 
 #[test]
-fn the_plan_records_every_allocation_and_announces_each_on_its_interface() {
+fn the_plan_records_every_allocation_and_announces_them_in_one_event_on_the_network() {
     let (n, interfaces) = seed();
     let d = decide_cidr(&n, &[], &[], None);
     let plan = plan_network(&n, &interfaces, &d, &now(1));
@@ -170,18 +170,11 @@ fn the_plan_records_every_allocation_and_announces_each_on_its_interface() {
         .collect();
     assert_eq!(
         events,
-        [
-            (
-                Regarding::Interface("a".into()),
-                "AddressAllocated",
-                "allocated 10.1.0.1/24 from Network link-ab"
-            ),
-            (
-                Regarding::Interface("b".into()),
-                "AddressAllocated",
-                "allocated 10.1.0.2/24 from Network link-ab"
-            ),
-        ]
+        [(
+            Regarding::Network,
+            "AddressAllocated",
+            "allocated 2 addresses from Network link-ab: 10.1.0.1/24 to Interface a, 10.1.0.2/24 to Interface b"
+        )]
     );
     let ready = plan
         .status
@@ -250,4 +243,32 @@ fn a_deleted_interface_releases_its_address_with_an_event_on_the_network() {
             .note
             .starts_with("released 10.1.0.2/24 of Interface b")
     );
+}
+
+#[test]
+fn a_large_batch_of_allocations_is_one_event_naming_the_first_few() {
+    let n = network("big", "10.2.0.0/24");
+    let interfaces: Vec<_> = (0..20)
+        .map(|i| Arc::new(interface_in(&format!("i{i:02}"), "n", "big", None)))
+        .collect();
+    let d = decide_cidr(&n, &[], &[], None);
+    let plan = plan_network(&n, &interfaces, &d, &now(1));
+    assert_eq!(plan.status.allocations.len(), 20);
+    let allocated: Vec<_> = plan
+        .events
+        .iter()
+        .filter(|(_, e)| e.reason == "AddressAllocated")
+        .collect();
+    assert_eq!(allocated.len(), 1, "{:?}", plan.events);
+    let (regarding, event) = allocated[0];
+    assert_eq!(*regarding, Regarding::Network);
+    assert!(
+        event
+            .note
+            .starts_with("allocated 20 addresses from Network big: "),
+        "{}",
+        event.note
+    );
+    assert!(event.note.ends_with(", and 12 more"), "{}", event.note);
+    assert_eq!(event.note.matches(" to Interface ").count(), 8);
 }

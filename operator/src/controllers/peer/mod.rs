@@ -15,7 +15,8 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use kwire_crds::v1alpha1::Peer;
 
-use super::{apply_secret, finish, get_secret, namespace};
+use super::waiting::Hold;
+use super::{apply_secret, finish, get_secret, hold_status, namespace};
 use crate::context::Context;
 use crate::error::Error;
 use crate::secrets::{PRESHARED_KEY_DATA, preshared_key_secret_name};
@@ -78,7 +79,9 @@ pub async fn reconcile(peer: Arc<Peer>, ctx: Arc<Context>) -> Result<Action, Err
             resolved.persistent_keepalive = ctx.config.default_keepalive;
         }
         apply_secret(&ctx, &ns, &plan.secret).await?;
-        let patch = needs_patch(peer.status.as_ref(), &plan.status);
+        let name = peer.name_any();
+        let hold = hold_status(&ctx, CONTROLLER, "Peer", (&ns, &name), plan.hold);
+        let patch = hold == Hold::Write && needs_patch(peer.status.as_ref(), &plan.status);
         if patch {
             let api = Api::<Peer>::namespaced(ctx.client.clone(), &ns);
             apply_status(&api, peer.as_ref(), &plan.status)
@@ -90,12 +93,17 @@ pub async fn reconcile(peer: Arc<Peer>, ctx: Arc<Context>) -> Result<Action, Err
                     source: Box::new(source),
                 })?;
         }
-        ctx.metrics.patched(CONTROLLER, patch);
+        if hold == Hold::Write {
+            ctx.metrics.patched(CONTROLLER, patch);
+        }
         let reference = peer.object_ref(&());
         for event in plan.events {
             ctx.events.publish(&reference, event).await;
         }
-        Ok(Action::requeue(ctx.config.resync))
+        Ok(Action::requeue(match hold {
+            Hold::Wait(left) => left.min(ctx.config.resync),
+            Hold::Write => ctx.config.resync,
+        }))
     }
     .await;
     finish(CONTROLLER, peer.as_ref(), &ctx, result)

@@ -6,7 +6,7 @@ use kube::ResourceExt;
 use kwire_crds::v1alpha1::{KeyRotationPhase, Peer, PeerStatus, condition};
 
 use crate::context::EventSpec;
-use crate::controllers::{SecretAction, condition_events};
+use crate::controllers::{SecretAction, condition_events, waiting};
 use crate::reasons;
 use crate::resolve::{PskState, resolve_peer};
 use crate::secrets::{
@@ -41,6 +41,48 @@ pub struct PeerPlan {
     pub secret: SecretAction,
     pub status: PeerStatus,
     pub events: Vec<EventSpec>,
+    /// The status only says the Peer waits for an Interface the operator is still
+    /// preparing, and the Peer was never resolved: the write may be held (see
+    /// [`crate::controllers::waiting`]).
+    pub hold: bool,
+}
+
+/// Whether a Peer that is not resolved waits only on work the operator is doing: an end's
+/// key or address it is still producing. A Peer that was resolved before is never held.
+fn waits_on_operator(peer: &Peer, world: &World, resolved: &DesiredCondition) -> bool {
+    if resolved.is_true() {
+        return false;
+    }
+    let was_resolved = peer.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::RESOLVED && c.status == "True")
+    });
+    if was_resolved {
+        return false;
+    }
+    let ns = ns_of(peer);
+    let local = world.interface(&ns, peer.spec.interface.as_str());
+    let remote = peer
+        .spec
+        .remote
+        .interface
+        .as_ref()
+        .and_then(|r| world.interface(&ns, r.as_str()));
+    let (end, needs_key) = match resolved.reason.as_str() {
+        reasons::LOCAL_KEY_PENDING => (local, true),
+        reasons::REMOTE_KEY_PENDING => (remote, true),
+        reasons::LOCAL_ADDRESS_PENDING => (local, false),
+        reasons::REMOTE_ADDRESS_PENDING => (remote, false),
+        _ => return false,
+    };
+    end.is_some_and(|i| {
+        if needs_key {
+            waiting::key_in_preparation(i)
+        } else {
+            waiting::address_in_preparation(i)
+        }
+    })
 }
 
 fn psk_plan(peer: &Peer, psk: PskObservation) -> (PskState, SecretAction, Vec<EventSpec>) {
@@ -230,6 +272,7 @@ pub fn plan_peer(
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
+    let hold = waits_on_operator(peer, world, &resolution.condition);
     let mut desired = vec![resolution.condition, topology];
     events.extend(condition_events(previous, &desired));
     if let Some(pending) = rotation_pending(peer, world) {
@@ -256,5 +299,6 @@ pub fn plan_peer(
             ..PeerStatus::default()
         },
         events,
+        hold,
     }
 }

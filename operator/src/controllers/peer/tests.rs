@@ -272,3 +272,130 @@ fn in_cluster_peers_and_never_rotated_interfaces_have_no_rotation_condition() {
             .all(|c| c.type_ != "RotationPending")
     );
 }
+
+/// `pair()` with Interface `b` as `b` is made.
+fn pair_with_b(b: kwire_crds::v1alpha1::Interface) -> World {
+    world(
+        vec![],
+        vec![
+            with_key(interface("a", "node-a", &["10.1.0.1/24"]), KEY_A),
+            b,
+        ],
+        vec![],
+        vec![],
+        Some(vec![
+            node("node-a", &["192.168.0.1"], &[]),
+            node("node-b", &["192.168.0.2"], &[]),
+        ]),
+    )
+}
+
+fn key_ready(
+    mut i: kwire_crds::v1alpha1::Interface,
+    status: &str,
+    reason: &str,
+) -> kwire_crds::v1alpha1::Interface {
+    let s = i.status.get_or_insert_with(Default::default);
+    s.conditions = crate::status::merge_conditions(
+        &[],
+        &[crate::status::DesiredCondition::new(
+            "KeyReady",
+            if status == "True" {
+                crate::status::Status::True
+            } else {
+                crate::status::Status::False
+            },
+            reason,
+            "",
+        )],
+        None,
+        &now(0),
+    );
+    i
+}
+
+#[test]
+fn a_peer_waiting_for_a_key_the_operator_is_making_holds_its_status() {
+    let p = peer("a-b", "a", "b");
+    let fresh_b = interface("b", "node-b", &["10.1.0.2/24"]);
+    let plan = plan_peer(
+        &p,
+        &pair_with_b(fresh_b.clone()),
+        PskObservation::None,
+        &[],
+        &now(1),
+    );
+    assert_eq!(
+        condition(&plan, "Resolved"),
+        ("False", reasons::REMOTE_KEY_PENDING)
+    );
+    assert!(plan.hold, "b has no status yet: the operator is keying it");
+
+    let generating = key_ready(fresh_b.clone(), "False", reasons::KEY_PENDING);
+    let plan = plan_peer(
+        &p,
+        &pair_with_b(generating),
+        PskObservation::None,
+        &[],
+        &now(1),
+    );
+    assert!(plan.hold);
+
+    let missing = key_ready(fresh_b.clone(), "False", reasons::KEY_SECRET_NOT_FOUND);
+    let plan = plan_peer(
+        &p,
+        &pair_with_b(missing),
+        PskObservation::None,
+        &[],
+        &now(1),
+    );
+    assert_eq!(
+        condition(&plan, "Resolved"),
+        ("False", reasons::REMOTE_KEY_PENDING)
+    );
+    assert!(
+        !plan.hold,
+        "b's key has a problem the user must see: written at once"
+    );
+
+    let mut node_local = fresh_b.clone();
+    node_local.spec.key_mode = Some(kwire_crds::v1alpha1::KeyMode::NodeLocal);
+    let plan = plan_peer(
+        &p,
+        &pair_with_b(node_local),
+        PskObservation::None,
+        &[],
+        &now(1),
+    );
+    assert!(
+        !plan.hold,
+        "a NodeLocal key waits on the node daemon, not the operator"
+    );
+
+    let plan = plan_peer(&p, &pair(), PskObservation::None, &[], &now(1));
+    assert!(!plan.hold, "a resolved Peer is written");
+}
+
+#[test]
+fn a_peer_that_was_resolved_is_never_held() {
+    let p = peer("a-b", "a", "b");
+    let resolved = plan_peer(&p, &pair(), PskObservation::None, &[], &now(1));
+    let mut p = p;
+    p.status = Some(resolved.status);
+    let fresh_b = interface("b", "node-b", &["10.1.0.2/24"]);
+    let plan = plan_peer(
+        &p,
+        &pair_with_b(fresh_b),
+        PskObservation::None,
+        &[],
+        &now(2),
+    );
+    assert_eq!(
+        condition(&plan, "Resolved"),
+        ("False", reasons::REMOTE_KEY_PENDING)
+    );
+    assert!(
+        !plan.hold,
+        "a working link that loses an end says so at once"
+    );
+}
