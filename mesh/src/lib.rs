@@ -1,0 +1,27 @@
+//! Meshes: one object that links every selected node (issue 15).
+//!
+//! This crate is pure (no API client, no runtime, no I/O) so that the operator, the node
+//! daemon and the CLI can all use the same expansion:
+//!
+//! - [`api`]: the `Mesh` kind's spec and status as they will appear in `kwire.dev/v1alpha1`
+//!   (not registered as a CRD yet: nothing acts on a Mesh so far);
+//! - [`expand()`]: a Mesh over a list of nodes → members (one generated Interface each) and,
+//!   per member, its peers and what goes through each;
+//! - [`generate`]: the Interface object of a member, owned by its Mesh;
+//! - [`check`]: what `kwire lint` will report (no hub, no gateway, clashes, overlaps, names);
+//! - [`health`]: a member's bounded summary of its peers.
+//!
+//! See `docs/decisions/0010-mesh-kind.md`.
+
+pub mod api;
+pub mod check;
+pub mod expand;
+pub mod generate;
+pub mod health;
+pub mod names;
+pub mod node;
+pub mod selector;
+
+pub use api::{Mesh, MeshSpec, MeshStatus};
+pub use expand::{Decisions, ExpandError, Expansion, Member, PeerLink, Role, expand};
+pub use node::MeshNode;
