@@ -249,23 +249,35 @@ pub fn check_meshes(expansions: &[&Expansion], others: &[OtherDevice]) -> Vec<Fi
 
     for (i, a) in expansions.iter().enumerate() {
         for b in &expansions[i + 1..] {
-            let shares_a_node = a.members.iter().any(|m| b.member_on(&m.node).is_some());
-            if !shares_a_node {
-                continue;
-            }
-            let announced = |e: &Expansion| -> Vec<(String, IpNet)> {
+            let shared: Vec<&str> = a
+                .members
+                .iter()
+                .filter(|m| b.member_on(&m.node).is_some())
+                .map(|m| m.node.as_str())
+                .collect();
+            let announced = |e: &'_ Expansion| -> Vec<(String, String, IpNet)> {
                 e.members
                     .iter()
                     .flat_map(|m| {
                         let owner = format!("node {} in Mesh {}", m.node, e.mesh);
-                        m.announced.iter().map(move |p| (owner.clone(), *p))
+                        m.announced
+                            .iter()
+                            .map(move |p| (m.node.clone(), owner.clone(), *p))
                     })
                     .collect()
             };
             let (left, right) = (announced(a), announced(b));
-            for (lo, lp) in &left {
-                for (ro, rp) in &right {
-                    if lp.contains(rp) || rp.contains(lp) {
+            for (ln, lo, lp) in &left {
+                for (rn, ro, rp) in &right {
+                    // A node in both meshes routes the two prefixes through two devices,
+                    // unless it announces them itself (a node announcing its own pod CIDR
+                    // in both meshes routes neither).
+                    let routed_twice = if ln == rn {
+                        shared.iter().any(|n| n != ln)
+                    } else {
+                        !shared.is_empty()
+                    };
+                    if routed_twice && (lp.contains(rp) || rp.contains(lp)) {
                         out.push(Finding::OverlappingPrefixes {
                             first_owner: lo.clone(),
                             first: *lp,

@@ -150,8 +150,8 @@ proptest! {
         let addrs = addresses(&e);
         for a in &e.members {
             for b in e.members.iter().filter(|b| b.name != a.name) {
-                for family in 0..2 {
-                    let path = walk(&e, &t, &a.name, addrs[&a.name][family], addrs[&b.name][family], &b.name)
+                for (src, dst) in addrs[&a.name].iter().zip(&addrs[&b.name]) {
+                    let path = walk(&e, &t, &a.name, *src, *dst, &b.name)
                         .map_err(TestCaseError::fail)?;
                     prop_assert!(path.len() <= 4, "at most three hops: {:?}", path);
                     if e.topology == TopologyType::FullMesh {
