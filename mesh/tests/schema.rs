@@ -178,3 +178,18 @@ fn the_mesh_is_not_in_the_registered_crds_yet() {
     assert!(!kinds.contains(&"Mesh".to_string()), "{kinds:?}");
     assert_eq!(api::crd().spec.names.kind, "Mesh");
 }
+
+#[test]
+fn the_example_in_the_decision_record_is_accepted() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/decisions/0010-mesh-kind.md"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = start + text[start..].find("```").unwrap();
+    let object: Value = serde_saphyr::from_str(&text[start..end]).unwrap();
+    assert_eq!(problems(&object), Vec::<String>::new());
+    let mesh: Mesh = serde_json::from_value(object).unwrap();
+    assert_eq!(mesh.spec.topology.type_, TopologyType::Locations);
+}
