@@ -264,6 +264,15 @@ impl KeyCache {
             .map(|(_, key)| key.clone())
     }
 
+    /// Whether a key Secret `namespace/name` was read or created by this process.
+    pub fn knows(&self, namespace: &str, name: &str) -> bool {
+        let entries = self.entries.lock().expect("key cache lock");
+        entries.values().any(|(_, key)| {
+            key.secret.metadata.namespace.as_deref() == Some(namespace)
+                && key.secret.metadata.name.as_deref() == Some(name)
+        })
+    }
+
     /// Keeps `key`; drops everything when there are more entries than twice `live()`.
     pub fn put(&self, key: &KeySecret, live: impl FnOnce() -> usize) {
         let (Some(uid), Some(rv)) = (
@@ -277,6 +286,34 @@ impl KeyCache {
             entries.clear();
         }
         entries.insert(uid, (rv, key.clone()));
+    }
+}
+
+/// Secrets whose creation found one of the same name: the key observation reads such a name
+/// from the API server instead of assuming, from the store of the operator's own Secrets,
+/// that it is free.
+#[derive(Debug, Default)]
+pub struct SecretConflicts(Mutex<std::collections::HashSet<(String, String)>>);
+
+impl SecretConflicts {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, String)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record(&self, namespace: &str, name: &str) {
+        self.set().insert((namespace.to_string(), name.to_string()));
+    }
+
+    pub fn seen(&self, namespace: &str, name: &str) -> bool {
+        self.set()
+            .contains(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mut set = self.set();
+        if !set.is_empty() {
+            set.remove(&(namespace.to_string(), name.to_string()));
+        }
     }
 }
 
@@ -306,8 +343,10 @@ pub struct Context {
     pub(crate) carved: tokio::sync::Mutex<BTreeMap<String, IpNet>>,
     /// Consecutive failures by object, for backoff, and when the first of them happened.
     failures: Mutex<HashMap<String, (u32, Timestamp)>>,
-    /// The versions of the Interfaces whose status the operator applied last.
+    /// The versions of the Interfaces and Networks whose status the operator applied last.
     pub written: crate::written::WrittenVersions,
+    /// Secrets the operator tried to create and found already there (namespace, name).
+    pub secret_conflicts: SecretConflicts,
     /// Objects whose waiting status is held back (see `controllers::waiting`).
     pub holds: crate::controllers::waiting::Holds,
 }
@@ -333,6 +372,7 @@ impl Context {
             carved: tokio::sync::Mutex::new(BTreeMap::new()),
             failures: Mutex::new(HashMap::new()),
             written: crate::written::WrittenVersions::default(),
+            secret_conflicts: SecretConflicts::default(),
             holds: crate::controllers::waiting::Holds::default(),
         }
     }

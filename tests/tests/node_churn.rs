@@ -1,6 +1,9 @@
 //! Kubelets update their Node all the time; kwire reads only its addresses. On the real local
 //! control plane, with the operator under the chart's ServiceAccount and no node daemons:
 //!
+//! 0. the cold start (every object created before the operator starts) writes each key
+//!    Secret, each Interface's and each Peer's status once, and one Event for the
+//!    Network's allocations: no status that only said "waiting for the operator";
 //! 1. heartbeats (conditions, images, allocatable changing; addresses not) on every Node,
 //!    several rounds: the operator runs no reconcile and makes no write;
 //! 2. one Node's `InternalIP` changes: exactly the objects whose status carried the old
@@ -309,8 +312,45 @@ async fn churn(cp: &ControlPlane, ns: &str) -> Result<()> {
         Ok((resolved == NODES).then_some(()))
     })?;
     let quiet = operator.quiet(Duration::from_secs(120))?;
-    let before = counts(&operator.metrics()?);
+    let metrics = operator.metrics()?;
+    let before = counts(&metrics);
     println!("  settled after the cold start: {quiet:?} (reconciles, writes)");
+
+    // 0. The cold start's writes, by verb and resource.
+    let requests = |verb: &str, resource: &str| {
+        metric_sum(
+            &metrics,
+            "kwire_operator_api_requests_total",
+            &[
+                &format!("verb=\"{verb}\""),
+                &format!("resource=\"{resource}\""),
+            ],
+        )
+    };
+    let written = [
+        ("create", "secrets", NODES),
+        ("patch", "interfaces/status", NODES),
+        ("patch", "peers/status", NODES),
+        ("patch", "networks/status", 1),
+        ("create", "events", 1),
+    ];
+    println!(
+        "  cold start of {NODES} Interfaces, {NODES} Peers, 1 Network: {} writes",
+        before.1
+    );
+    for (verb, resource, want) in written {
+        let got = requests(verb, resource);
+        println!("    {verb} {resource}: {got}");
+        ensure!(
+            got == want as f64,
+            "the cold start sent {got} `{verb} {resource}`, expected {want} (one per object)"
+        );
+    }
+    ensure!(
+        before.1 == written.iter().map(|w| w.2 as f64).sum::<f64>(),
+        "the cold start made {} writes, more than one per object: {metrics}",
+        before.1
+    );
 
     // 1. Heartbeats, then a fence: a Node with no Interface gets a new address.
     let mut fence_beat = 0;

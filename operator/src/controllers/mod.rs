@@ -118,10 +118,17 @@ pub(crate) async fn apply_secret(
             api.create(&PostParams::default(), secret)
                 .await
                 .map(Some)
-                .map_err(|source| Error::CreateSecret {
-                    namespace: namespace.to_string(),
-                    name: secret.name_any(),
-                    source: Box::new(source),
+                .map_err(|source| {
+                    if matches!(&source, kube::Error::Api(s) if s.code == 409) {
+                        // Not in the store of the operator's Secrets: someone else's, or
+                        // not seen yet. The next observation reads it (retried soon).
+                        ctx.secret_conflicts.record(namespace, &secret.name_any());
+                    }
+                    Error::CreateSecret {
+                        namespace: namespace.to_string(),
+                        name: secret.name_any(),
+                        source: Box::new(source),
+                    }
                 })
         }
         SecretAction::Adopt { name, owner } => api

@@ -79,12 +79,26 @@ pub async fn observe_key(interface: &Interface, ctx: &Context) -> Result<KeyObse
                 });
             }
         },
-        // No key Secret known: the first one may exist without being ours (a name
-        // conflict to report), or the store may not show it yet.
-        None => get_secret(ctx, &ns, &private_key_secret_name(&name))
-            .await?
-            .map(|secret| KeySecret::read(0, secret)),
+        // No key Secret of ours in the store. If this process never made or read one of
+        // that name, the name is taken to be free and the plan creates it: no read before
+        // every first key. A create that finds one there (not ours: a name conflict to
+        // report) makes the name read from the API server from then on, as is one this
+        // process made and the store does not show yet.
+        None => {
+            let first = private_key_secret_name(&name);
+            if ctx.secret_conflicts.seen(&ns, &first) || ctx.key_cache.knows(&ns, &first) {
+                get_secret(ctx, &ns, &first)
+                    .await?
+                    .map(|secret| KeySecret::read(0, secret))
+            } else {
+                None
+            }
+        }
     };
+    if !listed.is_empty() {
+        ctx.secret_conflicts
+            .forget(&ns, &private_key_secret_name(&name));
+    }
     let newest_generation = newest.as_ref().map(|k| k.generation);
     let named = interface
         .status
@@ -132,11 +146,13 @@ pub async fn apply_interface(
 ) -> Result<Hold, Error> {
     let ns = namespace(interface, "Interface")?;
     if let Some(created) = apply_secret(ctx, &ns, &plan.secret).await?
-        && let Some(generation) = crate::secrets::is_key_secret_of(&created.metadata, &interface.name_any())
+        && let Some(generation) =
+            crate::secrets::is_key_secret_of(&created.metadata, &interface.name_any())
     {
         // The next reconcile reads this key from the cache instead of the API server.
         let live = || ctx.stores.secrets.state().len();
-        ctx.key_cache.put(&KeySecret::read(generation, created), live);
+        ctx.key_cache
+            .put(&KeySecret::read(generation, created), live);
     }
     let name = interface.name_any();
     let hold = hold_status(ctx, CONTROLLER, "Interface", (&ns, &name), plan.hold);

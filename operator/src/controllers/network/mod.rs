@@ -2,8 +2,10 @@
 //! allocator against the live Interfaces and records the allocations in status, with the
 //! `Ready` and `Conflict` conditions and Events for allocations, releases and conflicts.
 //!
-//! The Network is read fresh from the API server before allocating (the store may lag
-//! behind the operator's own last write), and carving is serialized in this process.
+//! The Network is planned from the store unless the store has not yet seen the operator's
+//! own last write to it ([`crate::written`]); then it is read fresh from the API server
+//! (allocating from an older copy could hand out an address twice). Carving is serialized
+//! in this process.
 
 mod plan;
 #[cfg(test)]
@@ -59,12 +61,19 @@ pub async fn reconcile(network: Arc<Network>, ctx: Arc<Context>) -> Result<Actio
         let ns = namespace(network.as_ref(), "Network")?;
         let name = network.name_any();
         let api = Api::<Network>::namespaced(ctx.client.clone(), &ns);
-        let fresh = api.get(&name).await.map_err(|source| Error::Read {
-            kind: "Network",
-            namespace: ns.clone(),
-            name: name.clone(),
-            source: Box::new(source),
-        })?;
+        let behind = ctx.written.behind(
+            network.metadata.uid.as_deref(),
+            network.metadata.resource_version.as_deref(),
+        );
+        let fresh = match behind {
+            None => network.as_ref().clone(),
+            Some(_) => api.get(&name).await.map_err(|source| Error::Read {
+                kind: "Network",
+                namespace: ns.clone(),
+                name: name.clone(),
+                source: Box::new(source),
+            })?,
+        };
         let uid = fresh.metadata.uid.clone().unwrap_or_default();
         let decision = if fresh.spec.cidr.is_some() {
             decide_cidr(&fresh, &ctx.config.pools, &[], None)
@@ -98,7 +107,7 @@ pub async fn reconcile(network: Arc<Network>, ctx: Arc<Context>) -> Result<Actio
         let plan = plan_network(&fresh, &interfaces, &decision, &ctx.clock.now());
         let patch = needs_patch(fresh.status.as_ref(), &plan.status);
         if patch {
-            apply_status(&api, &fresh, &plan.status)
+            let applied = apply_status(&api, &fresh, &plan.status)
                 .await
                 .map_err(|source| Error::PatchStatus {
                     kind: "Network",
@@ -106,6 +115,10 @@ pub async fn reconcile(network: Arc<Network>, ctx: Arc<Context>) -> Result<Actio
                     name: name.clone(),
                     source: Box::new(source),
                 })?;
+            ctx.written.wrote(
+                applied.metadata.uid.as_deref(),
+                applied.metadata.resource_version.as_deref(),
+            );
         }
         ctx.metrics.patched(CONTROLLER, patch);
         for (regarding, event) in plan.events {
