@@ -11,9 +11,9 @@ use kube::ResourceExt as _;
 use kwire_crds::keys::{PresharedKey, PrivateKey, PublicKey};
 use kwire_crds::manifest::KwireObject;
 use kwire_crds::v1alpha1::{Interface, Peer, condition};
+use kwire_mesh::topology::{ObjectKind, check};
+use kwire_mesh::world::{NodeInfo, World, ns_of};
 use kwire_node_daemon::model::ObservedNode;
-use kwire_operator::topology::{ObjectKind, check};
-use kwire_operator::world::{NodeInfo, World, ns_of};
 
 use crate::cluster::{self, Objects, Scope, Target};
 use crate::graph::{self, GraphInput, State};

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use kube::ResourceExt as _;
 use kwire_crds::v1alpha1::{Interface, Peer, Route};
-use kwire_operator::world::ns_of;
+use kwire_mesh::world::ns_of;
 
 use crate::table::Tone;
 

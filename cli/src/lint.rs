@@ -5,14 +5,14 @@
 //! ([`validate_like_api_server`]); a document that repeats an earlier object (same kind,
 //! namespace and name) is checked as an update of it, so transition rules (immutable
 //! fields) apply as on a second `kubectl apply`. The last version of every object then goes
-//! through the operator's own topology checks ([`kwire_operator::topology::check`]), so
+//! through the operator's own topology checks ([`kwire_mesh::topology::check`]), so
 //! the messages are exactly those of the conditions.
 
 use std::collections::BTreeSet;
 
 use kwire_crds::manifest::{KwireObject, validate_like_api_server};
-use kwire_operator::topology::{Finding, check};
-use kwire_operator::world::World;
+use kwire_mesh::topology::{Finding, check};
+use kwire_mesh::world::World;
 
 use crate::manifests::{Document, to_object};
 

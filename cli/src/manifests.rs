@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt as _;
 use kwire_crds::manifest::KwireObject;
 use kwire_crds::v1alpha1::{GROUP, VERSION};
-use kwire_operator::world::NodeInfo;
+use kwire_mesh::world::NodeInfo;
 use serde_json::Value;
 
 /// One document of one file.

@@ -20,9 +20,9 @@ use kube::ResourceExt as _;
 use kwire_crds::keys::PublicKey;
 use kwire_crds::manifest::KwireObject;
 use kwire_crds::v1alpha1::{Interface, InterfaceStatus, KeyMode, Network, Peer, PeerStatus, Route};
-use kwire_operator::reasons;
-use kwire_operator::resolve::{self, PskState};
-use kwire_operator::world::{NodeInfo, World, ns_of};
+use kwire_mesh::reasons;
+use kwire_mesh::resolve::{self, PskState};
+use kwire_mesh::world::{NodeInfo, World, ns_of};
 
 /// Placeholder keys and the label each one stands for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

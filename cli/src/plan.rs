@@ -13,11 +13,11 @@ use std::net::{SocketAddr, ToSocketAddrs as _};
 use kube::ResourceExt as _;
 use kwire_crds::keys::{PresharedKey, PrivateKey};
 use kwire_crds::v1alpha1::{Interface, Peer, Route};
+use kwire_mesh::world::ns_of;
 use kwire_node_daemon::api::desired::{NodeObjects, translate};
 use kwire_node_daemon::model::{IfaceName, ObservedForwarding, ObservedNode};
 use kwire_node_daemon::plan::plan;
 use kwire_node_daemon::validate::validate;
-use kwire_operator::world::ns_of;
 
 use crate::offline::Offline;
 
@@ -185,7 +185,7 @@ mod tests {
     use super::*;
     use crate::offline::resolve_offline;
     use kwire_crds::manifest::parse_manifests;
-    use kwire_operator::world::NodeInfo;
+    use kwire_mesh::world::NodeInfo;
 
     const RELAY: &str = include_str!("../../examples/seed/relay.yaml");
 

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use ipnet::IpNet;
 use kube::ResourceExt as _;
 use kwire_crds::v1alpha1::{Interface, Peer};
-use kwire_operator::world::ns_of;
+use kwire_mesh::world::ns_of;
 
 /// Why a Peer has no far side to show.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -11,6 +11,15 @@
 //! - [`check`]: what `kwire lint` will report (no hub, no gateway, clashes, overlaps, names);
 //! - [`health`]: a member's bounded summary of its peers.
 //!
+//! It also holds the pure core of the hand-written kinds, which the operator re-exports and
+//! the CLI uses offline, so that the `kwire` binary needs no controller code:
+//!
+//! - [`world`]: a snapshot of Networks, Interfaces, Peers, Routes and Nodes, with lookups;
+//! - [`ipam`]: address allocation inside a Network and carving Networks from pools;
+//! - [`resolve`]: a Peer's far side (endpoint, key, allowed IPs) from a [`world::World`];
+//! - [`topology`]: the cross-object checks behind `TopologyValid` and `kwire lint`;
+//! - [`condition`] and [`reasons`]: the conditions those planners return, and their reasons.
+//!
 //! See `docs/decisions/0010-mesh-kind.md`.
 
 pub mod api;
@@ -21,6 +30,17 @@ pub mod health;
 pub mod names;
 pub mod node;
 pub mod selector;
+
+pub mod condition;
+pub mod ipam;
+pub mod reasons;
+pub mod resolve;
+pub mod topology;
+pub mod world;
+
+/// Builders of API objects and worlds for tests, here and in the operator's tests.
+#[cfg(any(test, feature = "testing"))]
+pub mod fixtures;
 
 pub use api::{Mesh, MeshSpec, MeshStatus};
 pub use expand::{Decisions, ExpandError, Expansion, Member, PeerLink, Role, expand};

@@ -1,12 +1,10 @@
-//! kwire's operator as a library, so that the binary stays thin and the pure core
-//! (`ipam`, `resolve`, `topology`, `status`) can be reused offline by a CLI. WireGuard keys
-//! are `kwire_crds::keys`, shared with the node daemon and the CLI.
+//! kwire's operator as a library, so that the binary stays thin. The pure core it plans with
+//! (`world`, `ipam`, `resolve`, `topology`, `reasons`) lives in `kwire-mesh`, shared with the
+//! CLI and the node daemon, and is re-exported here under its old paths. WireGuard keys are
+//! `kwire_crds::keys`, shared with the node daemon and the CLI.
 
-pub mod ipam;
-pub mod reasons;
-pub mod resolve;
+pub use kwire_mesh::{ipam, reasons, resolve, topology, world};
 pub mod status;
-pub mod world;
 
 pub mod context;
 pub mod controllers;
@@ -14,10 +12,9 @@ pub mod error;
 #[cfg(test)]
 mod fake_api;
 #[cfg(test)]
-mod fixtures;
+use kwire_mesh::fixtures;
 pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod secrets;
-pub mod topology;
 pub mod written;

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use kwire_crds::manifest::KwireObject;
 use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
 

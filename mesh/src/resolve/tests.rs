@@ -31,7 +31,7 @@ fn an_in_cluster_link_resolves_both_ends_from_the_interfaces_and_nodes() {
     let r = resolve_peer(&p, &w, &PskState::None);
     assert_eq!(
         r.condition.status,
-        crate::status::Status::True,
+        crate::condition::Status::True,
         "{:?}",
         r.condition
     );
@@ -203,7 +203,7 @@ fn missing_pieces_give_resolved_false_with_a_reason_naming_the_object_and_the_fi
     ];
     for (w, p, reason, fragments) in cases {
         let r = resolve_peer(&p, &w, &PskState::None);
-        assert_eq!(r.condition.status, crate::status::Status::False);
+        assert_eq!(r.condition.status, crate::condition::Status::False);
         assert_eq!(r.condition.reason, reason, "{}", r.condition.message);
         for f in fragments {
             assert!(

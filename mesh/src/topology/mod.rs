@@ -29,8 +29,8 @@ use std::fmt;
 use ipnet::IpNet;
 use kwire_crds::v1alpha1::condition::TOPOLOGY_VALID;
 
+use crate::condition::DesiredCondition;
 use crate::reasons;
-use crate::status::DesiredCondition;
 use crate::world::World;
 
 /// The kinds that carry a `TopologyValid` condition.

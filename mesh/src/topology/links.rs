@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use kwire_crds::v1alpha1::Interface;
 
 use super::{Finding, ObjectKind, covers, list, overlaps};

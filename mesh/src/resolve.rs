@@ -7,11 +7,11 @@
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use kwire_crds::v1alpha1::{Interface, KeyMode, Peer, ResolvedPeer, condition};
 
+use crate::condition::DesiredCondition;
 use crate::reasons;
-use crate::status::DesiredCondition;
 use crate::world::{NodeLookup, World, host_prefix, ns_of};
 
 /// What the Peer controller observed about the pre-shared key.

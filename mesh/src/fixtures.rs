@@ -1,4 +1,4 @@
-//! Test builders for the API types (`#[cfg(test)]` only).
+//! Test builders for the API types (`cfg(test)`, or the `testing` feature for other crates' tests).
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use kwire_crds::v1alpha1::{Interface, Network};
 
 use super::{Outcome, Request, Reserved, allocate};
