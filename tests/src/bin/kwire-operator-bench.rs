@@ -8,8 +8,11 @@
 //!   the API server's `apiserver_request_total` for the status patches only it sends);
 //! - the writes it makes during a following resync in which nothing changed (goal: zero).
 //!
-//! The reference, measured in the same run on the same API server: creating the objects
-//! from a plain client, which is about the write volume the operator has to make.
+//! The references, measured in the same run on the same API server: creating the objects
+//! from a plain client, which is about the write volume the operator has to make; and (with
+//! the operator stopped) a plain client giving fresh copies of the objects the statuses the
+//! operator wrote, one server-side apply each, the least the cold start must make the API
+//! server do. The time to ready comes from a watch on the Interfaces and Peers.
 //!
 //! ```sh
 //! cargo build --workspace --bins
@@ -598,6 +601,26 @@ async fn bench(
     };
     let after_restart = wait_quiet(addr2, Duration::from_secs(120)).await?;
     drop(operator);
+
+    // Reference 2, with the operator stopped: the same Interfaces and Peers created afresh in
+    // another namespace, then a plain client gives each the status the operator gave its
+    // twin (one server-side apply per object, as the operator's first status write is).
+    // That is the least the operator's cold start must make the API server do.
+    eprintln!("reference 2: fresh copies of the objects, one status apply each");
+    let t_applies = reference_status_applies(
+        &client,
+        &if_api.get(&interface_name(0)).await?,
+        &peer_api
+            .get(&{
+                let remote = partners(0, n, k)[0];
+                format!("p-{:04}-{remote:04}", 0)
+            })
+            .await?,
+        n,
+        k,
+        args.concurrency,
+    )
+    .await?;
     let restart_requests = requests_table(&after_restart);
     // A fold from 0.0, not `sum()`: f64's empty sum is -0.0, which prints as "-0".
     let restart_writes: f64 = restart_requests
@@ -658,6 +681,12 @@ async fn bench(
         args.concurrency,
         t_create.as_secs_f64(),
         f64::from(created) / t_create.as_secs_f64()
+    );
+    println!(
+        "| reference 2: a plain client giving {} fresh Interfaces and Peers the status the operator wrote (one server-side apply each, {} in flight) | {:.1} s |",
+        n + n * k,
+        args.concurrency,
+        t_applies.as_secs_f64()
     );
     println!(
         "| operator start → first Peer resolved | {:.1} s |",
@@ -961,4 +990,76 @@ fn failures_by_error(metrics: &str) -> Vec<String> {
         .filter(|(_, n)| *n > 0.0)
         .map(|(error, n)| format!("{error} {n:.0}"))
         .collect()
+}
+
+/// Creates `n` Interfaces and `n * k` Peers in a namespace of their own (untimed), then
+/// times a plain client giving each the status of `interface` or `peer` (one server-side
+/// status apply per object, `concurrency` in flight).
+async fn reference_status_applies(
+    client: &kube::Client,
+    interface: &Interface,
+    peer: &Peer,
+    n: u32,
+    k: u32,
+    concurrency: usize,
+) -> Result<Duration> {
+    const REF_NS: &str = "bench-reference";
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": REF_NS}}))?,
+        )
+        .await?;
+    let if_api = Api::<Interface>::namespaced(client.clone(), REF_NS);
+    let peer_api = Api::<Peer>::namespaced(client.clone(), REF_NS);
+    let copy = |spec: serde_json::Value, kind: &str, name: String| json!({"apiVersion": "kwire.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
+    let if_spec = serde_json::to_value(&interface.spec)?;
+    let peer_spec = serde_json::to_value(&peer.spec)?;
+    create_all(n, concurrency, |i| {
+        let (api, obj) = (
+            if_api.clone(),
+            copy(if_spec.clone(), "Interface", interface_name(i)),
+        );
+        async move {
+            api.create(&PostParams::default(), &serde_json::from_value(obj)?)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    create_all(n * k, concurrency, |j| {
+        let (api, obj) = (
+            peer_api.clone(),
+            copy(peer_spec.clone(), "Peer", format!("p-{j:05}")),
+        );
+        async move {
+            api.create(&PostParams::default(), &serde_json::from_value(obj)?)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let status = |kind: &str, status: serde_json::Value| json!({"apiVersion": "kwire.dev/v1alpha1", "kind": kind, "status": status});
+    let if_status = status("Interface", serde_json::to_value(&interface.status)?);
+    let peer_status = status("Peer", serde_json::to_value(&peer.status)?);
+    let params = PatchParams::apply("kwire-operator-bench").force();
+    let t_ifs = create_all(n, concurrency, |i| {
+        let (api, body, params) = (if_api.clone(), if_status.clone(), params.clone());
+        async move {
+            api.patch_status(&interface_name(i), &params, &Patch::Apply(body))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let t_peers = create_all(n * k, concurrency, |j| {
+        let (api, body, params) = (peer_api.clone(), peer_status.clone(), params.clone());
+        async move {
+            api.patch_status(&format!("p-{j:05}"), &params, &Patch::Apply(body))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(t_ifs + t_peers)
 }
