@@ -61,8 +61,9 @@ fn with_rules(
 /// and integer formats the API server does not know.
 ///
 /// kwire never stores an explicit null: without `nullable` the API server prunes a null
-/// before validation, so `has(self.field)` in CEL means "the user set a value".
-fn strip_nullable(schema: &mut Value) {
+/// before validation, so `has(self.field)` in CEL means "the user set a value". Public for
+/// kinds defined outside this crate (`kwire-mesh`'s Mesh).
+pub fn strip_nullable(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
             map.remove("nullable");

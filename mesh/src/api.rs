@@ -387,7 +387,7 @@ pub fn crd() -> CustomResourceDefinition {
         .and_then(|s| s.open_api_v3_schema.take())
         .expect("the derive writes a schema");
     let mut schema = serde_json::to_value(schema).expect("a schema serializes");
-    strip_nullable(&mut schema);
+    kwire_crds::crd::strip_nullable(&mut schema);
     if let Some(spec_doc) = schema.pointer("/properties/spec/description").cloned() {
         schema["description"] = spec_doc;
     }
@@ -426,29 +426,6 @@ pub fn schema() -> Value {
 fn property<'a>(schema: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
     path.iter()
         .try_fold(schema, |s, key| s.get_mut("properties")?.get_mut(*key))
-}
-
-/// As `kwire_crds::crd` does for the registered kinds: no `nullable` (so `has()` means "set")
-/// and no integer formats the API server does not know.
-fn strip_nullable(schema: &mut Value) {
-    match schema {
-        Value::Object(map) => {
-            map.remove("nullable");
-            if map
-                .get("format")
-                .and_then(Value::as_str)
-                .is_some_and(|f| f.starts_with("uint") || f == "int8" || f == "int16")
-            {
-                map.remove("format");
-            }
-            if let Some(Value::Array(members)) = map.get_mut("enum") {
-                members.retain(|m| !m.is_null());
-            }
-            map.values_mut().for_each(strip_nullable);
-        }
-        Value::Array(items) => items.iter_mut().for_each(strip_nullable),
-        _ => {}
-    }
 }
 
 impl MeshSpec {

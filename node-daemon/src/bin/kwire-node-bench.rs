@@ -18,16 +18,19 @@
 //! - M routes added and removed: kwire pipelined (and one request at a time) vs `ip -batch`;
 //! - the RSS of an idle `kwire-node` with K peers (its wireguard-go is counted apart).
 
+mod bench_common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use bench_common::{Namespace, Process, Scratch, load_average, run};
 use clap::Parser;
 use ipnet::IpNet;
 use kwire_node_daemon::Dataplane;
@@ -76,50 +79,6 @@ fn main() -> Result<()> {
     outer(&args)
 }
 
-/// A network namespace; on drop every process in it is killed and it is deleted.
-struct Namespace(String);
-
-impl Namespace {
-    fn new() -> Result<Self> {
-        let name = format!("kwbench{}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self(name);
-        run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
-        Ok(ns)
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            let out = Command::new("ip")
-                .args(["netns", "pids", &self.0])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let pids: Vec<&str> = out.split_whitespace().collect();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(cmd: &mut Command) -> Result<std::process::Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(out)
-}
-
 fn outer(args: &Args) -> Result<()> {
     ensure!(
         nix::unistd::Uid::effective().is_root(),
@@ -133,7 +92,7 @@ fn outer(args: &Args) -> Result<()> {
             .is_ok_and(|s| s.success());
         ensure!(found, "{tool} is not installed");
     }
-    let ns = Namespace::new()?;
+    let ns = Namespace::new(format!("kwbench{}", std::process::id()))?;
     let me = std::env::current_exe()?;
     let status = Command::new("ip")
         .args([
@@ -159,25 +118,6 @@ fn outer(args: &Args) -> Result<()> {
         bail!("the measurements failed ({status})");
     }
     Ok(())
-}
-
-/// A scratch folder, removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process, killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -759,12 +699,4 @@ fn wireguard_go_pids() -> Vec<u32> {
                 && std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() == here
         })
         .collect()
-}
-
-/// The machine's 1-minute load average, as `/proc/loadavg` gives it.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
 }

@@ -24,12 +24,15 @@
 //! load average before the runs and at the start of each. The namespaces, with every
 //! process in them, are deleted on exit, also on failure.
 
+mod bench_common;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
+use bench_common::{Namespace, Process, Scratch, load_average, run};
 use clap::Parser;
 use kwire_node_daemon::model::PrivateKey;
 
@@ -54,23 +57,7 @@ struct Args {
     underlay_mtu: u32,
 }
 
-/// A network namespace; on drop every process in it is killed and it is deleted.
-struct Namespace(String);
-
 impl Namespace {
-    fn new(name: String) -> Result<Self> {
-        run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self(name);
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `ip -n <ns> <args>`.
-    fn ip(&self, args: &[&str]) -> Result<String> {
-        let out = run(Command::new("ip").args(["-n", &self.0]).args(args))?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
     /// A command run inside the namespace.
     fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");
@@ -89,37 +76,6 @@ impl Namespace {
     }
 }
 
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            let out = Command::new("ip")
-                .args(["netns", "pids", &self.0])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let pids: Vec<&str> = out.split_whitespace().collect();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A child process, killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// wireguard-go's UAPI sockets of the bench's devices, removed on drop: wireguard-go
 /// killed with its namespace cannot remove them itself.
 struct Sockets(Vec<PathBuf>);
@@ -135,25 +91,6 @@ impl Drop for Sockets {
 /// The UAPI socket of a wireguard-go device.
 fn socket_of(device: &str) -> PathBuf {
     PathBuf::from(format!("/run/wireguard/{device}.sock"))
-}
-
-/// A scratch folder, removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run(cmd: &mut Command) -> Result<std::process::Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(out)
 }
 
 fn spawn(mut cmd: Command, log: &Path) -> Result<Process> {
@@ -552,12 +489,4 @@ fn print_table(t: Table<'_>) {
         runs(t.kwire.0),
         t.kwire.1 / t.hand.1
     );
-}
-
-/// The machine's 1-minute load average, as `/proc/loadavg` gives it.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
 }
