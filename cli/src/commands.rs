@@ -99,7 +99,7 @@ pub(crate) fn run(cli: Cli, cmd: &mut clap::Command) -> Result<ExitCode> {
         } => {
             let text = if files.is_empty() {
                 if nodes.is_some() {
-                    bail!("--nodes expands the Meshes of files: use it with -f");
+                    bail!("--node-list expands the Meshes of files: use it with -f");
                 }
                 runtime()?.block_on(graph_from_cluster(&target, &scope, format))?
             } else {
@@ -185,13 +185,13 @@ pub(crate) fn node_infos(objects: &[KwireObject], node_ips: &[(String, String)])
     nodes.into_values().collect()
 }
 
-/// The Nodes of a `--nodes` file.
+/// The Nodes of a `--node-list` file.
 fn read_node_list(path: &Path) -> Result<Vec<MeshNode>> {
     mesh::read_nodes(&[path.to_path_buf()])
         .with_context(|| format!("reading the node list {}", path.display()))
 }
 
-/// The Meshes of the files expanded over the node list (`--nodes`, else the Node
+/// The Meshes of the files expanded over the node list (`--node-list`, else the Node
 /// documents of the files); a Mesh that cannot be expanded fails (`kwire lint` says why).
 fn expand_loaded(loaded: &Loaded, node_list: Option<&Path>) -> Result<Vec<mesh::Expanded>> {
     if loaded.meshes.is_empty() {
@@ -203,7 +203,7 @@ fn expand_loaded(loaded: &Loaded, node_list: Option<&Path>) -> Result<Vec<mesh::
     };
     if nodes.is_empty() {
         bail!(
-            "the files have a Mesh but no node list to expand it over: pass --nodes FILE (a list of v1 Nodes, e.g. from kubectl get nodes -o yaml)"
+            "the files have a Mesh but no node list to expand it over: pass --node-list FILE (a list of v1 Nodes, e.g. from kubectl get nodes -o yaml)"
         );
     }
     let (expanded, problems) = mesh::expand_all(&loaded.meshes, &nodes);

@@ -84,7 +84,7 @@ server would reject at apply; the other reasons are the TopologyValid conditions
 would set, with the same messages. A document that repeats an earlier object (same kind,
 namespace and name) is checked as an update of it (immutable fields).
 
-A Mesh is checked against its schema's rules, then expanded over the node list (--nodes FILE,
+A Mesh is checked against its schema's rules, then expanded over the node list (--node-list FILE,
 else the Node documents of the manifests) and checked as the operator will: no member, a
 HubAndSpoke with no hub, a location with no possible gateway, members without an address,
 overlapping announced prefixes, device name or port clashes with other Meshes and Interfaces
@@ -96,7 +96,7 @@ does not act on Meshes yet.")]
         files: Vec<PathBuf>,
         /// Node list to expand Meshes over: a file of v1 Nodes (a List as `kubectl get nodes -o
         /// yaml` prints it, or multi-document YAML/JSON). Default: the Node documents of -f.
-        #[arg(long = "nodes", value_name = "FILE")]
+        #[arg(long = "node-list", value_name = "FILE")]
         nodes: Option<PathBuf>,
         /// Namespace of objects that name none.
         #[arg(short = 'n', long, default_value = "default")]
@@ -126,7 +126,7 @@ node's address: give --node-ip, a Node manifest, or spec.endpoint.")]
         node: Option<String>,
         /// Node list to expand Meshes over: a file of v1 Nodes (a List as `kubectl get nodes -o
         /// yaml` prints it, or multi-document YAML/JSON). Default: the Node documents of -f.
-        #[arg(long = "nodes", value_name = "FILE")]
+        #[arg(long = "node-list", value_name = "FILE")]
         nodes: Option<PathBuf>,
         /// The address peers reach a node at, as NODE=IP (repeatable).
         #[arg(long = "node-ip", value_name = "NODE=IP", value_parser = parse_node_ip)]
@@ -228,7 +228,7 @@ cluster, links show their Connected reason and Interfaces that are not Ready the
         /// Node list to expand Meshes over: a file of v1 Nodes (a List as `kubectl get nodes -o
         /// yaml` prints it, or multi-document YAML/JSON). Default: the Node documents of -f.
         /// With -f only.
-        #[arg(long = "nodes", value_name = "FILE")]
+        #[arg(long = "node-list", value_name = "FILE")]
         nodes: Option<PathBuf>,
         #[command(flatten)]
         scope: ScopeArgs,

@@ -9,7 +9,7 @@
 //! the messages are exactly those of the conditions.
 //!
 //! Meshes are checked against the Mesh schema's rules, then expanded over a node list
-//! (`--nodes`, else the Node documents of the manifests) and checked with
+//! (`--node-list`, else the Node documents of the manifests) and checked with
 //! [`kwire_mesh::check`] (see [`crate::mesh`]).
 
 use std::collections::BTreeSet;
@@ -69,7 +69,7 @@ pub fn lint(documents: &[Document]) -> Report {
 }
 
 /// Lints documents (already given their default namespace); Meshes are expanded over
-/// `nodes` when given (`--nodes`), else over the Node documents among them.
+/// `nodes` when given (`--node-list`), else over the Node documents among them.
 pub fn lint_with_nodes(documents: &[Document], nodes: Option<&[MeshNode]>) -> Report {
     let mut problems: Vec<(Key, Problem)> = Vec::new();
     let mut order: Vec<Key> = Vec::new();
@@ -163,7 +163,7 @@ pub fn lint_with_nodes(documents: &[Document], nodes: Option<&[MeshNode]>) -> Re
                     namespace: kwire_mesh::world::ns_of(m),
                     mesh: kube::ResourceExt::name_any(m),
                     reason: mesh::NO_NODE_LIST.into(),
-                    message: "no node list to expand the Mesh over, so it cannot be checked: pass --nodes FILE (a list of v1 Nodes, e.g. from kubectl get nodes -o yaml) or add Node documents to the manifests".into(),
+                    message: "no node list to expand the Mesh over, so it cannot be checked: pass --node-list FILE (a list of v1 Nodes, e.g. from kubectl get nodes -o yaml) or add Node documents to the manifests".into(),
                 })
                 .collect()
         } else {

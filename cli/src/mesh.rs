@@ -59,7 +59,7 @@ pub enum NodeListError {
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error(
-        "{location}: {label} is not a v1 Node: a node list (--nodes) holds only Nodes, e.g. the output of kubectl get nodes -o yaml"
+        "{location}: {label} is not a v1 Node: a node list (--node-list) holds only Nodes, e.g. the output of kubectl get nodes -o yaml"
     )]
     NotANode { location: String, label: String },
     #[error("{location}: {label} does not read as a v1 Node: {message}")]
@@ -100,7 +100,7 @@ pub fn nodes_of_documents(documents: &[Document]) -> Result<Vec<MeshNode>, NodeL
         .collect()
 }
 
-/// The Node documents among manifests (the node list when `--nodes` is not given).
+/// The Node documents among manifests (the node list when `--node-list` is not given).
 pub fn nodes_in_manifests(documents: &[Document]) -> Vec<MeshNode> {
     documents
         .iter()
@@ -568,7 +568,7 @@ spec:
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "n.yaml#1: Secret/s is not a v1 Node: a node list (--nodes) holds only Nodes, e.g. the output of kubectl get nodes -o yaml"
+            "n.yaml#1: Secret/s is not a v1 Node: a node list (--node-list) holds only Nodes, e.g. the output of kubectl get nodes -o yaml"
         );
     }
 

@@ -448,14 +448,14 @@ fn mesh_files(example: &str) -> (String, String) {
 fn the_mesh_examples_lint_clean_and_plan_one_interface_per_member() {
     for (example, members) in MESH_EXAMPLES {
         let (mesh, nodes) = mesh_files(example);
-        let out = kwire(&["lint", "-f", &mesh, "--nodes", &nodes], None);
+        let out = kwire(&["lint", "-f", &mesh, "--node-list", &nodes], None);
         assert_eq!(out.status.code(), Some(0), "{example}: {}", all(&out));
         assert!(
             stdout(&out).ends_with("objects, no problems\n"),
             "{example}: {}",
             all(&out)
         );
-        let out = kwire(&["plan", "-f", &mesh, "--nodes", &nodes], None);
+        let out = kwire(&["plan", "-f", &mesh, "--node-list", &nodes], None);
         assert_eq!(out.status.code(), Some(0), "{example}: {}", all(&out));
         let text = stdout(&out);
         assert_eq!(
@@ -475,7 +475,7 @@ fn the_mesh_examples_lint_clean_and_plan_one_interface_per_member() {
 #[test]
 fn plan_of_the_full_mesh_example_shows_each_member_and_its_peers() {
     let (mesh, nodes) = mesh_files("full-mesh");
-    let out = kwire(&["plan", "-f", &mesh, "--nodes", &nodes], None);
+    let out = kwire(&["plan", "-f", &mesh, "--node-list", &nodes], None);
     assert_eq!(out.status.code(), Some(0), "{}", all(&out));
     let expected = "\
 mesh default/overlay (FullMesh, 3 members, device wgmesh port 51820): would generate
@@ -496,7 +496,7 @@ note: the operator does not act on Meshes yet: the Interfaces and peers above ar
     // --node shows that node's member only; a node that is neither a member nor has an
     // Interface is refused.
     let out = kwire(
-        &["plan", "-f", &mesh, "--nodes", &nodes, "--node", "c"],
+        &["plan", "-f", &mesh, "--node-list", &nodes, "--node", "c"],
         None,
     );
     let text = stdout(&out);
@@ -510,7 +510,7 @@ note: the operator does not act on Meshes yet: the Interfaces and peers above ar
         "{text}"
     );
     let out = kwire(
-        &["plan", "-f", &mesh, "--nodes", &nodes, "--node", "d"],
+        &["plan", "-f", &mesh, "--node-list", &nodes, "--node", "d"],
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", all(&out));
@@ -523,7 +523,7 @@ fn lint_of_a_hub_and_spoke_whose_hub_selector_matches_nothing_says_to_label_a_hu
     let text = std::fs::read_to_string(repo().join(&mesh))
         .unwrap()
         .replace("kwire.dev/mesh-hub: \"true\"", "role: hub");
-    let out = kwire(&["lint", "-f", "-", "--nodes", &nodes], Some(&text));
+    let out = kwire(&["lint", "-f", "-", "--node-list", &nodes], Some(&text));
     assert_eq!(out.status.code(), Some(1), "{}", all(&out));
     assert_eq!(
         stdout(&out),
@@ -545,7 +545,7 @@ fn lint_of_two_locations_whose_nodes_cannot_be_gateways_names_each_location() {
     let file = dir.join("nodes.yaml");
     std::fs::write(&file, node_list).unwrap();
     let out = kwire(
-        &["lint", "-f", &mesh, "--nodes", file.to_str().unwrap()],
+        &["lint", "-f", &mesh, "--node-list", file.to_str().unwrap()],
         None,
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -571,7 +571,7 @@ fn a_mesh_without_a_node_list_is_a_lint_problem_and_a_plan_error() {
     let out = kwire(&["lint", "-f", &mesh], None);
     assert_eq!(out.status.code(), Some(1), "{}", all(&out));
     assert!(
-        stdout(&out).starts_with("Mesh/overlay: NoNodeList: no node list to expand the Mesh over, so it cannot be checked: pass --nodes FILE"),
+        stdout(&out).starts_with("Mesh/overlay: NoNodeList: no node list to expand the Mesh over, so it cannot be checked: pass --node-list FILE"),
         "{}",
         all(&out)
     );
@@ -579,7 +579,7 @@ fn a_mesh_without_a_node_list_is_a_lint_problem_and_a_plan_error() {
     assert_eq!(out.status.code(), Some(1), "{}", all(&out));
     assert!(all(&out).contains("the files have a Mesh but no node list to expand it over"));
     // A node list holds Nodes only.
-    let out = kwire(&["lint", "-f", &mesh, "--nodes", &mesh], None);
+    let out = kwire(&["lint", "-f", &mesh, "--node-list", &mesh], None);
     assert_eq!(out.status.code(), Some(1), "{}", all(&out));
     assert!(
         all(&out).contains("examples/mesh/full-mesh.yaml#1: Network/overlay-v4 is not a v1 Node"),
@@ -591,7 +591,7 @@ fn a_mesh_without_a_node_list_is_a_lint_problem_and_a_plan_error() {
 #[test]
 fn graph_of_two_locations_links_the_zones_only_through_their_gateways() {
     let (mesh, nodes) = mesh_files("two-locations");
-    let out = kwire(&["graph", "-f", &mesh, "--nodes", &nodes], None);
+    let out = kwire(&["graph", "-f", &mesh, "--node-list", &nodes], None);
     assert_eq!(out.status.code(), Some(0), "{}", all(&out));
     let text = stdout(&out);
     let edges: Vec<&str> = text
