@@ -112,11 +112,16 @@ Examples:
   kwire plan -f examples/seed/relay.yaml
   kwire plan -f examples/seed/relay.yaml --node b --node-ip a=10.211.55.10 --node-ip c=10.211.55.12
   sudo kwire plan -f relay.yaml --node b --observe     # against this machine's kernel
+  kwire plan -f examples/mesh/full-mesh.yaml --node-list examples/mesh/full-mesh.nodes.yaml
 
 From files there is no operator: addresses are predicted with its allocator, Peers resolved
 with its code. Public keys that only the cluster knows print as <public key of NAME>;
 private and pre-shared keys are never known and print as <redacted>. Endpoints need the
-node's address: give --node-ip, a Node manifest, or spec.endpoint.")]
+node's address: give --node-ip, a Node manifest, or spec.endpoint.
+
+A Mesh is expanded over the node list (--node-list FILE, else the Node documents of the
+files): each generated Interface with its predicted addresses, its peers and routes. The
+operator does not act on Meshes yet; this shows what one would generate.")]
     Plan {
         /// Manifest files or folders; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true, value_name = "FILE", num_args = 1..)]
@@ -220,7 +225,9 @@ Examples:
   kwire graph -n seed --format dot | dot -Tsvg > seed.svg  # from the cluster, with Connected reasons
 
 From files, a link or Interface with a topology finding is marked with its reason; from the
-cluster, links show their Connected reason and Interfaces that are not Ready their reason.")]
+cluster, links show their Connected reason and Interfaces that are not Ready their reason.
+With -f, Meshes are expanded over the node list (--node-list FILE, else the Node documents
+of the files): their members' Interfaces, and one link per pair of members that peer.")]
     Graph {
         /// Read the objects from files instead of the cluster.
         #[arg(short = 'f', long = "filename", value_name = "FILE", num_args = 1..)]
