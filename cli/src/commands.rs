@@ -17,14 +17,18 @@ use kwire_node_daemon::model::ObservedNode;
 
 use crate::cluster::{self, Objects, Scope, Target};
 use crate::graph::{self, GraphInput, State};
-use crate::manifests::{default_namespace, load_objects, nodes_of, read_documents};
+use kwire_mesh::MeshNode;
+
+use crate::manifests::{
+    Loaded, default_namespace, load_objects, load_with_meshes, nodes_of, read_documents,
+};
 use crate::offline::{Offline, resolve_offline};
 use crate::showconf::{self, Showconf};
 use crate::status;
 use crate::table::Tone;
 use crate::{
     Cli, ColourChoice, Command, SandboxCommand, ScopeArgs, ShowconfOutput, StatusOutput, lint,
-    plan, sandbox,
+    mesh, plan, sandbox,
 };
 
 pub(crate) fn run(cli: Cli, cmd: &mut clap::Command) -> Result<ExitCode> {
@@ -33,10 +37,15 @@ pub(crate) fn run(cli: Cli, cmd: &mut clap::Command) -> Result<ExitCode> {
         context: cli.context.clone(),
     };
     match cli.command {
-        Command::Lint { files, namespace } => run_lint(&files, &namespace),
+        Command::Lint {
+            files,
+            nodes,
+            namespace,
+        } => run_lint(&files, nodes.as_deref(), &namespace),
         Command::Plan {
             files,
             node,
+            nodes: node_list,
             node_ips,
             observe,
             state_file,
@@ -46,6 +55,7 @@ pub(crate) fn run(cli: Cli, cmd: &mut clap::Command) -> Result<ExitCode> {
         } => run_plan(PlanArgs {
             files: &files,
             node: node.as_deref(),
+            node_list: node_list.as_deref(),
             node_ips: &node_ips,
             observe: observe.then_some((state_file.as_path(), sysctl_root.as_path())),
             dns: !no_dns,
@@ -83,13 +93,17 @@ pub(crate) fn run(cli: Cli, cmd: &mut clap::Command) -> Result<ExitCode> {
         }
         Command::Graph {
             files,
+            nodes,
             scope,
             format,
         } => {
             let text = if files.is_empty() {
+                if nodes.is_some() {
+                    bail!("--node-list expands the Meshes of files: use it with -f");
+                }
                 runtime()?.block_on(graph_from_cluster(&target, &scope, format))?
             } else {
-                graph_from_files(&files, &scope, format)?
+                graph_from_files(&files, nodes.as_deref(), &scope, format)?
             };
             print!("{text}");
             Ok(ExitCode::SUCCESS)
@@ -143,10 +157,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run_lint(files: &[PathBuf], namespace: &str) -> Result<ExitCode> {
+fn run_lint(files: &[PathBuf], node_list: Option<&Path>, namespace: &str) -> Result<ExitCode> {
     let mut documents = read_documents(files)?;
     default_namespace(&mut documents, namespace);
-    let report = lint::lint(&documents);
+    let nodes = node_list.map(read_node_list).transpose()?;
+    let report = lint::lint_with_nodes(&documents, nodes.as_deref());
     print!("{}", lint::render(&report));
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
@@ -170,9 +185,38 @@ pub(crate) fn node_infos(objects: &[KwireObject], node_ips: &[(String, String)])
     nodes.into_values().collect()
 }
 
+/// The Nodes of a `--node-list` file.
+fn read_node_list(path: &Path) -> Result<Vec<MeshNode>> {
+    mesh::read_nodes(&[path.to_path_buf()])
+        .with_context(|| format!("reading the node list {}", path.display()))
+}
+
+/// The Meshes of the files expanded over the node list (`--node-list`, else the Node
+/// documents of the files); a Mesh that cannot be expanded fails (`kwire lint` says why).
+fn expand_loaded(loaded: &Loaded, node_list: Option<&Path>) -> Result<Vec<mesh::Expanded>> {
+    if loaded.meshes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nodes = match node_list {
+        Some(path) => read_node_list(path)?,
+        None => loaded.nodes.clone(),
+    };
+    if nodes.is_empty() {
+        bail!(
+            "the files have a Mesh but no node list to expand it over: pass --node-list FILE (a list of v1 Nodes, e.g. from kubectl get nodes -o yaml)"
+        );
+    }
+    let (expanded, problems) = mesh::expand_all(&loaded.meshes, &nodes);
+    if let Some(p) = problems.first() {
+        bail!("Mesh {}: {}: {}", p.mesh, p.reason, p.message);
+    }
+    Ok(expanded)
+}
+
 struct PlanArgs<'a> {
     files: &'a [PathBuf],
     node: Option<&'a str>,
+    node_list: Option<&'a Path>,
     node_ips: &'a [(String, String)],
     observe: Option<(&'a Path, &'a Path)>,
     dns: bool,
@@ -180,24 +224,42 @@ struct PlanArgs<'a> {
 }
 
 fn run_plan(args: PlanArgs<'_>) -> Result<ExitCode> {
-    let objects = load_objects(args.files, args.namespace)?;
-    let off = resolve_offline(&objects, &node_infos(&objects, args.node_ips));
+    let loaded = load_with_meshes(args.files, args.namespace)?;
+    let objects = &loaded.objects;
+    let expanded = expand_loaded(&loaded, args.node_list)?;
+    let off = resolve_offline(objects, &node_infos(objects, args.node_ips));
     let all = off.nodes();
+    let members: Vec<String> = expanded
+        .iter()
+        .flat_map(|e| e.expansion.members.iter().map(|m| m.node.clone()))
+        .collect();
     let nodes: Vec<String> = match args.node {
-        Some(n) if !all.iter().any(|a| a == n) => bail!(
+        Some(n) if all.iter().any(|a| a == n) => vec![n.to_string()],
+        Some(n) if members.iter().any(|m| m == n) => Vec::new(),
+        Some(n) => bail!(
             "no Interface of the files is on node {n} (nodes: {})",
-            all.join(", ")
+            all.iter()
+                .chain(&members)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
-        Some(n) => vec![n.to_string()],
         None => all,
     };
-    if nodes.is_empty() {
+    if nodes.is_empty() && expanded.is_empty() {
         bail!("the files have no Interface, so no node has anything to plan");
     }
     let observed = match args.observe {
         None => plan::fresh_node(),
         Some(_) if nodes.len() > 1 => {
             bail!("--observe reads this machine's kernel: choose its node with --node")
+        }
+        Some(_) if nodes.is_empty() => {
+            bail!(
+                "--observe plans hand-written Interfaces only; Meshes are not planned against the kernel"
+            )
         }
         Some((state_file, sysctl_root)) => runtime()?.block_on(observe(state_file, sysctl_root))?,
     };
@@ -210,7 +272,24 @@ fn run_plan(args: PlanArgs<'_>) -> Result<ExitCode> {
         .iter()
         .map(|n| plan::plan_node(&off, n, &observed, &hosts))
         .collect();
-    print!("{}", plan::render(&plans, &off.notes_for(&nodes)));
+    let mut text = if plans.is_empty() {
+        String::new()
+    } else {
+        plan::render(&plans, &off.notes_for(&nodes))
+    };
+    if !expanded.is_empty() {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&mesh::render_plan(
+            &mesh::plan_meshes(&expanded, objects),
+            args.node,
+        ));
+        text.push_str(
+            "\nnote: the operator does not act on Meshes yet: the Interfaces and peers above are what the expansion gives, nothing creates them\n",
+        );
+    }
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -430,14 +509,35 @@ fn check_private_key(key: &PrivateKey, peer: &Peer, secret: &str) -> Result<()> 
     Ok(())
 }
 
-fn graph_from_files(files: &[PathBuf], scope: &ScopeArgs, format: graph::Format) -> Result<String> {
+fn graph_from_files(
+    files: &[PathBuf],
+    node_list: Option<&Path>,
+    scope: &ScopeArgs,
+    format: graph::Format,
+) -> Result<String> {
     let ns = scope.namespace.clone().unwrap_or_else(|| "default".into());
-    let objects = load_objects(files, &ns)?;
-    Ok(graph_offline(&objects, format))
+    let loaded = load_with_meshes(files, &ns)?;
+    let expanded = expand_loaded(&loaded, node_list)?;
+    Ok(graph_offline_with_meshes(
+        &loaded.objects,
+        &expanded,
+        format,
+    ))
 }
 
-/// `kwire graph -f` once the files are read.
+/// `kwire graph -f` once the files are read, without Meshes (the fuzz targets').
+#[cfg(test)]
 pub(crate) fn graph_offline(objects: &[KwireObject], format: graph::Format) -> String {
+    graph_offline_with_meshes(objects, &[], format)
+}
+
+/// `kwire graph -f` with Meshes expanded: each member's generated Interface in its node,
+/// and one edge per pair of members that peer (`standby` when nothing goes through it).
+pub(crate) fn graph_offline_with_meshes(
+    objects: &[KwireObject],
+    expanded: &[mesh::Expanded],
+    format: graph::Format,
+) -> String {
     let off = resolve_offline(objects, &nodes_of(objects));
     // From files, the state of a link is what the operator's topology checks say of it.
     let findings = check(&World::from_manifests(objects));
@@ -459,7 +559,32 @@ pub(crate) fn graph_offline(objects: &[KwireObject], format: graph::Format) -> S
             ObjectKind::Route => {}
         }
     }
-    draw(&off_objects(&off), links, devices, format)
+    let mut drawn = off_objects(&off);
+    let mut mesh_links = Vec::new();
+    for planned in mesh::plan_meshes(expanded, objects) {
+        for m in &planned.members {
+            let mut i = m.interface.clone();
+            i.status = Some(kwire_crds::v1alpha1::InterfaceStatus {
+                addresses: m.addresses.iter().map(ToString::to_string).collect(),
+                ..Default::default()
+            });
+            let from = i.name_any();
+            for p in m.peers.iter().filter(|p| from < p.member) {
+                let mut label = format!("mesh {}", planned.name);
+                if p.standby {
+                    label.push_str(", standby");
+                }
+                mesh_links.push(graph::MeshLink {
+                    namespace: planned.namespace.clone(),
+                    from: from.clone(),
+                    to: p.member.clone(),
+                    label,
+                });
+            }
+            drawn.interfaces.push(i);
+        }
+    }
+    draw(&drawn, links, devices, mesh_links, format)
 }
 
 fn off_objects(off: &Offline) -> Objects {
@@ -520,13 +645,14 @@ async fn graph_from_cluster(
             );
         }
     }
-    Ok(draw(&objects, links, devices, format))
+    Ok(draw(&objects, links, devices, Vec::new(), format))
 }
 
 fn draw(
     objects: &Objects,
     links: BTreeMap<(String, String), State>,
     devices: BTreeMap<(String, String), State>,
+    mesh_links: Vec<graph::MeshLink>,
     format: graph::Format,
 ) -> String {
     let input = GraphInput {
@@ -535,6 +661,7 @@ fn draw(
         routes: &objects.routes,
         links,
         devices,
+        mesh_links,
     };
     match format {
         graph::Format::Mermaid => graph::mermaid(&input),

@@ -31,6 +31,18 @@ pub struct GraphInput<'a> {
     pub links: BTreeMap<(String, String), State>,
     /// By (namespace, Interface name).
     pub devices: BTreeMap<(String, String), State>,
+    /// Links between the generated Interfaces of Meshes (which have no Peer objects).
+    pub mesh_links: Vec<MeshLink>,
+}
+
+/// A link between two members of a Mesh, drawn once per pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshLink {
+    pub namespace: String,
+    /// The generated Interfaces at both ends.
+    pub from: String,
+    pub to: String,
+    pub label: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -174,6 +186,16 @@ fn model(input: &GraphInput<'_>) -> Model {
             to,
             label,
             tone: state.map(|s| s.tone),
+        });
+    }
+    let mut mesh_links: Vec<&MeshLink> = input.mesh_links.iter().collect();
+    mesh_links.sort_by_key(|l| (&l.namespace, &l.from, &l.to));
+    for l in mesh_links {
+        edges.push(Edge {
+            from: id("if", &[&l.namespace, &l.from]),
+            to: id("if", &[&l.namespace, &l.to]),
+            label: l.label.clone(),
+            tone: None,
         });
     }
     Model {
@@ -342,6 +364,7 @@ mod tests {
             routes: &r,
             links,
             devices: BTreeMap::new(),
+            mesh_links: Vec::new(),
         });
         let expected = "\
 flowchart LR
@@ -379,6 +402,7 @@ flowchart LR
             routes: &r,
             links,
             devices: BTreeMap::new(),
+            mesh_links: Vec::new(),
         });
         assert!(text.starts_with("graph kwire {\n  rankdir=LR;\n"));
         assert!(text.contains("  subgraph \"cluster_b\" {\n    label=\"node b\";\n"));

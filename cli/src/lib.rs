@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod graph;
 pub mod lint;
 pub mod manifests;
+pub mod mesh;
 pub mod offline;
 pub mod plan;
 pub mod sandbox;
@@ -81,11 +82,22 @@ Examples:
 Each problem is printed as `Kind/name: reason: message`. `Invalid` problems are what the API
 server would reject at apply; the other reasons are the TopologyValid conditions the operator
 would set, with the same messages. A document that repeats an earlier object (same kind,
-namespace and name) is checked as an update of it (immutable fields).")]
+namespace and name) is checked as an update of it (immutable fields).
+
+A Mesh is checked against its schema's rules, then expanded over the node list (--node-list FILE,
+else the Node documents of the manifests) and checked as the operator will: no member, a
+HubAndSpoke with no hub, a location with no possible gateway, members without an address,
+overlapping announced prefixes, device name or port clashes with other Meshes and Interfaces
+on one node, and generated Interface names taken by objects of the manifests. The operator
+does not act on Meshes yet.")]
     Lint {
         /// Manifest files or folders; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true, value_name = "FILE", num_args = 1..)]
         files: Vec<PathBuf>,
+        /// Node list to expand Meshes over: a file of v1 Nodes (a List as `kubectl get nodes -o
+        /// yaml` prints it, or multi-document YAML/JSON). Default: the Node documents of -f.
+        #[arg(long = "node-list", value_name = "FILE")]
+        nodes: Option<PathBuf>,
         /// Namespace of objects that name none.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
@@ -100,11 +112,16 @@ Examples:
   kwire plan -f examples/seed/relay.yaml
   kwire plan -f examples/seed/relay.yaml --node b --node-ip a=10.211.55.10 --node-ip c=10.211.55.12
   sudo kwire plan -f relay.yaml --node b --observe     # against this machine's kernel
+  kwire plan -f examples/mesh/full-mesh.yaml --node-list examples/mesh/full-mesh.nodes.yaml
 
 From files there is no operator: addresses are predicted with its allocator, Peers resolved
 with its code. Public keys that only the cluster knows print as <public key of NAME>;
 private and pre-shared keys are never known and print as <redacted>. Endpoints need the
-node's address: give --node-ip, a Node manifest, or spec.endpoint.")]
+node's address: give --node-ip, a Node manifest, or spec.endpoint.
+
+A Mesh is expanded over the node list (--node-list FILE, else the Node documents of the
+files): each generated Interface with its predicted addresses, its peers and routes. The
+operator does not act on Meshes yet; this shows what one would generate.")]
     Plan {
         /// Manifest files or folders; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true, value_name = "FILE", num_args = 1..)]
@@ -112,6 +129,10 @@ node's address: give --node-ip, a Node manifest, or spec.endpoint.")]
         /// Plan this node only (default: every node that has an Interface).
         #[arg(long, value_name = "NODE")]
         node: Option<String>,
+        /// Node list to expand Meshes over: a file of v1 Nodes (a List as `kubectl get nodes -o
+        /// yaml` prints it, or multi-document YAML/JSON). Default: the Node documents of -f.
+        #[arg(long = "node-list", value_name = "FILE")]
+        nodes: Option<PathBuf>,
         /// The address peers reach a node at, as NODE=IP (repeatable).
         #[arg(long = "node-ip", value_name = "NODE=IP", value_parser = parse_node_ip)]
         node_ips: Vec<(String, String)>,
@@ -204,11 +225,18 @@ Examples:
   kwire graph -n seed --format dot | dot -Tsvg > seed.svg  # from the cluster, with Connected reasons
 
 From files, a link or Interface with a topology finding is marked with its reason; from the
-cluster, links show their Connected reason and Interfaces that are not Ready their reason.")]
+cluster, links show their Connected reason and Interfaces that are not Ready their reason.
+With -f, Meshes are expanded over the node list (--node-list FILE, else the Node documents
+of the files): their members' Interfaces, and one link per pair of members that peer.")]
     Graph {
         /// Read the objects from files instead of the cluster.
         #[arg(short = 'f', long = "filename", value_name = "FILE", num_args = 1..)]
         files: Vec<PathBuf>,
+        /// Node list to expand Meshes over: a file of v1 Nodes (a List as `kubectl get nodes -o
+        /// yaml` prints it, or multi-document YAML/JSON). Default: the Node documents of -f.
+        /// With -f only.
+        #[arg(long = "node-list", value_name = "FILE")]
+        nodes: Option<PathBuf>,
         #[command(flatten)]
         scope: ScopeArgs,
         /// Output format.

@@ -7,6 +7,10 @@
 //! fields) apply as on a second `kubectl apply`. The last version of every object then goes
 //! through the operator's own topology checks ([`kwire_mesh::topology::check`]), so
 //! the messages are exactly those of the conditions.
+//!
+//! Meshes are checked against the Mesh schema's rules, then expanded over a node list
+//! (`--node-list`, else the Node documents of the manifests) and checked with
+//! [`kwire_mesh::check`] (see [`crate::mesh`]).
 
 use std::collections::BTreeSet;
 
@@ -14,7 +18,10 @@ use kwire_crds::manifest::{KwireObject, validate_like_api_server};
 use kwire_mesh::topology::{Finding, check};
 use kwire_mesh::world::World;
 
+use kwire_mesh::MeshNode;
+
 use crate::manifests::{Document, to_object};
+use crate::mesh;
 
 /// The reason of a problem the API server would reject the object for (the
 /// `StatusReason` of its 422 answer).
@@ -55,8 +62,15 @@ fn key_of(d: &Document) -> Key {
     )
 }
 
-/// Lints documents (already given their default namespace).
+/// Lints documents (already given their default namespace); Meshes are expanded over the
+/// Node documents among them.
 pub fn lint(documents: &[Document]) -> Report {
+    lint_with_nodes(documents, None)
+}
+
+/// Lints documents (already given their default namespace); Meshes are expanded over
+/// `nodes` when given (`--node-list`), else over the Node documents among them.
+pub fn lint_with_nodes(documents: &[Document], nodes: Option<&[MeshNode]>) -> Report {
     let mut problems: Vec<(Key, Problem)> = Vec::new();
     let mut order: Vec<Key> = Vec::new();
     let mut latest: Vec<(Key, KwireObject)> = Vec::new();
@@ -89,6 +103,15 @@ pub fn lint(documents: &[Document]) -> Report {
             reason: INVALID.into(),
             message,
         };
+        if mesh::is_mesh(doc) {
+            let update = earlier.map_or(String::new(), |e| {
+                format!(" (as an update of {})", e.location())
+            });
+            for message in mesh::validate(doc, earlier.map(|d| &d.value)) {
+                problems.push((key.clone(), problem(format!("{message}{update}"))));
+            }
+            continue;
+        }
         let found = validate_like_api_server(&doc.value, earlier.map(|d| &d.value));
         let update = earlier.map_or(String::new(), |e| {
             format!(" (as an update of {})", e.location())
@@ -121,6 +144,48 @@ pub fn lint(documents: &[Document]) -> Report {
                 message: finding.message.clone(),
             },
         ));
+    }
+
+    let meshes = mesh::meshes_of(documents);
+    if !meshes.is_empty() {
+        let from_manifests;
+        let nodes = match nodes {
+            Some(n) => n,
+            None => {
+                from_manifests = mesh::nodes_in_manifests(documents);
+                &from_manifests
+            }
+        };
+        let found = if nodes.is_empty() {
+            meshes
+                .iter()
+                .map(|m| mesh::MeshProblem {
+                    namespace: kwire_mesh::world::ns_of(m),
+                    mesh: kube::ResourceExt::name_any(m),
+                    reason: mesh::NO_NODE_LIST.into(),
+                    message: "no node list to expand the Mesh over, so it cannot be checked: pass --node-list FILE (a list of v1 Nodes, e.g. from kubectl get nodes -o yaml) or add Node documents to the manifests".into(),
+                })
+                .collect()
+        } else {
+            let (expanded, mut found) = mesh::expand_all(&meshes, nodes);
+            found.extend(mesh::check_all(&expanded, &objects));
+            found
+        };
+        for f in found {
+            let key = ("Mesh".to_string(), f.namespace.clone(), f.mesh.clone());
+            if !order.contains(&key) {
+                order.push(key.clone());
+            }
+            problems.push((
+                key,
+                Problem {
+                    object: format!("Mesh/{}", f.mesh),
+                    namespace: f.namespace,
+                    reason: f.reason,
+                    message: f.message,
+                },
+            ));
+        }
     }
 
     // Grouped by object, in the order the objects first appear in the files.

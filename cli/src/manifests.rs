@@ -195,6 +195,42 @@ pub fn load_objects(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<Kw
     typed_objects(read_documents(paths)?, namespace)
 }
 
+/// Files read for the offline commands: the typed objects, the Meshes and the Node
+/// documents (the default node list of Meshes).
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    pub objects: Vec<KwireObject>,
+    pub meshes: Vec<kwire_mesh::Mesh>,
+    pub nodes: Vec<kwire_mesh::MeshNode>,
+}
+
+/// Reads files into typed objects and Meshes, failing on the first document that does not
+/// fit its type.
+pub fn load_with_meshes(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Loaded> {
+    split_meshes(read_documents(paths)?, namespace)
+}
+
+/// [`load_with_meshes`] once the files are read.
+pub fn split_meshes(mut documents: Vec<Document>, namespace: &str) -> anyhow::Result<Loaded> {
+    default_namespace(&mut documents, namespace);
+    let (meshes, others): (Vec<Document>, Vec<Document>) =
+        documents.into_iter().partition(crate::mesh::is_mesh);
+    for d in &meshes {
+        crate::mesh::to_mesh(d).map_err(|e| {
+            anyhow::anyhow!(
+                "{} ({}): {e} (run kwire lint on it)",
+                d.location(),
+                d.label()
+            )
+        })?;
+    }
+    Ok(Loaded {
+        nodes: crate::mesh::nodes_in_manifests(&others),
+        objects: typed_objects(others, namespace)?,
+        meshes: crate::mesh::meshes_of(&meshes),
+    })
+}
+
 /// Documents into typed objects, in `namespace` when they name none, failing on the first
 /// one that does not fit its type.
 pub fn typed_objects(

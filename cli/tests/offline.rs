@@ -431,3 +431,187 @@ fn sandbox_up_says_what_an_external_peer_needs_before_making_anything() {
         "{text}"
     );
 }
+
+/// The Meshes of examples/mesh with the node list each uses, and how many members each
+/// expands to.
+const MESH_EXAMPLES: [(&str, usize); 3] =
+    [("full-mesh", 3), ("hub-and-spoke", 5), ("two-locations", 6)];
+
+fn mesh_files(example: &str) -> (String, String) {
+    (
+        format!("examples/mesh/{example}.yaml"),
+        format!("examples/mesh/{example}.nodes.yaml"),
+    )
+}
+
+#[test]
+fn the_mesh_examples_lint_clean_and_plan_one_interface_per_member() {
+    for (example, members) in MESH_EXAMPLES {
+        let (mesh, nodes) = mesh_files(example);
+        let out = kwire(&["lint", "-f", &mesh, "--node-list", &nodes], None);
+        assert_eq!(out.status.code(), Some(0), "{example}: {}", all(&out));
+        assert!(
+            stdout(&out).ends_with("objects, no problems\n"),
+            "{example}: {}",
+            all(&out)
+        );
+        let out = kwire(&["plan", "-f", &mesh, "--node-list", &nodes], None);
+        assert_eq!(out.status.code(), Some(0), "{example}: {}", all(&out));
+        let text = stdout(&out);
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("  + Interface "))
+                .count(),
+            members,
+            "{example}: {text}"
+        );
+        assert!(
+            text.ends_with("note: the operator does not act on Meshes yet: the Interfaces and peers above are what the expansion gives, nothing creates them\n"),
+            "{example}: {text}"
+        );
+    }
+}
+
+#[test]
+fn plan_of_the_full_mesh_example_shows_each_member_and_its_peers() {
+    let (mesh, nodes) = mesh_files("full-mesh");
+    let out = kwire(&["plan", "-f", &mesh, "--node-list", &nodes], None);
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    let expected = "\
+mesh default/overlay (FullMesh, 3 members, device wgmesh port 51820): would generate
+  + Interface overlay-a-5026ebd4a2 on node a: role member, address 10.60.0.1/24, fd00:60::1/64
+      peer overlay-b-5026eed4a2 (node b) endpoint 10.211.55.11:51820 allowed-ips 10.60.0.2/32,fd00:60::2/128 keepalive 25
+      peer overlay-c-5026edd4a2 (node c) endpoint 10.211.55.12:51820 allowed-ips 10.60.0.3/32,fd00:60::3/128 keepalive 25
+  + Interface overlay-b-5026eed4a2 on node b: role member, address 10.60.0.2/24, fd00:60::2/64
+      peer overlay-a-5026ebd4a2 (node a) endpoint 10.211.55.10:51820 allowed-ips 10.60.0.1/32,fd00:60::1/128 keepalive 25
+      peer overlay-c-5026edd4a2 (node c) endpoint 10.211.55.12:51820 allowed-ips 10.60.0.3/32,fd00:60::3/128 keepalive 25
+  + Interface overlay-c-5026edd4a2 on node c: role member, address 10.60.0.3/24, fd00:60::3/64
+      peer overlay-a-5026ebd4a2 (node a) endpoint 10.211.55.10:51820 allowed-ips 10.60.0.1/32,fd00:60::1/128 keepalive 25
+      peer overlay-b-5026eed4a2 (node b) endpoint 10.211.55.11:51820 allowed-ips 10.60.0.2/32,fd00:60::2/128 keepalive 25
+
+note: the operator does not act on Meshes yet: the Interfaces and peers above are what the expansion gives, nothing creates them
+";
+    assert_eq!(stdout(&out), expected);
+
+    // --node shows that node's member only; a node that is neither a member nor has an
+    // Interface is refused.
+    let out = kwire(
+        &["plan", "-f", &mesh, "--node-list", &nodes, "--node", "c"],
+        None,
+    );
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("  + Interface "))
+            .collect::<Vec<_>>(),
+        [
+            "  + Interface overlay-c-5026edd4a2 on node c: role member, address 10.60.0.3/24, fd00:60::3/64"
+        ],
+        "{text}"
+    );
+    let out = kwire(
+        &["plan", "-f", &mesh, "--node-list", &nodes, "--node", "d"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", all(&out));
+    assert!(all(&out).contains("no Interface of the files is on node d (nodes: a, b, c)"));
+}
+
+#[test]
+fn lint_of_a_hub_and_spoke_whose_hub_selector_matches_nothing_says_to_label_a_hub() {
+    let (mesh, nodes) = mesh_files("hub-and-spoke");
+    let text = std::fs::read_to_string(repo().join(&mesh))
+        .unwrap()
+        .replace("kwire.dev/mesh-hub: \"true\"", "role: hub");
+    let out = kwire(&["lint", "-f", "-", "--node-list", &nodes], Some(&text));
+    assert_eq!(out.status.code(), Some(1), "{}", all(&out));
+    assert_eq!(
+        stdout(&out),
+        "Mesh/branches: NoHub: Mesh branches: no member matches spec.topology.hubAndSpoke.hubSelector, so the 5 spokes reach nothing: label at least one selected node as a hub\n\n1 problem in 1 of 2 objects\n"
+    );
+}
+
+#[test]
+fn lint_of_two_locations_whose_nodes_cannot_be_gateways_names_each_location() {
+    let (mesh, nodes) = mesh_files("two-locations");
+    let node_list: String = std::fs::read_to_string(repo().join(&nodes))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("ExternalIP"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("kwire-mesh-lint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("nodes.yaml");
+    std::fs::write(&file, node_list).unwrap();
+    let out = kwire(
+        &["lint", "-f", &mesh, "--node-list", file.to_str().unwrap()],
+        None,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", all(&out));
+    let report = stdout(&out);
+    for zone in ["east", "west"] {
+        assert!(
+            report.lines().any(|l| l.starts_with(&format!(
+                "Mesh/sites: NoGateway: Mesh sites: location {zone} (3 members) has no member that can be its gateway"
+            ))),
+            "{report}"
+        );
+    }
+    assert!(
+        report.ends_with("2 problems in 1 of 2 objects\n"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_mesh_without_a_node_list_is_a_lint_problem_and_a_plan_error() {
+    let (mesh, _) = mesh_files("full-mesh");
+    let out = kwire(&["lint", "-f", &mesh], None);
+    assert_eq!(out.status.code(), Some(1), "{}", all(&out));
+    assert!(
+        stdout(&out).starts_with("Mesh/overlay: NoNodeList: no node list to expand the Mesh over, so it cannot be checked: pass --node-list FILE"),
+        "{}",
+        all(&out)
+    );
+    let out = kwire(&["plan", "-f", &mesh], None);
+    assert_eq!(out.status.code(), Some(1), "{}", all(&out));
+    assert!(all(&out).contains("the files have a Mesh but no node list to expand it over"));
+    // A node list holds Nodes only.
+    let out = kwire(&["lint", "-f", &mesh, "--node-list", &mesh], None);
+    assert_eq!(out.status.code(), Some(1), "{}", all(&out));
+    assert!(
+        all(&out).contains("examples/mesh/full-mesh.yaml#1: Network/overlay-v4 is not a v1 Node"),
+        "{}",
+        all(&out)
+    );
+}
+
+#[test]
+fn graph_of_two_locations_links_the_zones_only_through_their_gateways() {
+    let (mesh, nodes) = mesh_files("two-locations");
+    let out = kwire(&["graph", "-f", &mesh, "--node-list", &nodes], None);
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    let text = stdout(&out);
+    let edges: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("<-->|\"mesh sites\"|"))
+        .collect();
+    // Three pairs inside each zone, and one between the gateways east-1 and west-2.
+    assert_eq!(edges.len(), 7, "{text}");
+    let across: Vec<&&str> = edges
+        .iter()
+        .filter(|e| e.contains("east") && e.contains("west"))
+        .collect();
+    assert_eq!(
+        across,
+        [
+            &"  if_default_sites_east_1_8a8d10e1c1 <-->|\"mesh sites\"| if_default_sites_west_2_6a6b89e566"
+        ],
+        "{text}"
+    );
+    assert!(text.contains(
+        "  subgraph node_west_2[\"node west-2\"]\n    if_default_sites_west_2_6a6b89e566[\"sites-west-2-6a6b89e566<br/>wgsites 10.62.0.5/24 :51840 forwarding\"]\n  end\n"
+    ), "{text}");
+}

@@ -1,7 +1,8 @@
 //! `kwire sandbox up` as a user runs it, without `--check`: when a check fails the sandbox
 //! stays up for inspection, the command says what failed, and Ctrl-C tears it down and exits
 //! non-zero (issue 16 item 15); a node daemon killed while it is up is reported and
-//! restarted, as a DaemonSet would (issue 16 item 16).
+//! restarted, as a DaemonSet would (issue 16 item 16); `Node` documents of the manifest
+//! label the Node objects the sandbox registers (issue 15 item 6).
 //!
 //! Needs root and the tools `can_run_network_tests` lists; skipped otherwise (a failure
 //! with `KWIRE_REQUIRE_E2E=1`).
@@ -236,6 +237,91 @@ fn a_node_daemon_killed_while_up_is_reported_and_restarted() {
     assert!(up.child.try_wait().unwrap().is_none(), "{output}");
 
     // Nothing failed: Ctrl-C tears down with exit code 0.
+    assert_eq!(up.interrupt(), Some(0), "{}", up.output());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Two-hosts plus Node documents: labels for vm01, and vm03 declared by its Node document
+/// alone.
+const NODE_DOCUMENTS: &str = "
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: vm01
+  labels: {topology.kubernetes.io/zone: east, kwire.dev/mesh: overlay}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: vm03
+  labels: {kwire.dev/mesh: overlay}
+";
+
+#[test]
+fn node_documents_of_the_manifest_label_the_sandbox_nodes() {
+    if let Err(why) = can_run_network_tests() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sandbox-up-labels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let two_hosts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed/two-hosts.yaml");
+    let manifest = dir.join("labelled.yaml");
+    std::fs::write(
+        &manifest,
+        std::fs::read_to_string(two_hosts).unwrap() + NODE_DOCUMENTS,
+    )
+    .unwrap();
+    let mut up = Up::start(
+        &dir,
+        &manifest,
+        &["--namespace", "labels", "--without-controller-manager"],
+    );
+    up.wait_up();
+    let output = up.output();
+    let kubeconfig = output
+        .split("(kubeconfig: ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no kubeconfig in the output:\n{output}"))
+        .to_string();
+    let got = Command::new(kwire_sandbox::control_plane::kubectl_path())
+        .args(["--kubeconfig", &kubeconfig, "get", "nodes", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(got.status.success(), "{got:?}");
+    let nodes: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    let labels: Vec<(String, serde_json::Value)> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["metadata"]["name"].as_str().unwrap().to_string(),
+                n["metadata"]["labels"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            (
+                "vm01".to_string(),
+                serde_json::json!({"kwire.dev/mesh": "overlay", "kwire.dev/sandbox": "true", "topology.kubernetes.io/zone": "east"})
+            ),
+            (
+                "vm02".to_string(),
+                serde_json::json!({"kwire.dev/sandbox": "true"})
+            ),
+            (
+                "vm03".to_string(),
+                serde_json::json!({"kwire.dev/mesh": "overlay", "kwire.dev/sandbox": "true"})
+            ),
+        ],
+        "{output}"
+    );
     assert_eq!(up.interrupt(), Some(0), "{}", up.output());
     std::fs::remove_dir_all(&dir).unwrap();
 }

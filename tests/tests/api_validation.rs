@@ -187,7 +187,14 @@ fn crds_are_established_listed_and_explained() {
 fn every_example_applies_with_server_side_apply() {
     let cp = control_plane();
     let ns = Namespace::new(cp, "examples");
-    let examples = yaml_files(&repo().join("examples"));
+    // examples/mesh holds Meshes and node lists for the offline tools (kwire lint, plan,
+    // graph; cli/tests/offline.rs runs them): the Mesh CRD is not installed until the
+    // operator acts on Meshes (decision 0010), so the API server cannot take them yet.
+    let offline_only = repo().join("examples/mesh");
+    let examples: Vec<PathBuf> = yaml_files(&repo().join("examples"))
+        .into_iter()
+        .filter(|p| !p.starts_with(&offline_only))
+        .collect();
     assert!(!examples.is_empty());
     for (i, example) in examples.iter().enumerate() {
         // Each example in its own namespace: several reuse the seed's object names.

@@ -274,11 +274,27 @@ pub(super) fn kubectl_stdin(cp: &ControlPlane, args: &[&str], input: &str) -> Re
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub(super) fn register_node(cp: &ControlPlane, name: &str, address: IpAddr) -> Result<()> {
-    let manifest = format!(
-        "{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{name}\",\"labels\":{{\"kwire.dev/sandbox\":\"true\"}}}}}}"
-    );
-    kubectl_stdin(cp, &["apply", "--server-side", "-f", "-"], &manifest)?;
+/// Registers the Node object of a process node: its name, the `kwire.dev/sandbox` label
+/// and the `labels` its Node document gave, then its address. Applied with a field
+/// manager of its own, so that `kubectl apply` of the manifests (which holds that Node
+/// document too) keeps the sandbox's label.
+pub(super) fn register_node(
+    cp: &ControlPlane,
+    name: &str,
+    address: IpAddr,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
+    kubectl_stdin(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=kwire-sandbox",
+            "-f",
+            "-",
+        ],
+        &node_manifest(name, labels).to_string(),
+    )?;
     let patch = format!(
         "{{\"status\":{{\"addresses\":[{{\"type\":\"InternalIP\",\"address\":\"{address}\"}},{{\"type\":\"Hostname\",\"address\":\"{name}\"}}]}}}}"
     );
@@ -294,4 +310,47 @@ pub(super) fn register_node(cp: &ControlPlane, name: &str, address: IpAddr) -> R
             &patch,
         ],
     )
+}
+
+/// The Node object a process node is registered with.
+pub(super) fn node_manifest(name: &str, labels: &BTreeMap<String, String>) -> Value {
+    let mut all = labels.clone();
+    all.insert("kwire.dev/sandbox".into(), "true".into());
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": all},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registered_node_carries_its_declared_labels_and_the_sandbox_label() {
+        let labels = BTreeMap::from([
+            (
+                "topology.kubernetes.io/zone".to_string(),
+                "east".to_string(),
+            ),
+            ("kwire.dev/mesh".to_string(), "overlay".to_string()),
+        ]);
+        assert_eq!(
+            node_manifest("a", &labels),
+            serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": "a", "labels": {
+                    "kwire.dev/mesh": "overlay",
+                    "kwire.dev/sandbox": "true",
+                    "topology.kubernetes.io/zone": "east",
+                }},
+            })
+        );
+        assert_eq!(
+            node_manifest("b", &BTreeMap::new())["metadata"]["labels"],
+            serde_json::json!({"kwire.dev/sandbox": "true"})
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! What a sandbox will make for its manifests, decided before anything is made: the nodes
-//! and their LAN addresses, the far sides of external Peers. A manifest the sandbox cannot
-//! play fails here, at once.
+//! (the Interfaces' `nodeName`s and the `Node` documents), their LAN addresses and labels,
+//! the far sides of external Peers. A manifest the sandbox cannot play fails here, at once.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -17,7 +18,59 @@ pub(super) struct Layout {
     pub objects: Vec<KwireObject>,
     /// Every node's LAN address, in name order (node `i` at `10.211.55.<first_host + i>`).
     pub nodes: Vec<(Ipv4Addr, String)>,
+    /// The labels `Node` documents of the manifests give their nodes (node name → labels),
+    /// set on the Node objects the sandbox registers.
+    pub node_labels: BTreeMap<String, BTreeMap<String, String>>,
     pub far_sides: Vec<FarSide>,
+}
+
+/// The nodes declared by `Node` documents (`apiVersion: v1`, `kind: Node`): name → the
+/// labels in `metadata.labels`. Everything else of such a document is ignored here (the
+/// sandbox gives each node its own LAN address).
+fn declared_nodes(objects: &[KwireObject]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let mut out = BTreeMap::new();
+    for value in objects.iter().filter_map(|o| match o {
+        KwireObject::Other { kind, value } if kind == "Node" => Some(value),
+        _ => None,
+    }) {
+        if value.get("apiVersion").and_then(|v| v.as_str()) != Some("v1") {
+            return Err(Error::Topology(
+                "a Node document needs apiVersion: v1 (it gives a sandbox node its labels)".into(),
+            ));
+        }
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                Error::Topology(
+                    "a Node document has no metadata.name: name the node whose labels it gives"
+                        .into(),
+                )
+            })?;
+        let mut labels = BTreeMap::new();
+        if let Some(map) = value.pointer("/metadata/labels").filter(|v| !v.is_null()) {
+            let map = map.as_object().ok_or_else(|| {
+                Error::Topology(format!(
+                    "Node {name}: metadata.labels is not a map of label names to values"
+                ))
+            })?;
+            for (key, v) in map {
+                let v = v.as_str().ok_or_else(|| {
+                    Error::Topology(format!(
+                        "Node {name}: label {key} has a value that is not a string: quote it (e.g. \"true\")"
+                    ))
+                })?;
+                labels.insert(key.clone(), v.to_string());
+            }
+        }
+        if out.insert(name.to_string(), labels).is_some() {
+            return Err(Error::Topology(format!(
+                "Node {name} is declared twice in the manifests: give its labels in one Node document"
+            )));
+        }
+    }
+    Ok(out)
 }
 
 impl Layout {
@@ -36,20 +89,23 @@ impl Layout {
         Ok(layout)
     }
 
-    /// The nodes (the Interfaces' `nodeName`s) and far sides of `objects`.
+    /// The nodes (the Interfaces' `nodeName`s and the `Node` documents), their labels and
+    /// the far sides of `objects`.
     fn plan(objects: Vec<KwireObject>, first_host: u8) -> Result<Self> {
+        let node_labels = declared_nodes(&objects)?;
         let mut node_names: Vec<String> = objects
             .iter()
             .filter_map(|o| match o {
                 KwireObject::Interface(i) => Some(i.spec.node_name.to_string()),
                 _ => None,
             })
+            .chain(node_labels.keys().cloned())
             .collect();
         node_names.sort();
         node_names.dedup();
         if node_names.is_empty() {
             return Err(Error::Topology(
-                "the manifests name no Interface, so no node".into(),
+                "the manifests name no Interface and no Node, so no node".into(),
             ));
         }
         if first_host < 1 || usize::from(first_host) + node_names.len() > 255 {
@@ -68,6 +124,7 @@ impl Layout {
         Ok(Self {
             objects,
             nodes,
+            node_labels,
             far_sides,
         })
     }
@@ -93,4 +150,63 @@ fn check_far_side_key(side: &FarSide) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_HOSTS: &str = include_str!("../../../examples/seed/two-hosts.yaml");
+
+    fn plan(text: &str) -> Result<Layout> {
+        Layout::plan(parse_manifests(text)?, 10)
+    }
+
+    #[test]
+    fn node_documents_give_labels_and_may_add_nodes() {
+        let text = format!(
+            "{TWO_HOSTS}\n---\napiVersion: v1\nkind: Node\nmetadata:\n  name: vm01\n  labels: {{topology.kubernetes.io/zone: east, kwire.dev/mesh: overlay}}\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: vm03, labels: {{kwire.dev/mesh: overlay}}}}\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: vm04}}\n"
+        );
+        let layout = plan(&text).unwrap();
+        let names: Vec<&str> = layout.nodes.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["vm01", "vm02", "vm03", "vm04"]);
+        assert_eq!(layout.nodes[2].0, Ipv4Addr::new(10, 211, 55, 12));
+        let vm01 = &layout.node_labels["vm01"];
+        assert_eq!(vm01["topology.kubernetes.io/zone"], "east");
+        assert_eq!(vm01["kwire.dev/mesh"], "overlay");
+        assert_eq!(layout.node_labels["vm03"].len(), 1);
+        assert!(layout.node_labels["vm04"].is_empty());
+        assert!(!layout.node_labels.contains_key("vm02"));
+    }
+
+    #[test]
+    fn without_node_documents_there_are_no_labels() {
+        let layout = plan(TWO_HOSTS).unwrap();
+        assert_eq!(layout.nodes.len(), 2);
+        assert!(layout.node_labels.is_empty());
+    }
+
+    #[test]
+    fn a_node_document_that_cannot_give_labels_says_why() {
+        for (doc, says) in [
+            (
+                "apiVersion: v1\nkind: Node\nmetadata: {labels: {a: b}}\n",
+                "has no metadata.name",
+            ),
+            (
+                "apiVersion: v1\nkind: Node\nmetadata: {name: x, labels: {hub: true}}\n",
+                "Node x: label hub has a value that is not a string",
+            ),
+            (
+                "apiVersion: v1\nkind: Node\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: x}\n",
+                "Node x is declared twice",
+            ),
+        ] {
+            let error = plan(&format!("{TWO_HOSTS}\n---\n{doc}"))
+                .err()
+                .expect("rejected")
+                .to_string();
+            assert!(error.contains(says), "{doc}: {error}");
+        }
+    }
 }

@@ -224,7 +224,8 @@ impl Sandbox {
             Self::attach(&self.ledger, lan, &netns, address)?;
             if self.node_kind == NodeKind::Process {
                 // A kubelet node registers itself.
-                register_node(&self.cp, name, address)?;
+                let labels = layout.node_labels.get(name).cloned().unwrap_or_default();
+                register_node(&self.cp, name, address, &labels)?;
             }
             let log = self.run_dir.join(format!("node-{name}.log"));
             self.nodes.insert(
