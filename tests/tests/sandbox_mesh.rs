@@ -93,9 +93,12 @@ async fn label(sandbox: &Sandbox, node: &str) -> Result<()> {
     Ok(())
 }
 
+/// A member's node and its Interface's addresses.
+type Member = (String, Vec<IpAddr>);
+
 /// The generated Interfaces of the Mesh: node name → addresses, once every one of
 /// `members` has one with an address of each family; `None` before.
-fn members(sandbox: &Sandbox, expected: &[&str]) -> Result<Option<Vec<(String, Vec<IpAddr>)>>> {
+fn members(sandbox: &Sandbox, expected: &[&str]) -> Result<Option<Vec<Member>>> {
     let generated: Vec<Value> = sandbox
         .get("interfaces")?
         .into_iter()
@@ -125,11 +128,7 @@ fn members(sandbox: &Sandbox, expected: &[&str]) -> Result<Option<Vec<(String, V
 
 /// Every member pings every other member's every address (only the pairs with `with`,
 /// when given).
-fn ping_every_pair(
-    sandbox: &Sandbox,
-    members: &[(String, Vec<IpAddr>)],
-    with: Option<&str>,
-) -> Vec<String> {
+fn ping_every_pair(sandbox: &Sandbox, members: &[Member], with: Option<&str>) -> Vec<String> {
     let mut failed = Vec::new();
     for (from, _) in members {
         for (to, addresses) in members.iter().filter(|(to, _)| to != from) {
