@@ -5,7 +5,8 @@
 //! from the other members' Interfaces; every member pings every other member over IPv4 and
 //! IPv6. Then the fourth Node is labelled: it joins (one more generated Interface, every
 //! pair with it answers) while pings between two members that were there before go on,
-//! and none of them is lost.
+//! and none of them is lost. Last, one Node's label is removed: its generated Interface
+//! is deleted and the other members drop it.
 //!
 //! The sandbox makes a node for each `nodeName` of the manifests' Interfaces, so the
 //! manifest holds one small hand-written Interface per node (device `anchor`, not part of
@@ -80,17 +81,27 @@ impl Drop for TempFile {
     }
 }
 
-async fn label(sandbox: &Sandbox, node: &str) -> Result<()> {
+/// Sets (`Some`) or removes (`None`) the Mesh's label on a Node.
+async fn label(sandbox: &Sandbox, node: &str, value: Option<&str>) -> Result<()> {
     let nodes: Api<Node> = Api::all(sandbox.cp.client().await?);
     nodes
         .patch(
             node,
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {LABEL: "yes"}}})),
+            &Patch::Merge(json!({"metadata": {"labels": {LABEL: value}}})),
         )
         .await
         .with_context(|| format!("labelling Node {node}"))?;
     Ok(())
+}
+
+/// The peers of `device` in `wg show all dump` (a peer's line has 9 fields, the device's
+/// own line 5).
+fn peers_of(shown: &str, device: &str) -> usize {
+    shown
+        .lines()
+        .filter(|l| l.split('\t').count() == 9 && l.starts_with(&format!("{device}\t")))
+        .count()
 }
 
 /// A member's node and its Interface's addresses.
@@ -286,7 +297,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
 
     // Three members.
     for node in ["a", "b", "c"] {
-        label(&sandbox, node).await?;
+        label(&sandbox, node, Some("yes")).await?;
     }
     sandbox.apply_yaml(MESH)?;
     let three = ["a", "b", "c"];
@@ -323,7 +334,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
     wait_for("a's first replies from b", Duration::from_secs(10), || {
         Ok((pinging.replies()? >= 10).then_some(()))
     })?;
-    label(&sandbox, "d").await?;
+    label(&sandbox, "d", Some("yes")).await?;
     let four = ["a", "b", "c", "d"];
     let (members4, took) = wait_for(
         "a generated Interface with an IPv4 and an IPv6 address on d",
@@ -352,20 +363,38 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         sent - received
     );
     assert_objects(&sandbox, &four)?;
-    // Each member's device has the three others as peers, and the anchors none
-    // (`wg show all dump`: a peer's line has 9 fields, the device's own line 5).
+    // Each member's device has the three others as peers, and the anchors none.
     for node in NODES {
         let shown = sandbox.nodes[node].wg_show()?;
-        let peers = |device: &str| {
-            shown
-                .lines()
-                .filter(|l| l.split('\t').count() == 9 && l.starts_with(&format!("{device}\t")))
-                .count()
-        };
         ensure!(
-            peers("wgmesh") == 3 && peers("anchor") == 0,
+            peers_of(&shown, "wgmesh") == 3 && peers_of(&shown, "anchor") == 0,
             "{node}: {shown}"
         );
     }
+
+    // c leaves (its label goes): its generated Interface is deleted, its device goes, and
+    // the others drop it as a peer.
+    label(&sandbox, "c", None).await?;
+    let rest = ["a", "b", "d"];
+    wait_for(
+        "c's generated Interface to go and the others to drop c",
+        Duration::from_secs(60),
+        || {
+            if members(&sandbox, &rest)?.is_none() {
+                return Ok(None);
+            }
+            for node in rest {
+                if peers_of(&sandbox.nodes[node].wg_show()?, "wgmesh") != 2 {
+                    return Ok(None);
+                }
+            }
+            Ok((peers_of(&sandbox.nodes["c"].wg_show()?, "wgmesh") == 0).then_some(()))
+        },
+    )
+    .with_context(|| sandbox.status_table())?;
+    assert_objects(&sandbox, &rest)?;
+    let left = members(&sandbox, &rest)?.context("the remaining members changed")?;
+    let failed = ping_every_pair(&sandbox, &left, None);
+    ensure!(failed.is_empty(), "pings failed after c left: {failed:?}");
     Ok(())
 }
