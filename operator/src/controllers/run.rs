@@ -800,6 +800,49 @@ mod tests {
     }
 
     #[test]
+    fn meshes_follow_their_own_changes_node_changes_and_their_generated_interfaces() {
+        let mesh: Mesh = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kwire.dev/v1alpha1", "kind": "Mesh",
+            "metadata": {"name": "overlay", "namespace": "net", "uid": "u1"},
+            "spec": {"nodeSelector": {}, "networks": [{"name": "v4"}]},
+        }))
+        .unwrap();
+        let (meshes, mut writer) = reflector::store::<Mesh>();
+        writer.apply_watcher_event(&watcher::Event::Apply(mesh.clone()));
+        let key = ("net".to_string(), "overlay".to_string());
+
+        let on_mesh = Change::Mesh(Box::new(watcher::Event::Apply(mesh)));
+        assert_eq!(mesh_triggers(&on_mesh, &meshes), [key.clone()].into());
+
+        let node: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "a"}})).unwrap();
+        let on_node = Change::Node(Box::new(watcher::Event::Apply(node)));
+        assert_eq!(mesh_triggers(&on_node, &meshes), [key.clone()].into());
+
+        let interface = |owner: Option<&str>| -> Interface {
+            let mut v = serde_json::json!({
+                "apiVersion": "kwire.dev/v1alpha1", "kind": "Interface",
+                "metadata": {"name": "x", "namespace": "net"},
+                "spec": {"nodeName": "a", "addresses": ["10.0.0.1/24"]},
+            });
+            if let Some(kind) = owner {
+                v["metadata"]["ownerReferences"] = serde_json::json!([{
+                    "apiVersion": "kwire.dev/v1alpha1", "kind": kind, "name": "overlay",
+                    "uid": "u1", "controller": true,
+                }]);
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let generated =
+            Change::Interface(Box::new(watcher::Event::Delete(interface(Some("Mesh")))));
+        assert_eq!(mesh_triggers(&generated, &meshes), [key].into());
+        for other in [interface(None), interface(Some("Deployment"))] {
+            let change = Change::Interface(Box::new(watcher::Event::Apply(other)));
+            assert!(mesh_triggers(&change, &meshes).is_empty());
+        }
+    }
+
+    #[test]
     fn a_change_after_a_quiet_window_is_routed_at_once_and_a_burst_is_gathered() {
         assert_eq!(coalesce_delay(None), Duration::ZERO);
         assert_eq!(coalesce_delay(Some(COALESCE * 3)), Duration::ZERO);
