@@ -50,13 +50,14 @@ fn install_crds(cp: &ControlPlane) {
             "crd/interfaces.kwire.dev",
             "crd/peers.kwire.dev",
             "crd/routes.kwire.dev",
+            "crd/meshes.kwire.dev",
         ],
     );
     assert!(out.status.success(), "CRDs not Established: {}", text(&out));
     // Established does not mean discovery has caught up; kubectl reads discovery.
     let mut listed = String::new();
     wait_for(
-        "discovery to list the four kwire CRDs",
+        "discovery to list the five kwire CRDs",
         Duration::from_secs(30),
         || {
             listed = text(&kubectl(
@@ -64,7 +65,7 @@ fn install_crds(cp: &ControlPlane) {
                 &["api-resources", "--categories=kwire", "-o", "name"],
             ));
             let kwire = listed.lines().filter(|l| l.ends_with(".kwire.dev")).count();
-            Ok((kwire == 4).then_some(()))
+            Ok((kwire == kwire_crds::crd::all().len()).then_some(()))
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}; kubectl api-resources said: {listed}"));
@@ -145,6 +146,7 @@ fn crds_are_established_listed_and_explained() {
         "interfaces.kwire.dev",
         "peers.kwire.dev",
         "routes.kwire.dev",
+        "meshes.kwire.dev",
     ] {
         assert!(
             listed.contains(resource),
