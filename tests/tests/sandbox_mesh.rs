@@ -69,7 +69,7 @@ spec:
   nodeSelector: {matchLabels: {example.com/overlay: 'yes'}}
   topology: {type: FullMesh}
   networks: [{name: overlay-v4}, {name: overlay-v6}]
-  device: {deviceName: wgmesh, listenPort: 51900}
+  device: {deviceName: wgmesh, listenPort: 51900, persistentKeepalive: 25}
 ";
 
 /// A manifest file for the sandbox, removed when dropped.
@@ -363,11 +363,19 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         sent - received
     );
     assert_objects(&sandbox, &four)?;
-    // Each member's device has the three others as peers, and the anchors none.
+    // Each member's device has the three others as peers, with the Mesh's keepalive
+    // (the dump's last field), and the anchors none.
     for node in NODES {
         let shown = sandbox.nodes[node].wg_show()?;
+        let keepalives: Vec<&str> = shown
+            .lines()
+            .filter(|l| l.starts_with("wgmesh\t"))
+            .filter_map(|l| l.split('\t').nth(8))
+            .collect();
         ensure!(
-            peers_of(&shown, "wgmesh") == 3 && peers_of(&shown, "anchor") == 0,
+            peers_of(&shown, "wgmesh") == 3
+                && peers_of(&shown, "anchor") == 0
+                && keepalives == ["25"; 3],
             "{node}: {shown}"
         );
     }

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 use kwire_crds::v1alpha1::{Interface, KeyMode, MAIN_TABLE, Peer, Route};
 use kwire_mesh::Role;
-use kwire_mesh::names::{LABEL_MESH, LABEL_ROLE};
+use kwire_mesh::names::{ANNOTATION_KEEPALIVE, LABEL_MESH, LABEL_ROLE};
 
 use crate::model::{
     DesiredDevice, DesiredNode, DesiredRoute, IfaceName, OwnerRef, PeerConfig, PresharedKey,
@@ -423,11 +423,17 @@ fn add_mesh_peers(objects: &NodeObjects<'_>, out: &mut Translation) {
         if out.retained.contains(&device) {
             continue;
         }
+        // What this member sends to keep its peers' NAT mappings open (its own setting).
+        let keepalive = local
+            .annotations()
+            .get(ANNOTATION_KEEPALIVE)
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|s| *s > 0);
         for other in &members {
             if key_of(*other) == key || mesh_of(other).as_ref() != Some(&mesh) {
                 continue;
             }
-            let Some((public_key, config)) = mesh_peer(other, objects) else {
+            let Some((public_key, config)) = mesh_peer(other, keepalive, objects) else {
                 continue;
             };
             let Some(desired) = out.desired.devices.get_mut(&device) else {
@@ -440,7 +446,11 @@ fn add_mesh_peers(objects: &NodeObjects<'_>, out: &mut Translation) {
 }
 
 /// The peer entry for another member, once its key, addresses and endpoint are known.
-fn mesh_peer(member: &Interface, objects: &NodeObjects<'_>) -> Option<(PublicKey, PeerConfig)> {
+fn mesh_peer(
+    member: &Interface,
+    persistent_keepalive: Option<u16>,
+    objects: &NodeObjects<'_>,
+) -> Option<(PublicKey, PeerConfig)> {
     let status = member.status.as_ref()?;
     let public_key: PublicKey = status.public_key.as_deref()?.parse().ok()?;
     let allowed_ips: BTreeSet<IpNet> = status
@@ -458,7 +468,7 @@ fn mesh_peer(member: &Interface, objects: &NodeObjects<'_>) -> Option<(PublicKey
         PeerConfig {
             endpoint: Some(endpoint),
             allowed_ips,
-            persistent_keepalive: None,
+            persistent_keepalive,
             preshared_key: None,
         },
     ))
@@ -967,6 +977,27 @@ mod tests {
         );
         // No Peer object is involved, so none is reported.
         assert!(t.peer_sides.is_empty() && t.peer_problems.is_empty());
+        assert_eq!(
+            device.peers[&key(2).public_key()].persistent_keepalive,
+            None
+        );
+
+        // The keepalive the Mesh asks for, from this member's annotation.
+        let mut a_keepalive = a.clone();
+        a_keepalive
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("kwire.dev/mesh-persistent-keepalive".into(), "25".into());
+        let objects = NodeObjects {
+            interfaces: vec![&a_keepalive],
+            private_keys: [((NS.to_string(), a.name_any()), Ok(key(1)))].into(),
+            mesh_members: vec![&a_keepalive, &b],
+            ..NodeObjects::default()
+        };
+        let t = translate(&objects);
+        let peer = &t.desired.devices[&dev("wgmesh")].peers[&key(2).public_key()];
+        assert_eq!(peer.persistent_keepalive, Some(25));
     }
 
     #[test]

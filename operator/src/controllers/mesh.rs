@@ -29,6 +29,7 @@ use kwire_crds::v1alpha1::{Interface, Mesh, MeshStatus};
 use kwire_mesh::api::{STATUS_NAMES_CAP, TopologyType};
 use kwire_mesh::condition::DesiredCondition;
 use kwire_mesh::generate::member_interface;
+use kwire_mesh::names::ANNOTATION_KEEPALIVE;
 use kwire_mesh::{Decisions, MeshNode, expand};
 
 use super::{finish, namespace};
@@ -71,11 +72,13 @@ pub fn owned_by(interface: &Interface, uid: &str) -> bool {
         .any(|o| o.uid == uid && o.controller == Some(true) && o.kind == "Mesh")
 }
 
-/// Whether `existing` already is what `desired` asks: same spec, every desired label, and
-/// the owner reference.
+/// Whether `existing` already is what `desired` asks: same spec, every desired label, the
+/// same keepalive annotation (present or not), and the owner reference.
 fn up_to_date(existing: &Interface, desired: &Interface) -> bool {
     let labels = existing.labels();
+    let keepalive = |i: &Interface| i.annotations().get(ANNOTATION_KEEPALIVE).cloned();
     existing.spec == desired.spec
+        && keepalive(existing) == keepalive(desired)
         && desired
             .labels()
             .iter()
@@ -421,6 +424,21 @@ mod tests {
             again.apply.is_empty() && again.delete.is_empty(),
             "{again:?}"
         );
+
+        // A keepalive set on the Mesh is applied to every member, once.
+        let mut keepalive = m.clone();
+        keepalive.spec.device.persistent_keepalive = Some(25);
+        let plan = plan_mesh(&keepalive, &nodes, &existing, &now());
+        assert_eq!(plan.apply.len(), 2);
+        assert_eq!(plan.apply[0].annotations()[ANNOTATION_KEEPALIVE], "25");
+        let updated: Vec<Arc<Interface>> = plan.apply.iter().cloned().map(ready).collect();
+        assert!(
+            plan_mesh(&keepalive, &nodes, &updated, &now())
+                .apply
+                .is_empty()
+        );
+        // And removed again when the Mesh drops it.
+        assert_eq!(plan_mesh(&m, &nodes, &updated, &now()).apply.len(), 2);
         assert_eq!(again.status.ready_members, Some(2));
         assert_eq!(again.status.conditions[1].reason, reasons::ALL_READY);
 
