@@ -286,7 +286,7 @@ fn run_plan(args: PlanArgs<'_>) -> Result<ExitCode> {
             args.node,
         ));
         text.push_str(
-            "\nnote: the operator does not act on Meshes yet: the Interfaces and peers above are what the expansion gives, nothing creates them\n",
+            "\nnote: for a FullMesh the operator generates these Interfaces and the node daemons these peers; HubAndSpoke and Locations Meshes are expanded here but not acted on yet\n",
         );
     }
     print!("{text}");

@@ -89,7 +89,7 @@ else the Node documents of the manifests) and checked as the operator will: no m
 HubAndSpoke with no hub, a location with no possible gateway, members without an address,
 overlapping announced prefixes, device name or port clashes with other Meshes and Interfaces
 on one node, and generated Interface names taken by objects of the manifests. The operator
-does not act on Meshes yet.")]
+acts on FullMesh Meshes; HubAndSpoke and Locations are checked here but not acted on yet.")]
     Lint {
         /// Manifest files or folders; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true, value_name = "FILE", num_args = 1..)]
@@ -120,8 +120,9 @@ private and pre-shared keys are never known and print as <redacted>. Endpoints n
 node's address: give --node-ip, a Node manifest, or spec.endpoint.
 
 A Mesh is expanded over the node list (--node-list FILE, else the Node documents of the
-files): each generated Interface with its predicted addresses, its peers and routes. The
-operator does not act on Meshes yet; this shows what one would generate.")]
+files): each generated Interface with its predicted addresses, its peers and routes, before
+it is applied. The operator acts on FullMesh Meshes; HubAndSpoke and Locations are expanded
+here but not acted on yet.")]
     Plan {
         /// Manifest files or folders; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true, value_name = "FILE", num_args = 1..)]

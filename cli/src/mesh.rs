@@ -2,8 +2,8 @@
 //! `kwire_mesh::expand`, checked with `kwire_mesh::check`, and what they would generate
 //! (one Interface per member, and each member's peers) worked out offline.
 //!
-//! The operator does not act on Meshes yet (decision 0010): this shows what a Mesh would
-//! create, it does not create anything.
+//! This shows what a Mesh would create; it creates nothing. In a cluster the operator acts
+//! on FullMesh Meshes (decision 0010); HubAndSpoke and Locations are not acted on yet.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,4 +1,4 @@
-//! The four CustomResourceDefinitions, as the API server receives them.
+//! The five CustomResourceDefinitions, as the API server receives them.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,
@@ -7,8 +7,8 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::schema::{CelRule, add_rules, property_mut};
-use crate::v1alpha1::{Interface, Network, Peer, Route};
-use crate::v1alpha1::{interface_rules, network_rules, peer_rules, route_rules};
+use crate::v1alpha1::{Interface, Mesh, Network, Peer, Route, mesh};
+use crate::v1alpha1::{interface_rules, mesh_rules, network_rules, peer_rules, route_rules};
 
 /// Where `crdgen` writes the CRDs, relative to the workspace root.
 pub const GENERATED_PATH: &str = "crds/generated/kwire.dev.yaml";
@@ -21,7 +21,27 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         with_rules(Interface::crd(), interface_rules()),
         with_rules(Peer::crd(), peer_rules()),
         with_rules(Route::crd(), route_rules()),
+        mesh_crd(),
     ]
+}
+
+/// The Mesh CRD: its rules, and the rule of every selector requirement (`matchExpressions`
+/// items, which are not properties, so not reachable by a [`with_rules`] path).
+fn mesh_crd() -> CustomResourceDefinition {
+    let mut crd = with_rules(Mesh::crd(), mesh_rules());
+    let mut schema = schema_of(&crd);
+    for path in mesh::SELECTOR_PATHS {
+        let target = property_mut(&mut schema, path)
+            .and_then(|s| s.pointer_mut("/properties/matchExpressions/items"))
+            .unwrap_or_else(|| panic!("Mesh: no selector at {path:?}"));
+        add_rules(target, &[mesh::REQUIREMENT_RULE]);
+    }
+    crd.spec.versions[0]
+        .schema
+        .as_mut()
+        .expect("schema present")
+        .open_api_v3_schema = Some(serde_json::from_value(schema).expect("still a schema"));
+    crd
 }
 
 /// The openAPIV3Schema of a CRD's only version, as JSON.

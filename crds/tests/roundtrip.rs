@@ -92,15 +92,24 @@ fn every_example_parses_into_the_rust_types() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut count = 0;
     for entry in walk(&root) {
+        // examples/mesh/*.nodes.yaml are node lists for the offline tools, not kwire objects.
+        if entry.to_string_lossy().ends_with(".nodes.yaml") {
+            continue;
+        }
         let text = std::fs::read_to_string(&entry).unwrap();
         let objects = parse_manifests(&text).unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
         for object in &objects {
-            assert!(
-                !matches!(object, KwireObject::Other { .. }),
-                "{}: unexpected {}",
-                entry.display(),
-                object.kind()
-            );
+            match object {
+                // Meshes are no manifest kind of the node-side tools: parsed here directly.
+                KwireObject::Other { kind, value } if kind == "Mesh" => {
+                    serde_json::from_value::<kwire_crds::v1alpha1::Mesh>(value.clone())
+                        .unwrap_or_else(|e| panic!("{}: the Mesh: {e}", entry.display()));
+                }
+                KwireObject::Other { .. } => {
+                    panic!("{}: unexpected {}", entry.display(), object.kind())
+                }
+                _ => {}
+            }
         }
         count += objects.len();
     }

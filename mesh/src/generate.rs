@@ -10,7 +10,7 @@ use kwire_crds::v1alpha1::{Interface, InterfaceSpec, NetworkAllocation};
 
 use crate::api::Mesh;
 use crate::expand::{Expansion, Member};
-use crate::names::{LABEL_LOCATION, LABEL_MESH, LABEL_ROLE, label_value};
+use crate::names::{ANNOTATION_KEEPALIVE, LABEL_LOCATION, LABEL_MESH, LABEL_ROLE, label_value};
 
 /// The labels of a member's generated Interface: its Mesh, its role and, in a `Locations`
 /// mesh, its location.
@@ -23,6 +23,16 @@ pub fn member_labels(expansion: &Expansion, member: &Member) -> BTreeMap<String,
         labels.insert(LABEL_LOCATION.to_string(), label_value(location));
     }
     labels
+}
+
+/// The annotations of a member's generated Interface: the keepalive of its peers, when the
+/// Mesh sets one (0 is off: no annotation).
+pub fn member_annotations(expansion: &Expansion) -> Option<BTreeMap<String, String>> {
+    let seconds = expansion.device.persistent_keepalive.filter(|s| *s > 0)?;
+    Some(BTreeMap::from([(
+        ANNOTATION_KEEPALIVE.to_string(),
+        seconds.to_string(),
+    )]))
 }
 
 /// The spec of a member's Interface. Its endpoint is left to the default (the Node's
@@ -63,6 +73,7 @@ pub fn member_interface(mesh: &Mesh, expansion: &Expansion, member: &Member) -> 
         name: Some(member.name.clone()),
         namespace: mesh.metadata.namespace.clone(),
         labels: Some(member_labels(expansion, member)),
+        annotations: member_annotations(expansion),
         owner_references: Some(vec![owner]),
         ..Default::default()
     };

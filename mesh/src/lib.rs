@@ -3,8 +3,7 @@
 //! This crate is pure (no API client, no runtime, no I/O) so that the operator, the node
 //! daemon and the CLI can all use the same expansion:
 //!
-//! - [`api`]: the `Mesh` kind's spec and status as they will appear in `kwire.dev/v1alpha1`
-//!   (not registered as a CRD yet: nothing acts on a Mesh so far);
+//! - [`api`]: the `Mesh` kind's spec and status (defined in `kwire-crds`, re-exported);
 //! - [`expand()`]: a Mesh over a list of nodes → members (one generated Interface each) and,
 //!   per member, its peers and what goes through each;
 //! - [`generate`]: the Interface object of a member, owned by its Mesh;

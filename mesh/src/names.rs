@@ -9,6 +9,11 @@ pub const LABEL_MESH: &str = "kwire.dev/mesh";
 pub const LABEL_ROLE: &str = "kwire.dev/mesh-role";
 /// Label on the generated Interfaces of a `Locations` mesh: the member's location.
 pub const LABEL_LOCATION: &str = "kwire.dev/mesh-location";
+/// Annotation on generated Interfaces when the Mesh sets `device.persistentKeepalive`
+/// (seconds, 1 to 65535): the member's node daemon sets it on each of the member's peers.
+/// An Interface has no keepalive field (keepalive is per peer), and the daemons read the
+/// members' Interfaces, not the Mesh (decision 0010).
+pub const ANNOTATION_KEEPALIVE: &str = "kwire.dev/mesh-persistent-keepalive";
 
 const MAX_NAME: usize = 253;
 const HASH_HEX: usize = 10;

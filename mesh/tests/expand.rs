@@ -303,7 +303,7 @@ fn the_generated_interface_is_owned_by_the_mesh_and_labelled() {
     assert_eq!(interface_spec.forwarding, Some(true));
     assert_eq!(interface_spec.networks.as_ref().unwrap().len(), 2);
 
-    let mut mesh = Mesh::new("overlay", s);
+    let mut mesh = Mesh::new("overlay", s.clone());
     mesh.metadata.namespace = Some("net".into());
     assert!(
         member_interface(&mesh, &e, member).is_none(),
@@ -320,4 +320,14 @@ fn the_generated_interface_is_owned_by_the_mesh_and_labelled() {
     assert_eq!(labels["kwire.dev/mesh"], "overlay");
     assert_eq!(labels["kwire.dev/mesh-role"], "gateway");
     assert_eq!(labels["kwire.dev/mesh-location"], "a");
+    assert!(object.metadata.annotations.is_none(), "no keepalive asked");
+
+    let mut with_keepalive = s.clone();
+    with_keepalive.device.persistent_keepalive = Some(25);
+    let e = expand("overlay", &with_keepalive, &nodes, &Decisions::default()).unwrap();
+    let object = member_interface(&mesh, &e, e.member_on("a1").unwrap()).unwrap();
+    assert_eq!(
+        object.metadata.annotations.unwrap()["kwire.dev/mesh-persistent-keepalive"],
+        "25"
+    );
 }

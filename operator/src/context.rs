@@ -13,7 +13,7 @@ use kube::Client;
 use kube::api::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
-use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
+use kwire_crds::v1alpha1::{Interface, Mesh, Network, Peer, Route};
 
 use crate::controllers::interface::KeySecret;
 use crate::ipam::Pool;
@@ -32,6 +32,7 @@ pub struct Stores {
     pub nodes: Store<Node>,
     /// The metadata of the Secrets the operator made (label `app.kubernetes.io/managed-by`).
     pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub meshes: Store<Mesh>,
     version: Arc<AtomicU64>,
     cached: Arc<Mutex<Option<CachedWorld>>>,
 }
@@ -48,6 +49,7 @@ impl Stores {
         routes: Store<Route>,
         nodes: Store<Node>,
         secrets: Store<PartialObjectMeta<Secret>>,
+        meshes: Store<Mesh>,
     ) -> Self {
         Stores {
             networks,
@@ -56,6 +58,7 @@ impl Stores {
             routes,
             nodes,
             secrets,
+            meshes,
             version: Arc::new(AtomicU64::new(0)),
             cached: Arc::new(Mutex::new(None)),
         }
@@ -106,6 +109,7 @@ impl Stores {
         self.peers.wait_until_ready().await?;
         self.routes.wait_until_ready().await?;
         self.nodes.wait_until_ready().await?;
+        self.meshes.wait_until_ready().await?;
         self.secrets.wait_until_ready().await
     }
 

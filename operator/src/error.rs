@@ -74,6 +74,23 @@ pub enum Error {
         #[source]
         source: Box<KeyError>,
     },
+    /// Applying an object the operator generates (a Mesh member's Interface).
+    #[error("applying generated {kind} {namespace}/{name}: {source}")]
+    ApplyGenerated {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("deleting generated {kind} {namespace}/{name}: {source}")]
+    DeleteGenerated {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
     #[error("{kind} {name} has no {field}; the API server always sets it")]
     MissingMetadata {
         kind: &'static str,
@@ -106,6 +123,8 @@ impl Error {
             Error::PatchStatus { .. } => "patch_status",
             Error::GenerateKey { .. } => "generate_key",
             Error::MissingMetadata { .. } => "missing_metadata",
+            Error::ApplyGenerated { .. } => "apply_generated",
+            Error::DeleteGenerated { .. } => "delete_generated",
         }
     }
 
@@ -116,7 +135,9 @@ impl Error {
             | Error::CreateSecret { source, .. }
             | Error::AdoptSecret { source, .. }
             | Error::DeleteSecret { source, .. }
-            | Error::PatchStatus { source, .. } => classify_api(source),
+            | Error::PatchStatus { source, .. }
+            | Error::ApplyGenerated { source, .. }
+            | Error::DeleteGenerated { source, .. } => classify_api(source),
             Error::StaleStore { .. } | Error::CacheBehindOwnWrite { .. } => Retry::Soon,
             Error::GenerateKey { .. } => Retry::Backoff,
             Error::MissingMetadata { .. } => Retry::Slowly,

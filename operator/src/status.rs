@@ -147,6 +147,12 @@ fn epoch() -> Time {
     Time(Timestamp::UNIX_EPOCH)
 }
 
+/// The entries of `conditions` whose type is in `types`, sorted, with timestamps blanked:
+/// equal lists mean a write would change nothing.
+pub fn normalized_conditions(conditions: &[Condition], types: &[&str]) -> Vec<Condition> {
+    normalized(conditions, types)
+}
+
 fn normalized(conditions: &[Condition], types: &[&str]) -> Vec<Condition> {
     let mut out = owned_conditions(conditions, types);
     for c in &mut out {

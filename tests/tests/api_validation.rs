@@ -50,13 +50,14 @@ fn install_crds(cp: &ControlPlane) {
             "crd/interfaces.kwire.dev",
             "crd/peers.kwire.dev",
             "crd/routes.kwire.dev",
+            "crd/meshes.kwire.dev",
         ],
     );
     assert!(out.status.success(), "CRDs not Established: {}", text(&out));
     // Established does not mean discovery has caught up; kubectl reads discovery.
     let mut listed = String::new();
     wait_for(
-        "discovery to list the four kwire CRDs",
+        "discovery to list the five kwire CRDs",
         Duration::from_secs(30),
         || {
             listed = text(&kubectl(
@@ -64,7 +65,7 @@ fn install_crds(cp: &ControlPlane) {
                 &["api-resources", "--categories=kwire", "-o", "name"],
             ));
             let kwire = listed.lines().filter(|l| l.ends_with(".kwire.dev")).count();
-            Ok((kwire == 4).then_some(()))
+            Ok((kwire == kwire_crds::crd::all().len()).then_some(()))
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}; kubectl api-resources said: {listed}"));
@@ -145,6 +146,7 @@ fn crds_are_established_listed_and_explained() {
         "interfaces.kwire.dev",
         "peers.kwire.dev",
         "routes.kwire.dev",
+        "meshes.kwire.dev",
     ] {
         assert!(
             listed.contains(resource),
@@ -187,13 +189,12 @@ fn crds_are_established_listed_and_explained() {
 fn every_example_applies_with_server_side_apply() {
     let cp = control_plane();
     let ns = Namespace::new(cp, "examples");
-    // examples/mesh holds Meshes and node lists for the offline tools (kwire lint, plan,
-    // graph; cli/tests/offline.rs runs them): the Mesh CRD is not installed until the
-    // operator acts on Meshes (decision 0010), so the API server cannot take them yet.
-    let offline_only = repo().join("examples/mesh");
+    // examples/mesh/*.nodes.yaml are node lists for the offline tools (kwire lint, plan,
+    // graph; cli/tests/offline.rs runs them), not objects to apply; the Meshes beside them
+    // are applied like every other example.
     let examples: Vec<PathBuf> = yaml_files(&repo().join("examples"))
         .into_iter()
-        .filter(|p| !p.starts_with(&offline_only))
+        .filter(|p| !p.to_string_lossy().ends_with(".nodes.yaml"))
         .collect();
     assert!(!examples.is_empty());
     for (i, example) in examples.iter().enumerate() {

@@ -2,7 +2,9 @@
 //! operator's and the node daemon's ServiceAccounts may do, from
 //! `kubectl auth can-i` (the whole list and targeted questions) and from
 //! real requests made with their tokens. Least privilege, no wildcards, and
-//! neither component can write the spec of a kwire object.
+//! neither component can write the spec of a kwire object a user wrote: the
+//! operator may write Interfaces (it generates one per Mesh member), and the
+//! chart's admission policy limits that to Interfaces a Mesh controls.
 //!
 //! Key Secrets, per `nodeSecretAccess.mode` (docs/security.md): the node
 //! daemons read none (`none`, the default), only those of the listed
@@ -27,7 +29,7 @@ use kube::api::{
     PostParams,
 };
 use kwire_tests::control_plane::ControlPlane;
-use kwire_tests::wait::wait_for;
+use kwire_tests::wait::{wait_for, wait_for_async};
 use serde_json::{Value, json};
 
 const OPERATOR: &str = "kwire-operator";
@@ -188,13 +190,15 @@ fn table(rows: &[(&str, &str)]) -> Permissions {
 fn expected_operator() -> Permissions {
     table(&[
         ("networks.kwire.dev", "get list watch"),
-        ("interfaces.kwire.dev", "list watch"),
+        ("interfaces.kwire.dev", "list watch create patch delete"),
         ("peers.kwire.dev", "list watch"),
         ("routes.kwire.dev", "list watch"),
+        ("meshes.kwire.dev", "list watch"),
         ("networks.kwire.dev/status", "patch"),
         ("interfaces.kwire.dev/status", "patch"),
         ("peers.kwire.dev/status", "patch"),
         ("routes.kwire.dev/status", "patch"),
+        ("meshes.kwire.dev/status", "patch"),
         ("nodes", "list watch"),
         ("secrets", "get list watch create patch delete"),
         ("events.events.k8s.io", "create patch"),
@@ -272,10 +276,14 @@ const CHECKS: &[Check] = &[
     check("list", "peers.kwire.dev", None, false, true, true),
     check("watch", "routes.kwire.dev", None, false, true, true),
     check("watch", "networks.kwire.dev", None, true, true, true),
-    check("create", "interfaces.kwire.dev", None, true, false, false),
+    // The operator writes the Interfaces it generates for Meshes (the admission
+    // policy keeps it off every other: `service_account_tokens_are_held_...`).
+    check("create", "interfaces.kwire.dev", None, true, true, false),
     check("update", "interfaces.kwire.dev", None, true, false, false),
-    check("patch", "interfaces.kwire.dev", None, true, false, false),
-    check("delete", "interfaces.kwire.dev", None, true, false, false),
+    check("patch", "interfaces.kwire.dev", None, true, true, false),
+    check("delete", "interfaces.kwire.dev", None, true, true, false),
+    check("patch", "meshes.kwire.dev", None, true, false, false),
+    check("list", "meshes.kwire.dev", None, true, true, false),
     check("patch", "peers.kwire.dev", None, false, false, false),
     check("update", "peers.kwire.dev", None, false, false, false),
     check("patch", "routes.kwire.dev", None, true, false, false),
@@ -711,6 +719,33 @@ async fn service_account_tokens_are_held_to_the_same_rules() -> Result<()> {
     ] {
         let client = cp.client_for_service_account(&ns_name, sa).await?;
         let api = interfaces(client.clone(), &ns_name);
+        if sa == OPERATOR {
+            // RBAC lets the operator write Interfaces; the chart's admission policy
+            // refuses it any Interface no Mesh controls. A new policy takes a moment to
+            // be enforced: wait for it with a dry run, which admission sees too.
+            let dry = PatchParams {
+                dry_run: true,
+                ..PatchParams::default()
+            };
+            wait_for_async(
+                "the admission policy to refuse the operator a user's Interface",
+                Duration::from_secs(30),
+                || {
+                    let (api, dry) = (api.clone(), dry.clone());
+                    async move {
+                        let r = api
+                            .patch(
+                                "vm01-wg0",
+                                &dry,
+                                &Patch::Merge(json!({"spec": {"mtu": 1400}})),
+                            )
+                            .await;
+                        Ok(is_forbidden(r).ok())
+                    }
+                },
+            )
+            .await?;
+        }
         // Reading the desired state works: the operator lists and watches it, the node
         // daemon also gets single objects.
         let got = api.get("vm01-wg0").await;
@@ -1098,14 +1133,16 @@ async fn inconsistent_node_secret_access_values_fail_with_what_to_do() -> Result
                 .trim()
         );
     }
-    // Without the admission policy nothing admission-related is rendered.
+    // Without the admission policy of the keys nothing of it is rendered (the policy
+    // on the operator's Interface writes stays: it does not depend on key access).
     let out = run_ok(
         cp.helm()
             .args(["template", "kwire"])
             .arg(chart_dir())
             .args(["--set", "nodeSecretAccess.admissionPolicy=false"]),
     )?;
-    ensure!(!out.contains("ValidatingAdmissionPolicy"), "{out}");
+    ensure!(!out.contains("node-keys"), "{out}");
+    ensure!(out.contains("name: kwire-operator-interfaces"), "{out}");
     Ok(())
 }
 
@@ -1347,7 +1384,7 @@ async fn admission_policy_rejects_keys_the_node_daemons_cannot_read() -> Result<
         "get",
         "validatingadmissionpolicies,validatingadmissionpolicybindings",
         "-l",
-        &format!("app.kubernetes.io/instance={release}"),
+        &format!("app.kubernetes.io/instance={release},app.kubernetes.io/component=node"),
         "-o",
         "name",
     ]))?;

@@ -1,13 +1,15 @@
-//! `kwire.dev/v1alpha1`: Network, Interface, Peer and Route.
+//! `kwire.dev/v1alpha1`: Network, Interface, Peer, Route and Mesh.
 
 mod common;
 mod interface;
+pub mod mesh;
 mod network;
 mod peer;
 mod route;
 
 pub use common::*;
 pub use interface::*;
+pub use mesh::{Mesh, MeshSpec, MeshStatus};
 pub use network::*;
 pub use peer::*;
 pub use route::*;
@@ -31,4 +33,7 @@ pub(crate) fn peer_rules() -> &'static [(&'static [&'static str], CelRule)] {
 }
 pub(crate) fn route_rules() -> &'static [(&'static [&'static str], CelRule)] {
     route::RULES
+}
+pub(crate) fn mesh_rules() -> &'static [(&'static [&'static str], CelRule)] {
+    mesh::RULES
 }

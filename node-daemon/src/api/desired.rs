@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use kube::ResourceExt;
 use kwire_crds::v1alpha1::{Interface, KeyMode, MAIN_TABLE, Peer, Route};
+use kwire_mesh::Role;
+use kwire_mesh::names::{ANNOTATION_KEEPALIVE, LABEL_MESH, LABEL_ROLE};
 
 use crate::model::{
     DesiredDevice, DesiredNode, DesiredRoute, IfaceName, OwnerRef, PeerConfig, PresharedKey,
@@ -58,6 +60,9 @@ pub struct NodeObjects<'a> {
     pub preshared_keys: BTreeMap<ObjectKey, KeyLookup<PresharedKey>>,
     /// Answers for endpoint host names (`host:port` → address), looked up by the caller.
     pub resolved_hosts: BTreeMap<String, SocketAddr>,
+    /// The generated Interfaces of the Meshes this node is a member of (every member's,
+    /// this node's included): the far ends of the members' peers.
+    pub mesh_members: Vec<&'a Interface>,
 }
 
 /// The outcome of [`translate`].
@@ -144,6 +149,7 @@ pub fn translate(objects: &NodeObjects<'_>) -> Translation {
     }
 
     add_peers(objects, &mut out);
+    add_mesh_peers(objects, &mut out);
     add_routes(objects, &mut out);
     set_node_forwarding(&mut out.desired);
     out.desired.retained = out.retained.clone();
@@ -373,6 +379,99 @@ fn peer_entry(
             preshared_key,
         },
     })
+}
+
+/// The Mesh that controls a generated Interface: its namespace, its `kwire.dev/mesh` label
+/// and the Mesh's uid. `None` for an Interface written by hand.
+fn mesh_of(interface: &Interface) -> Option<(String, String, String)> {
+    let label = interface.labels().get(LABEL_MESH)?;
+    let owner = interface
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Mesh")?;
+    Some((
+        interface.namespace().unwrap_or_default(),
+        label.clone(),
+        owner.uid.clone(),
+    ))
+}
+
+/// The peers of this node's Mesh members, derived from the other members' generated
+/// Interfaces (decision 0010, "How a member sees the others"): in a `FullMesh` every other
+/// member of the same Mesh is a peer, reached on its `status.endpoint`, with its addresses
+/// (`status.addresses`, one host prefix each) as allowed IPs. A member whose key, address or
+/// endpoint is not known yet is left out until it is; nothing else is disturbed. The
+/// entries go into the same [`DesiredDevice::peers`] as Peer objects' and are applied by
+/// the same diff.
+fn add_mesh_peers(objects: &NodeObjects<'_>, out: &mut Translation) {
+    let mut members: Vec<&Interface> = objects
+        .mesh_members
+        .iter()
+        .copied()
+        .filter(|i| !is_deleted(*i))
+        .collect();
+    members.sort_by_key(|i| key_of(*i));
+    for local in &objects.interfaces {
+        let Some(mesh) = mesh_of(local) else { continue };
+        if local.labels().get(LABEL_ROLE).map(String::as_str) != Some(Role::Member.as_str()) {
+            continue;
+        }
+        let key = key_of(*local);
+        let Some(device) = out.devices.get(&key).cloned() else {
+            continue;
+        };
+        if out.retained.contains(&device) {
+            continue;
+        }
+        // What this member sends to keep its peers' NAT mappings open (its own setting).
+        let keepalive = local
+            .annotations()
+            .get(ANNOTATION_KEEPALIVE)
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|s| *s > 0);
+        for other in &members {
+            if key_of(*other) == key || mesh_of(other).as_ref() != Some(&mesh) {
+                continue;
+            }
+            let Some((public_key, config)) = mesh_peer(other, keepalive, objects) else {
+                continue;
+            };
+            let Some(desired) = out.desired.devices.get_mut(&device) else {
+                continue;
+            };
+            // A key already configured by a Peer object stays as that object says.
+            desired.peers.entry(public_key).or_insert(config);
+        }
+    }
+}
+
+/// The peer entry for another member, once its key, addresses and endpoint are known.
+fn mesh_peer(
+    member: &Interface,
+    persistent_keepalive: Option<u16>,
+    objects: &NodeObjects<'_>,
+) -> Option<(PublicKey, PeerConfig)> {
+    let status = member.status.as_ref()?;
+    let public_key: PublicKey = status.public_key.as_deref()?.parse().ok()?;
+    let allowed_ips: BTreeSet<IpNet> = status
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse::<IpNet>().ok())
+        .map(|a| IpNet::from(a.addr()))
+        .collect();
+    if allowed_ips.is_empty() {
+        return None;
+    }
+    let endpoint = resolve_endpoint(status.endpoint.as_deref()?, objects).ok()?;
+    Some((
+        public_key,
+        PeerConfig {
+            endpoint: Some(endpoint),
+            allowed_ips,
+            persistent_keepalive,
+            preshared_key: None,
+        },
+    ))
 }
 
 fn resolve_endpoint(text: &str, objects: &NodeObjects<'_>) -> Result<SocketAddr, Problem> {
@@ -814,6 +913,91 @@ mod tests {
         assert!(
             t.desired.devices.is_empty() && t.desired.routes.is_empty() && t.retained.is_empty()
         );
+    }
+
+    /// A generated member Interface of Mesh `mesh` (uid `uid-<mesh>`) on `node`, with the
+    /// status the operator writes once key `n`, an address and the endpoint are known.
+    fn member(mesh: &str, node: &str, n: u8, address: Option<&str>) -> Interface {
+        let name = kwire_mesh::names::member_name(mesh, node);
+        let mut i: Interface = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kwire.dev/v1alpha1",
+            "kind": "Interface",
+            "metadata": {
+                "name": name, "namespace": NS,
+                "labels": {"kwire.dev/mesh": mesh, "kwire.dev/mesh-role": "member"},
+                "ownerReferences": [{"apiVersion": "kwire.dev/v1alpha1", "kind": "Mesh",
+                    "name": mesh, "uid": format!("uid-{mesh}"), "controller": true}],
+            },
+            "spec": {"nodeName": node, "deviceName": "wgmesh", "listenPort": 51820,
+                     "networks": [{"name": "overlay"}]},
+        }))
+        .unwrap();
+        i.status = Some(InterfaceStatus {
+            public_key: Some(public(n)),
+            addresses: address.map(|a| vec![a.to_string()]).unwrap_or_default(),
+            endpoint: Some(format!("10.211.55.{}:51820", 10 + n)),
+            private_key_secret: Some(format!("{name}-key")),
+            ..InterfaceStatus::default()
+        });
+        i
+    }
+
+    #[test]
+    fn a_full_mesh_member_peers_with_every_other_member_of_its_mesh() {
+        let a = member("overlay", "a", 1, Some("10.9.0.1/24"));
+        let b = member("overlay", "b", 2, Some("10.9.0.2/24"));
+        let c = member("overlay", "c", 3, Some("10.9.0.3/24"));
+        let d_waiting = member("overlay", "d", 4, None);
+        let other_mesh = member("other", "e", 5, Some("10.9.0.5/24"));
+        let mut hand_written = member("overlay", "f", 6, Some("10.9.0.6/24"));
+        hand_written.metadata.owner_references = None;
+        let objects = NodeObjects {
+            interfaces: vec![&a],
+            private_keys: [((NS.to_string(), a.name_any()), Ok(key(1)))].into(),
+            mesh_members: vec![&a, &b, &c, &d_waiting, &other_mesh, &hand_written],
+            ..NodeObjects::default()
+        };
+        let t = translate(&objects);
+        assert!(t.interface_problems.is_empty(), "{t:?}");
+        let device = &t.desired.devices[&dev("wgmesh")];
+        let peers: Vec<(PublicKey, Vec<IpNet>)> = device
+            .peers
+            .iter()
+            .map(|(k, p)| (*k, p.allowed_ips.iter().copied().collect()))
+            .collect();
+        let mut want = vec![
+            (key(2).public_key(), vec!["10.9.0.2/32".parse().unwrap()]),
+            (key(3).public_key(), vec!["10.9.0.3/32".parse().unwrap()]),
+        ];
+        want.sort_by_key(|(k, _)| *k);
+        assert_eq!(peers, want);
+        assert_eq!(
+            device.peers[&key(2).public_key()].endpoint,
+            Some("10.211.55.12:51820".parse().unwrap())
+        );
+        // No Peer object is involved, so none is reported.
+        assert!(t.peer_sides.is_empty() && t.peer_problems.is_empty());
+        assert_eq!(
+            device.peers[&key(2).public_key()].persistent_keepalive,
+            None
+        );
+
+        // The keepalive the Mesh asks for, from this member's annotation.
+        let mut a_keepalive = a.clone();
+        a_keepalive
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("kwire.dev/mesh-persistent-keepalive".into(), "25".into());
+        let objects = NodeObjects {
+            interfaces: vec![&a_keepalive],
+            private_keys: [((NS.to_string(), a.name_any()), Ok(key(1)))].into(),
+            mesh_members: vec![&a_keepalive, &b],
+            ..NodeObjects::default()
+        };
+        let t = translate(&objects);
+        let peer = &t.desired.devices[&dev("wgmesh")].peers[&key(2).public_key()];
+        assert_eq!(peer.persistent_keepalive, Some(25));
     }
 
     #[test]

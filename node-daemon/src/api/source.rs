@@ -62,6 +62,8 @@ pub struct Source {
     peers_local: Store<Peer>,
     peers_remote: Store<Peer>,
     routes: Arc<RouteWatches>,
+    /// The generated Interfaces of the Meshes this node is a member of.
+    meshes: Arc<MeshWatches>,
     changed: Arc<Notify>,
     key_dir: PathBuf,
     /// The last keys read from Secrets, for API outages.
@@ -179,6 +181,18 @@ impl Source {
         for store in routes.sync(&interfaces.state()) {
             ready.push(store.wait_until_ready().await);
         }
+        // The other members of this node's Meshes, also listed before anything is
+        // published (a restarted member keeps its peers).
+        let meshes = Arc::new(MeshWatches {
+            client: client.clone(),
+            node: node_name.to_string(),
+            metrics: routes.metrics.clone(),
+            changed: changed.clone(),
+            watches: Mutex::default(),
+        });
+        for store in meshes.sync(&interfaces.state()) {
+            ready.push(store.wait_until_ready().await);
+        }
         // The writer lives as long as its task; only a task that ended drops it, and
         // `Watches::ended` reports that (for the Route watches, the next sync restarts it).
         if ready.iter().any(Result::is_err) {
@@ -190,6 +204,7 @@ impl Source {
             peers_local,
             peers_remote,
             routes,
+            meshes,
             changed,
             key_dir,
             last_private_keys: Arc::default(),
@@ -223,6 +238,8 @@ impl Source {
         // Routes of an Interface that just appeared come with the next change, once its
         // watch has listed (its device is new: there is no route of it to keep meanwhile).
         drop(self.routes.sync(&interfaces));
+        drop(self.meshes.sync(&interfaces));
+        let mesh_members = self.meshes.state();
         let namespaces: BTreeSet<String> =
             interfaces.iter().filter_map(|i| i.namespace()).collect();
         let in_scope = |ns: Option<String>| ns.is_some_and(|ns| namespaces.contains(&ns));
@@ -241,6 +258,7 @@ impl Source {
             interfaces: interfaces.iter().map(Arc::as_ref).collect(),
             peers: peers.iter().map(Arc::as_ref).collect(),
             routes: routes.iter().map(Arc::as_ref).collect(),
+            mesh_members: mesh_members.iter().map(Arc::as_ref).collect(),
             ..NodeObjects::default()
         };
         for interface in &interfaces {
@@ -605,6 +623,89 @@ impl RouteWatches {
     }
 
     fn state(&self) -> Vec<Arc<Route>> {
+        self.watches()
+            .values()
+            .flat_map(|w| w.store.state())
+            .collect()
+    }
+}
+
+/// The members of this node's Meshes: one watch per Mesh with a generated Interface on this
+/// node, of the Interfaces carrying its `kwire.dev/mesh` label in its namespace (label
+/// selector on the API server). A member needs every other member's key, addresses and
+/// endpoint: O(N) objects per member, which a full mesh cannot avoid, and nothing of other
+/// Meshes or of hand-written Interfaces. See decision 0010, "How a member sees the others".
+struct MeshWatches {
+    client: Client,
+    node: String,
+    metrics: Arc<Metrics>,
+    changed: Arc<Notify>,
+    /// By (namespace, `kwire.dev/mesh` label value).
+    watches: Mutex<BTreeMap<ObjectKey, MeshWatch>>,
+}
+
+/// The watch of one Mesh's members; its task is aborted when dropped.
+struct MeshWatch {
+    store: Store<Interface>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MeshWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MeshWatches {
+    fn watches(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, MeshWatch>> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One watch per Mesh that `interfaces` (this node's) are generated for: starts those
+    /// missing (and any whose task ended), stops those of Meshes this node left.
+    fn sync(&self, interfaces: &[Arc<Interface>]) -> Vec<Store<Interface>> {
+        let wanted: BTreeSet<ObjectKey> = interfaces
+            .iter()
+            .filter(|i| i.owner_references().iter().any(|o| o.kind == "Mesh"))
+            .filter_map(|i| {
+                let label = i.labels().get(kwire_mesh::names::LABEL_MESH)?;
+                Some((i.namespace().unwrap_or_default(), label.clone()))
+            })
+            .collect();
+        let mut watches = self.watches();
+        watches.retain(|key, watch| {
+            if watch.task.is_finished() {
+                tracing::warn!(namespace = %key.0, mesh = %key.1, "the watch of the Mesh's members ended; starting it again");
+            }
+            wanted.contains(key) && !watch.task.is_finished()
+        });
+        let mut started = Vec::new();
+        for key in wanted {
+            if watches.contains_key(&key) {
+                continue;
+            }
+            let (store, writer) = reflector::store();
+            let node = self.node.clone();
+            let selector = format!("{}={}", kwire_mesh::names::LABEL_MESH, key.1);
+            let task = tokio::spawn(watch_into(
+                Watched::new(
+                    "Mesh members",
+                    Api::<Interface>::namespaced(self.client.clone(), &key.0),
+                    watcher::Config::default().labels(&selector),
+                ),
+                writer,
+                Counting::new(&self.metrics, "MeshMember", move |i: &Interface| {
+                    concerns::interface(i, &node)
+                }),
+                self.changed.clone(),
+            ));
+            started.push(store.clone());
+            watches.insert(key, MeshWatch { store, task });
+        }
+        started
+    }
+
+    fn state(&self) -> Vec<Arc<Interface>> {
         self.watches()
             .values()
             .flat_map(|w| w.store.state())

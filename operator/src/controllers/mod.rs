@@ -7,6 +7,7 @@
 //!   timestamps would change), then publishes Events.
 
 pub mod interface;
+pub mod mesh;
 pub mod network;
 pub mod nodes;
 pub mod peer;
@@ -232,6 +233,7 @@ mod tests {
     fn context(clock: Arc<TestClock>) -> Arc<Context> {
         use kube::runtime::reflector::store;
         let stores = crate::context::Stores::new(
+            store().0,
             store().0,
             store().0,
             store().0,

@@ -1,5 +1,5 @@
-//! The Node watch. kwire reads a Node's name and its `InternalIP` and `ExternalIP` addresses
-//! ([`NodeInfo`]), nothing else. Kubelets update their Node all the time (heartbeat
+//! The Node watch. kwire reads a Node's name, its `InternalIP` and `ExternalIP` addresses
+//! ([`NodeInfo`]), and for Meshes its labels and pod CIDRs ([`MeshNode`]), nothing else. Kubelets update their Node all the time (heartbeat
 //! conditions, images, allocatable), and each update used to rebuild the world, re-run the
 //! topology check and reconcile every Interface on the node and every Peer linking them.
 //! So:
@@ -8,7 +8,7 @@
 //!   with the number of Nodes, not with the images each one lists;
 //! - an event reaches the router only when what kwire reads changed ([`NodeFilter`]): a
 //!   heartbeat reconciles nothing and writes nothing, a new address reconciles exactly the
-//!   objects whose endpoints depend on it.
+//!   objects whose endpoints depend on it, and a new label re-expands the Meshes.
 //!
 //! kube-runtime's `predicate_filter` does the second on a stream of objects; here the
 //! router needs the watch's events (an initial list, deletions), so the filter is a few
@@ -17,15 +17,18 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
-use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
+use kwire_mesh::MeshNode;
+
 use crate::world::NodeInfo;
 
 /// Keeps only what the operator reads of a Node (and what a store needs to key and order
-/// it): name, uid, resourceVersion, deletion, and the addresses.
+/// it): name, uid, resourceVersion, deletion, labels (Mesh selectors), the pod CIDRs (Mesh
+/// announcements) and the addresses.
 pub fn trim(node: &mut Node) {
     let meta = std::mem::take(&mut node.metadata);
     node.metadata = ObjectMeta {
@@ -33,9 +36,16 @@ pub fn trim(node: &mut Node) {
         uid: meta.uid,
         resource_version: meta.resource_version,
         deletion_timestamp: meta.deletion_timestamp,
+        labels: meta.labels,
         ..ObjectMeta::default()
     };
-    node.spec = None;
+    node.spec = node.spec.take().and_then(|spec| {
+        (spec.pod_cidr.is_some() || spec.pod_cidrs.is_some()).then_some(NodeSpec {
+            pod_cidr: spec.pod_cidr,
+            pod_cidrs: spec.pod_cidrs,
+            ..NodeSpec::default()
+        })
+    });
     let addresses = node.status.take().and_then(|s| s.addresses);
     node.status = addresses.map(|addresses| NodeStatus {
         addresses: Some(addresses),
@@ -43,11 +53,14 @@ pub fn trim(node: &mut Node) {
     });
 }
 
-/// A hash of what kwire reads of a Node.
+/// A hash of what kwire reads of a Node: addresses (endpoints), labels (Mesh selectors)
+/// and pod CIDRs (Mesh announcements). Kubelet heartbeats change none of them.
 pub fn digest(node: &Node) -> u64 {
     let info = NodeInfo::from_node(node);
+    let mesh = MeshNode::from_node(node);
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (&info.name, &info.internal, &info.external).hash(&mut hasher);
+    (&mesh.labels, &mesh.pod_cidrs).hash(&mut hasher);
     hasher.finish()
 }
 
@@ -132,6 +145,17 @@ mod tests {
         }
         assert!(filter.admit(&watcher::Event::Apply(node("a", "10.0.0.9", 31))));
         assert!(!filter.admit(&watcher::Event::Apply(node("a", "10.0.0.9", 32))));
+        // A new label (a Mesh's selector may now match) passes once.
+        let mut labelled = node("a", "10.0.0.9", 33);
+        labelled
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("kwire.dev/mesh".into(), "overlay".into());
+        assert!(filter.admit(&watcher::Event::Apply(labelled.clone())));
+        labelled.metadata.resource_version = Some("34".into());
+        assert!(!filter.admit(&watcher::Event::Apply(labelled)));
+        assert!(filter.admit(&watcher::Event::Apply(node("a", "10.0.0.9", 35))));
         // A Node first seen after the initial list passes once.
         assert!(filter.admit(&watcher::Event::Apply(node("b", "10.0.0.2", 1))));
         assert!(!filter.admit(&watcher::Event::Apply(node("b", "10.0.0.2", 2))));
@@ -155,8 +179,13 @@ mod tests {
         assert_eq!(trimmed.metadata.name.as_deref(), Some("a"));
         assert_eq!(trimmed.metadata.uid.as_deref(), Some("uid-a"));
         assert_eq!(trimmed.metadata.resource_version.as_deref(), Some("7"));
-        assert!(trimmed.metadata.labels.is_none() && trimmed.metadata.managed_fields.is_none());
-        assert!(trimmed.spec.is_none());
+        assert!(
+            trimmed.metadata.annotations.is_none() && trimmed.metadata.managed_fields.is_none()
+        );
+        assert_eq!(MeshNode::from_node(&trimmed), MeshNode::from_node(&full));
+        let spec = trimmed.spec.as_ref().unwrap();
+        assert_eq!(spec.pod_cidr.as_deref(), Some("10.244.1.0/24"));
+        assert!(spec.provider_id.is_none() && spec.taints.is_none());
         let status = trimmed.status.unwrap();
         assert!(status.conditions.is_none() && status.images.is_none());
         assert!(status.allocatable.is_none());

@@ -38,12 +38,12 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, applier, watcher};
 use kube::{Client, Resource, ResourceExt};
-use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
+use kwire_crds::v1alpha1::{Interface, Mesh, Network, Peer, Route};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use super::triggers::{Changed, Key, Triggers, triggers};
-use super::{error_policy, interface, network, peer, route};
+use super::{error_policy, interface, mesh, network, peer, route};
 use crate::context::{Config, Context, Events, Stores};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -119,6 +119,7 @@ enum Change {
     Route(Box<watcher::Event<Route>>),
     Node(Box<watcher::Event<Node>>),
     Secret(Box<watcher::Event<PartialObjectMeta<Secret>>>),
+    Mesh(Box<watcher::Event<Mesh>>),
 }
 
 fn reflect<K>(
@@ -157,6 +158,7 @@ struct Queues {
     interfaces: UnboundedSender<ObjectRef<Interface>>,
     peers: UnboundedSender<ObjectRef<Peer>>,
     routes: UnboundedSender<ObjectRef<Route>>,
+    meshes: UnboundedSender<ObjectRef<Mesh>>,
 }
 
 fn send<K: Resource<DynamicType = ()>>(queue: &UnboundedSender<ObjectRef<K>>, (ns, name): &Key) {
@@ -193,6 +195,8 @@ fn route_change(change: &Change, world: &mut impl FnMut() -> Arc<World>) -> Trig
             )
         }),
         Change::Secret(e) => object(e).map(|(o, init)| (Changed::Secret(&o.metadata), init)),
+        // Meshes are routed by `mesh_triggers`; nothing else depends on them.
+        Change::Mesh(_) => None,
     };
     let Some((changed, init)) = changed else {
         return Triggers::default();
@@ -217,6 +221,32 @@ fn route_change(change: &Change, world: &mut impl FnMut() -> Arc<World>) -> Trig
         Changed::Node(_) | Changed::Secret(_) => {}
     }
     t
+}
+
+/// The Meshes to reconcile after one change: a Mesh itself; every Mesh after a Node change
+/// that passed the Node filter (an address, a label or pod CIDRs changed: which Nodes are
+/// selected and what their members look like); the controlling Mesh of a generated
+/// Interface (its readiness counts in the Mesh's status, and one deleted by hand is made
+/// again).
+fn mesh_triggers(change: &Change, meshes: &Store<Mesh>) -> BTreeSet<Key> {
+    let mut out = BTreeSet::new();
+    match change {
+        Change::Mesh(e) => {
+            if let Some((m, _)) = object(e) {
+                out.insert(self_key(m));
+            }
+        }
+        Change::Node(e) if object(e).is_some() => {
+            out.extend(meshes.state().iter().map(|m| self_key(m.as_ref())));
+        }
+        Change::Interface(e) => {
+            if let Some(key) = object(e).and_then(|(i, _)| mesh::controlling_mesh(i)) {
+                out.insert(key);
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 /// The shortest time between two routed batches: during a burst each object is requested
@@ -244,16 +274,18 @@ fn route_batch(
     // at its end): the next world is built anew, and findings may change.
     let topology = batch
         .iter()
-        .any(|c| matches!(c, Ok(c) if !matches!(c, Change::Secret(_))));
+        .any(|c| matches!(c, Ok(c) if !matches!(c, Change::Secret(_) | Change::Mesh(_))));
     if topology {
         stores.changed();
     }
     let mut cached: Option<Arc<World>> = None;
     let mut world = || cached.get_or_insert_with(|| stores.world()).clone();
     let mut all = Triggers::default();
+    let mut meshes = BTreeSet::new();
     for change in batch {
         match change {
             Ok(change) => {
+                meshes.extend(mesh_triggers(&change, &stores.meshes));
                 let t = route_change(&change, &mut world);
                 all.networks.extend(t.networks);
                 all.interfaces.extend(t.interfaces);
@@ -269,6 +301,7 @@ fn route_batch(
         .for_each(|k| send(&queues.interfaces, k));
     all.peers.iter().for_each(|k| send(&queues.peers, k));
     all.routes.iter().for_each(|k| send(&queues.routes, k));
+    meshes.iter().for_each(|k| send(&queues.meshes, k));
     if topology {
         world_changed.notify_one();
     }
@@ -407,6 +440,9 @@ async fn run_with(
     let (routes, s4) = reflect(scoped::<Route>(&client, ns), all.clone(), |e| {
         Change::Route(Box::new(e))
     });
+    let (meshes, s7) = reflect(scoped::<Mesh>(&client, ns), all.clone(), |e| {
+        Change::Mesh(Box::new(e))
+    });
     // Nodes: stored trimmed to what kwire reads, routed only when that changed (see
     // `nodes`): kubelets' heartbeats reconcile nothing.
     let (nodes, nodes_writer) = reflector::store();
@@ -440,24 +476,35 @@ async fn run_with(
     )
     .map(|e| e.map(|e| Change::Secret(Box::new(e))))
     .boxed();
-    let stores = Stores::new(networks, interfaces, peers, routes, nodes, secrets_store);
+    let stores = Stores::new(
+        networks,
+        interfaces,
+        peers,
+        routes,
+        nodes,
+        secrets_store,
+        meshes,
+    );
 
     let (net_tx, net_rx) = unbounded();
     let (if_tx, if_rx) = unbounded();
     let (peer_tx, peer_rx) = unbounded();
     let (route_tx, route_rx) = unbounded();
+    let (mesh_tx, mesh_rx) = unbounded();
     let queues = Queues {
         networks: net_tx,
         interfaces: if_tx,
         peers: peer_tx,
         routes: route_tx,
+        meshes: mesh_tx,
     };
     let router_stores = stores.clone();
     let world_changed = Arc::new(Notify::new());
     let router_changed = world_changed.clone();
     let findings_queues = queues.clone();
     let mut router = tokio::spawn(faults.router(async move {
-        let mut batches = futures::stream::select_all([s1, s2, s3, s4, s5, s6]).ready_chunks(1024);
+        let mut batches =
+            futures::stream::select_all([s1, s2, s3, s4, s5, s6, s7]).ready_chunks(1024);
         let mut last_batch: Option<tokio::time::Instant> = None;
         while let Some(mut batch) = batches.next().await {
             let wait = coalesce_delay(last_batch.map(|at| at.elapsed()));
@@ -558,12 +605,21 @@ async fn run_with(
         ctx.clone(),
         stores.routes.clone(),
         queue(route_rx),
-        config,
+        config.clone(),
     )
     .for_each(log_result("route"));
+    let meshes = applier(
+        |o, c| Box::pin(mesh::reconcile(o, c)),
+        error_policy::<Mesh>,
+        ctx.clone(),
+        stores.meshes.clone(),
+        queue(mesh_rx),
+        config,
+    )
+    .for_each(log_result("mesh"));
 
     let controllers = async {
-        futures::join!(networks, interfaces, peers, routes);
+        futures::join!(networks, interfaces, peers, routes, meshes);
     };
     // Every task runs until shutdown: one that ends first ends the run.
     let ended = tokio::select! {
@@ -740,6 +796,49 @@ mod tests {
             condition_type: "TopologyValid",
             reason,
             message: format!("{name} {reason}"),
+        }
+    }
+
+    #[test]
+    fn meshes_follow_their_own_changes_node_changes_and_their_generated_interfaces() {
+        let mesh: Mesh = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kwire.dev/v1alpha1", "kind": "Mesh",
+            "metadata": {"name": "overlay", "namespace": "net", "uid": "u1"},
+            "spec": {"nodeSelector": {}, "networks": [{"name": "v4"}]},
+        }))
+        .unwrap();
+        let (meshes, mut writer) = reflector::store::<Mesh>();
+        writer.apply_watcher_event(&watcher::Event::Apply(mesh.clone()));
+        let key = ("net".to_string(), "overlay".to_string());
+
+        let on_mesh = Change::Mesh(Box::new(watcher::Event::Apply(mesh)));
+        assert_eq!(mesh_triggers(&on_mesh, &meshes), [key.clone()].into());
+
+        let node: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "a"}})).unwrap();
+        let on_node = Change::Node(Box::new(watcher::Event::Apply(node)));
+        assert_eq!(mesh_triggers(&on_node, &meshes), [key.clone()].into());
+
+        let interface = |owner: Option<&str>| -> Interface {
+            let mut v = serde_json::json!({
+                "apiVersion": "kwire.dev/v1alpha1", "kind": "Interface",
+                "metadata": {"name": "x", "namespace": "net"},
+                "spec": {"nodeName": "a", "addresses": ["10.0.0.1/24"]},
+            });
+            if let Some(kind) = owner {
+                v["metadata"]["ownerReferences"] = serde_json::json!([{
+                    "apiVersion": "kwire.dev/v1alpha1", "kind": kind, "name": "overlay",
+                    "uid": "u1", "controller": true,
+                }]);
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let generated =
+            Change::Interface(Box::new(watcher::Event::Delete(interface(Some("Mesh")))));
+        assert_eq!(mesh_triggers(&generated, &meshes), [key].into());
+        for other in [interface(None), interface(Some("Deployment"))] {
+            let change = Change::Interface(Box::new(watcher::Event::Apply(other)));
+            assert!(mesh_triggers(&change, &meshes).is_empty());
         }
     }
 

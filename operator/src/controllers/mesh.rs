@@ -1,0 +1,494 @@
+//! The Mesh controller: expands a Mesh over the current Nodes ([`kwire_mesh::expand`]) and
+//! keeps one generated Interface per member, owned by the Mesh; writes the Mesh's status.
+//!
+//! - observe: the Mesh, the Nodes (trimmed to addresses, labels and pod CIDRs, see
+//!   [`super::nodes`]) and the Interfaces of the Mesh's namespace, all from the stores;
+//! - [`plan_mesh`] (pure): the Interfaces to apply (missing, or whose spec, labels or owner
+//!   differ from the generated ones), the owned Interfaces of members that left, and the
+//!   status;
+//! - apply: server-side apply of each planned Interface under the operator's field manager,
+//!   deletion of the leavers, then the status.
+//!
+//! The operator never touches an Interface it does not own: a generated name already taken
+//! by an object without this Mesh's controller reference is reported (`TopologyValid`
+//! `False`, reason `NameTaken`) and left alone. Keys and addresses of the generated
+//! Interfaces come from the Interface controller as for any Interface; no Peer object is
+//! created: the node daemons derive the members' peers (decision 0010).
+//!
+//! Only `FullMesh` is acted on so far. A Mesh of another topology gets `TopologyValid`
+//! `False` (reason `TopologyNotImplemented`) and no generated Interface.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kwire_crds::v1alpha1::{Interface, Mesh, MeshStatus};
+use kwire_mesh::api::{STATUS_NAMES_CAP, TopologyType};
+use kwire_mesh::condition::DesiredCondition;
+use kwire_mesh::generate::member_interface;
+use kwire_mesh::names::ANNOTATION_KEEPALIVE;
+use kwire_mesh::{Decisions, MeshNode, expand};
+
+use super::{finish, namespace};
+use crate::context::Context;
+use crate::error::Error;
+use crate::status::{FIELD_MANAGER, apply_status, merge_conditions, normalized_conditions};
+
+pub const CONTROLLER: &str = "mesh";
+
+/// Condition types the operator writes on a Mesh.
+pub const TOPOLOGY_VALID: &str = "TopologyValid";
+pub const READY: &str = "Ready";
+
+/// Reasons of the Mesh's conditions.
+pub mod reasons {
+    pub const VALID: &str = "Valid";
+    pub const INVALID: &str = "InvalidMesh";
+    pub const NAME_TAKEN: &str = "NameTaken";
+    pub const NOT_IMPLEMENTED: &str = "TopologyNotImplemented";
+    pub const ALL_READY: &str = "AllMembersReady";
+    pub const NOT_READY: &str = "MembersNotReady";
+    pub const NO_MEMBERS: &str = "NoMembers";
+}
+
+/// What one reconcile of a Mesh does.
+#[derive(Clone, Debug, Default)]
+pub struct MeshPlan {
+    /// Generated Interfaces to create or bring back to what the Mesh says.
+    pub apply: Vec<Interface>,
+    /// Owned Interfaces of nodes that are no longer members, by name.
+    pub delete: Vec<String>,
+    pub status: MeshStatus,
+}
+
+/// Whether `interface` is controlled by the Mesh with `uid`.
+pub fn owned_by(interface: &Interface, uid: &str) -> bool {
+    interface
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true) && o.kind == "Mesh")
+}
+
+/// Whether `existing` already is what `desired` asks: same spec, every desired label, the
+/// same keepalive annotation (present or not), and the owner reference.
+fn up_to_date(existing: &Interface, desired: &Interface) -> bool {
+    let labels = existing.labels();
+    let keepalive = |i: &Interface| i.annotations().get(ANNOTATION_KEEPALIVE).cloned();
+    existing.spec == desired.spec
+        && keepalive(existing) == keepalive(desired)
+        && desired
+            .labels()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        && desired
+            .owner_references()
+            .iter()
+            .all(|o| existing.owner_references().contains(o))
+}
+
+fn is_ready(interface: &Interface) -> bool {
+    interface.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// Plans one reconcile of `mesh` over `nodes`, given the Interfaces of its namespace.
+pub fn plan_mesh(
+    mesh: &Mesh,
+    nodes: &[MeshNode],
+    interfaces: &[Arc<Interface>],
+    now: &Time,
+) -> MeshPlan {
+    let name = mesh.name_any();
+    let uid = mesh.uid().unwrap_or_default();
+    let by_name: BTreeMap<String, &Interface> = interfaces
+        .iter()
+        .map(|i| (i.name_any(), i.as_ref()))
+        .collect();
+    let mut plan = MeshPlan::default();
+    let mut status = MeshStatus {
+        observed_generation: mesh.metadata.generation,
+        ..MeshStatus::default()
+    };
+    let (valid, ready) = match expand(&name, &mesh.spec, nodes, &Decisions::default()) {
+        Err(e) => (
+            DesiredCondition::failed(TOPOLOGY_VALID, reasons::INVALID, e.to_string()),
+            DesiredCondition::failed(READY, reasons::INVALID, "the Mesh cannot be expanded"),
+        ),
+        Ok(expansion) if expansion.topology != TopologyType::FullMesh => {
+            let message = format!(
+                "topology {:?} is not acted on yet (only FullMesh is): no Interface is generated",
+                expansion.topology
+            );
+            (
+                DesiredCondition::failed(TOPOLOGY_VALID, reasons::NOT_IMPLEMENTED, message),
+                DesiredCondition::failed(READY, reasons::NOT_IMPLEMENTED, "nothing is generated"),
+            )
+        }
+        Ok(expansion) => {
+            let mut taken = Vec::new();
+            let mut members = BTreeSet::new();
+            let mut ready_members = 0u32;
+            let mut unready = Vec::new();
+            for member in &expansion.members {
+                members.insert(member.name.clone());
+                let Some(desired) = member_interface(mesh, &expansion, member) else {
+                    continue;
+                };
+                match by_name.get(&member.name) {
+                    Some(existing) if !owned_by(existing, &uid) => {
+                        taken.push(member.name.clone());
+                        unready.push(member.node.clone());
+                        continue;
+                    }
+                    Some(existing) => {
+                        if is_ready(existing) && up_to_date(existing, &desired) {
+                            ready_members += 1;
+                        } else {
+                            unready.push(member.node.clone());
+                        }
+                        if !up_to_date(existing, &desired) {
+                            plan.apply.push(desired);
+                        }
+                    }
+                    None => {
+                        unready.push(member.node.clone());
+                        plan.apply.push(desired);
+                    }
+                }
+            }
+            plan.delete = interfaces
+                .iter()
+                .filter(|i| owned_by(i, &uid) && !members.contains(&i.name_any()))
+                .filter(|i| i.metadata.deletion_timestamp.is_none())
+                .map(|i| i.name_any())
+                .collect();
+            let count = u32::try_from(expansion.members.len()).unwrap_or(u32::MAX);
+            status.members = Some(count);
+            status.ready_members = Some(ready_members);
+            unready.truncate(STATUS_NAMES_CAP);
+            status.unready_members = unready;
+            let valid = if taken.is_empty() {
+                DesiredCondition::ok(
+                    TOPOLOGY_VALID,
+                    reasons::VALID,
+                    format!("{count} members, one generated Interface each"),
+                )
+            } else {
+                let shown: Vec<&str> = taken.iter().take(5).map(String::as_str).collect();
+                DesiredCondition::failed(
+                    TOPOLOGY_VALID,
+                    reasons::NAME_TAKEN,
+                    format!(
+                        "{} generated Interface name(s) are taken by objects this Mesh does not own ({}): rename or delete them; the operator never takes over an object it did not create",
+                        taken.len(),
+                        shown.join(", ")
+                    ),
+                )
+            };
+            let ready = if count == 0 {
+                DesiredCondition::failed(
+                    READY,
+                    reasons::NO_MEMBERS,
+                    "spec.nodeSelector selects no Node",
+                )
+            } else if ready_members == count {
+                DesiredCondition::ok(
+                    READY,
+                    reasons::ALL_READY,
+                    "every member's Interface is Ready",
+                )
+            } else {
+                DesiredCondition::failed(
+                    READY,
+                    reasons::NOT_READY,
+                    format!("{ready_members} of {count} members' Interfaces are Ready"),
+                )
+            };
+            (valid, ready)
+        }
+    };
+    let previous: &[Condition] = mesh
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    status.conditions = merge_conditions(previous, &[valid, ready], mesh.metadata.generation, now);
+    plan.status = status;
+    plan
+}
+
+/// Whether writing `desired` would change the status the Mesh has, timestamps aside.
+pub fn status_changed(current: Option<&MeshStatus>, desired: &MeshStatus) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    let view = |s: &MeshStatus| MeshStatus {
+        conditions: normalized_conditions(&s.conditions, &[TOPOLOGY_VALID, READY]),
+        ..s.clone()
+    };
+    view(current) != view(desired)
+}
+
+/// Reconciles one Mesh.
+pub async fn reconcile(mesh: Arc<Mesh>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = async {
+        let ns = namespace(mesh.as_ref(), "Mesh")?;
+        let nodes: Vec<MeshNode> = ctx
+            .stores
+            .nodes
+            .state()
+            .iter()
+            .map(|n| MeshNode::from_node(n))
+            .collect();
+        let interfaces: Vec<Arc<Interface>> = ctx
+            .stores
+            .interfaces
+            .state()
+            .into_iter()
+            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+            .collect();
+        let plan = plan_mesh(&mesh, &nodes, &interfaces, &ctx.clock.now());
+        let api = Api::<Interface>::namespaced(ctx.client.clone(), &ns);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        for interface in &plan.apply {
+            let name = interface.name_any();
+            api.patch(&name, &params, &Patch::Apply(interface))
+                .await
+                .map_err(|source| Error::ApplyGenerated {
+                    kind: "Interface",
+                    namespace: ns.clone(),
+                    name,
+                    source: Box::new(source),
+                })?;
+        }
+        for name in &plan.delete {
+            // Only the object the plan saw as ours: a same-named object created since is
+            // left alone (the uid precondition fails).
+            let uid = interfaces
+                .iter()
+                .find(|i| &i.name_any() == name)
+                .and_then(|i| i.uid());
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid,
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(name, &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(source) => {
+                    return Err(Error::DeleteGenerated {
+                        kind: "Interface",
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        let patch = status_changed(mesh.status.as_ref(), &plan.status);
+        if patch {
+            let meshes = Api::<Mesh>::namespaced(ctx.client.clone(), &ns);
+            apply_status(&meshes, mesh.as_ref(), &plan.status)
+                .await
+                .map_err(|source| Error::PatchStatus {
+                    kind: "Mesh",
+                    namespace: ns.clone(),
+                    name: mesh.name_any(),
+                    source: Box::new(source),
+                })?;
+        }
+        ctx.metrics.patched(CONTROLLER, patch);
+        Ok(Action::requeue(ctx.config.resync))
+    }
+    .await;
+    finish(CONTROLLER, mesh.as_ref(), &ctx, result)
+}
+
+/// The Mesh that controls a generated Interface, if any: `(namespace, mesh name)`.
+pub fn controlling_mesh(interface: &Interface) -> Option<(String, String)> {
+    let owner = interface
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Mesh")?;
+    Some((
+        interface.namespace().unwrap_or_default(),
+        owner.name.clone(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+    use kwire_crds::v1alpha1::InterfaceStatus;
+    use serde_json::json;
+
+    fn mesh(topology: &str) -> Mesh {
+        let mut m: Mesh = serde_json::from_value(json!({
+            "apiVersion": "kwire.dev/v1alpha1",
+            "kind": "Mesh",
+            "metadata": {"name": "overlay", "namespace": "net", "uid": "mesh-uid", "generation": 2},
+            "spec": {
+                "nodeSelector": {"matchLabels": {"mesh": "yes"}},
+                "topology": {"type": topology},
+                "networks": [{"name": "overlay-v4"}],
+            },
+        }))
+        .unwrap();
+        if topology == "HubAndSpoke" {
+            m.spec.topology.hub_and_spoke =
+                Some(serde_json::from_value(json!({"hubSelector": {}})).unwrap());
+        }
+        m
+    }
+
+    fn node(name: &str, selected: bool) -> MeshNode {
+        MeshNode {
+            name: name.into(),
+            labels: if selected {
+                [("mesh".to_string(), "yes".to_string())].into()
+            } else {
+                BTreeMap::new()
+            },
+            internal: vec!["10.0.0.1".parse().unwrap()],
+            ..MeshNode::default()
+        }
+    }
+
+    fn now() -> Time {
+        Time(Timestamp::UNIX_EPOCH)
+    }
+
+    fn ready(mut i: Interface) -> Arc<Interface> {
+        i.status = Some(InterfaceStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Configured".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: now(),
+            }],
+            ..InterfaceStatus::default()
+        });
+        Arc::new(i)
+    }
+
+    #[test]
+    fn a_full_mesh_generates_one_owned_interface_per_selected_node() {
+        let m = mesh("FullMesh");
+        let nodes = [node("a", true), node("b", true), node("c", false)];
+        let plan = plan_mesh(&m, &nodes, &[], &now());
+        let names: Vec<String> = plan.apply.iter().map(|i| i.name_any()).collect();
+        assert_eq!(
+            names,
+            [
+                kwire_mesh::names::member_name("overlay", "a"),
+                kwire_mesh::names::member_name("overlay", "b")
+            ]
+        );
+        for i in &plan.apply {
+            assert!(owned_by(i, "mesh-uid"));
+            assert_eq!(i.labels()["kwire.dev/mesh"], "overlay");
+            assert_eq!(i.namespace().as_deref(), Some("net"));
+            assert_eq!(
+                i.spec.networks.as_ref().unwrap()[0].name.as_str(),
+                "overlay-v4"
+            );
+        }
+        assert!(plan.delete.is_empty());
+        assert_eq!(plan.status.members, Some(2));
+        assert_eq!(plan.status.ready_members, Some(0));
+        assert_eq!(plan.status.conditions[0].status, "True");
+        assert_eq!(plan.status.conditions[1].reason, reasons::NOT_READY);
+    }
+
+    #[test]
+    fn a_converged_mesh_applies_nothing_and_a_leaver_is_deleted() {
+        let m = mesh("FullMesh");
+        let nodes = [node("a", true), node("b", true)];
+        let first = plan_mesh(&m, &nodes, &[], &now());
+        let existing: Vec<Arc<Interface>> = first.apply.iter().cloned().map(ready).collect();
+        let again = plan_mesh(&m, &nodes, &existing, &now());
+        assert!(
+            again.apply.is_empty() && again.delete.is_empty(),
+            "{again:?}"
+        );
+
+        // A keepalive set on the Mesh is applied to every member, once.
+        let mut keepalive = m.clone();
+        keepalive.spec.device.persistent_keepalive = Some(25);
+        let plan = plan_mesh(&keepalive, &nodes, &existing, &now());
+        assert_eq!(plan.apply.len(), 2);
+        assert_eq!(plan.apply[0].annotations()[ANNOTATION_KEEPALIVE], "25");
+        let updated: Vec<Arc<Interface>> = plan.apply.iter().cloned().map(ready).collect();
+        assert!(
+            plan_mesh(&keepalive, &nodes, &updated, &now())
+                .apply
+                .is_empty()
+        );
+        // And removed again when the Mesh drops it.
+        assert_eq!(plan_mesh(&m, &nodes, &updated, &now()).apply.len(), 2);
+        assert_eq!(again.status.ready_members, Some(2));
+        assert_eq!(again.status.conditions[1].reason, reasons::ALL_READY);
+
+        // b stops matching: its Interface goes, a's stays untouched.
+        let left = plan_mesh(&m, &[node("a", true), node("b", false)], &existing, &now());
+        assert!(left.apply.is_empty());
+        assert_eq!(
+            left.delete,
+            [kwire_mesh::names::member_name("overlay", "b")]
+        );
+        assert_eq!(left.status.members, Some(1));
+    }
+
+    #[test]
+    fn a_name_taken_by_a_foreign_object_is_reported_and_never_touched() {
+        let m = mesh("FullMesh");
+        let name = kwire_mesh::names::member_name("overlay", "a");
+        let mut foreign = Interface::new(
+            &name,
+            plan_mesh(&m, &[node("a", true)], &[], &now()).apply[0]
+                .spec
+                .clone(),
+        );
+        foreign.metadata = ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some("net".into()),
+            ..ObjectMeta::default()
+        };
+        let plan = plan_mesh(&m, &[node("a", true)], &[Arc::new(foreign)], &now());
+        assert!(plan.apply.is_empty() && plan.delete.is_empty());
+        assert_eq!(plan.status.conditions[0].reason, reasons::NAME_TAKEN);
+        assert!(plan.status.conditions[0].message.contains(&name));
+    }
+
+    #[test]
+    fn other_topologies_generate_nothing_yet() {
+        let plan = plan_mesh(&mesh("HubAndSpoke"), &[node("a", true)], &[], &now());
+        assert!(plan.apply.is_empty() && plan.delete.is_empty());
+        assert_eq!(plan.status.conditions[0].reason, reasons::NOT_IMPLEMENTED);
+    }
+
+    #[test]
+    fn an_unchanged_status_is_not_written_again() {
+        let m = mesh("FullMesh");
+        let plan = plan_mesh(&m, &[node("a", true)], &[], &now());
+        let mut written = m.clone();
+        written.status = Some(plan.status.clone());
+        let later = Time(Timestamp::from_second(60).unwrap());
+        let again = plan_mesh(&written, &[node("a", true)], &[], &later);
+        assert!(!status_changed(written.status.as_ref(), &again.status));
+        assert!(status_changed(None, &again.status));
+    }
+}

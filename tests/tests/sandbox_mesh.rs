@@ -1,0 +1,408 @@
+//! A FullMesh Mesh end to end (issue 15, first slice): the sandbox brings up four nodes
+//! with the real control plane, the chart, the operator and the node daemons; three Nodes
+//! are labelled and one `Mesh` selects them. The operator generates exactly one Interface
+//! per member (owned by the Mesh) and no Peer; the node daemons derive each member's peers
+//! from the other members' Interfaces; every member pings every other member over IPv4 and
+//! IPv6. Then the fourth Node is labelled: it joins (one more generated Interface, every
+//! pair with it answers) while pings between two members that were there before go on,
+//! and none of them is lost. Last, one Node's label is removed: its generated Interface
+//! is deleted and the other members drop it.
+//!
+//! The sandbox makes a node for each `nodeName` of the manifests' Interfaces, so the
+//! manifest holds one small hand-written Interface per node (device `anchor`, not part of
+//! the Mesh); the Mesh, its Networks and the labels come once the sandbox is up.
+//!
+//! Needs root and the tools `can_run_network_tests` lists; skipped otherwise (a failure
+//! with `KWIRE_REQUIRE_E2E=1`).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kwire_tests::netns::can_run_network_tests;
+use kwire_tests::sandbox::Sandbox;
+use kwire_tests::wait::wait_for;
+use serde_json::{Value, json};
+
+const NAMESPACE: &str = "mesh-full";
+const LABEL: &str = "example.com/overlay";
+const NODES: [&str; 4] = ["a", "b", "c", "d"];
+
+/// One hand-written Interface per node, so that the sandbox makes the nodes.
+fn anchors() -> String {
+    NODES
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            format!(
+                "apiVersion: kwire.dev/v1alpha1\nkind: Interface\nmetadata:\n  name: {node}-anchor\n\
+                 spec:\n  nodeName: {node}\n  deviceName: anchor\n  listenPort: {port}\n  \
+                 addresses: [10.250.0.{host}/32]\n  keyMode: NodeLocal\n---\n",
+                port = 40000 + i,
+                host = i + 1,
+            )
+        })
+        .collect()
+}
+
+const MESH: &str = "\
+apiVersion: kwire.dev/v1alpha1
+kind: Network
+metadata: {name: overlay-v4}
+spec: {cidr: 10.60.0.0/24}
+---
+apiVersion: kwire.dev/v1alpha1
+kind: Network
+metadata: {name: overlay-v6}
+spec: {cidr: 'fd00:60::/64'}
+---
+apiVersion: kwire.dev/v1alpha1
+kind: Mesh
+metadata: {name: overlay}
+spec:
+  nodeSelector: {matchLabels: {example.com/overlay: 'yes'}}
+  topology: {type: FullMesh}
+  networks: [{name: overlay-v4}, {name: overlay-v6}]
+  device: {deviceName: wgmesh, listenPort: 51900, persistentKeepalive: 25}
+";
+
+/// A manifest file for the sandbox, removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sets (`Some`) or removes (`None`) the Mesh's label on a Node.
+async fn label(sandbox: &Sandbox, node: &str, value: Option<&str>) -> Result<()> {
+    let nodes: Api<Node> = Api::all(sandbox.cp.client().await?);
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {LABEL: value}}})),
+        )
+        .await
+        .with_context(|| format!("labelling Node {node}"))?;
+    Ok(())
+}
+
+/// The peers of `device` in `wg show all dump` (a peer's line has 9 fields, the device's
+/// own line 5).
+fn peers_of(shown: &str, device: &str) -> usize {
+    shown
+        .lines()
+        .filter(|l| l.split('\t').count() == 9 && l.starts_with(&format!("{device}\t")))
+        .count()
+}
+
+/// A member's node and its Interface's addresses.
+type Member = (String, Vec<IpAddr>);
+
+/// The generated Interfaces of the Mesh: node name → addresses, once every one of
+/// `members` has one with an address of each family; `None` before.
+fn members(sandbox: &Sandbox, expected: &[&str]) -> Result<Option<Vec<Member>>> {
+    let generated: Vec<Value> = sandbox
+        .get("interfaces")?
+        .into_iter()
+        .filter(|i| i["metadata"]["labels"]["kwire.dev/mesh"] == "overlay")
+        .collect();
+    let mut out = Vec::new();
+    for i in &generated {
+        let node = i["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let addresses: Vec<IpAddr> = i["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        if addresses.len() < 2 {
+            return Ok(None);
+        }
+        out.push((node, addresses));
+    }
+    out.sort();
+    let nodes: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+    Ok((nodes == expected).then_some(out))
+}
+
+/// Every member pings every other member's every address (only the pairs with `with`,
+/// when given).
+fn ping_every_pair(sandbox: &Sandbox, members: &[Member], with: Option<&str>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (from, _) in members {
+        for (to, addresses) in members.iter().filter(|(to, _)| to != from) {
+            if with.is_some_and(|w| w != from && w != to) {
+                continue;
+            }
+            for address in addresses {
+                let netns = &sandbox.nodes[from].netns;
+                if netns
+                    .wait_for_ping(*address, Duration::from_secs(20))
+                    .is_none()
+                {
+                    failed.push(format!("{from} → {to} ({address})"));
+                }
+            }
+        }
+    }
+    failed
+}
+
+/// The API's view: exactly one generated Interface per member (owned by the Mesh), no
+/// Peer, and the Mesh's status counting the members.
+fn assert_objects(sandbox: &Sandbox, expected: &[&str]) -> Result<()> {
+    let interfaces = sandbox.get("interfaces")?;
+    let generated: Vec<&Value> = interfaces
+        .iter()
+        .filter(|i| i["metadata"]["labels"]["kwire.dev/mesh"] == "overlay")
+        .collect();
+    let nodes: BTreeSet<&str> = generated
+        .iter()
+        .filter_map(|i| i["spec"]["nodeName"].as_str())
+        .collect();
+    ensure!(
+        generated.len() == expected.len() && nodes == expected.iter().copied().collect(),
+        "generated Interfaces on {nodes:?} ({}), expected one on each of {expected:?}",
+        generated.len()
+    );
+    for i in &generated {
+        let owner = &i["metadata"]["ownerReferences"][0];
+        ensure!(
+            owner["kind"] == "Mesh" && owner["name"] == "overlay" && owner["controller"] == true,
+            "not owned by the Mesh: {}",
+            i["metadata"]
+        );
+    }
+    ensure!(
+        interfaces.len() == generated.len() + NODES.len(),
+        "{} Interfaces: more than the generated ones and the anchors",
+        interfaces.len()
+    );
+    let peers = sandbox.get("peers")?;
+    ensure!(peers.is_empty(), "Peers in the API: {peers:?}");
+    Ok(())
+}
+
+fn mesh_ready(sandbox: &Sandbox, members: u64) -> Result<Option<()>> {
+    let Some(mesh) = sandbox.get_one("meshes", "overlay")? else {
+        return Ok(None);
+    };
+    let status = &mesh["status"];
+    let ready = status["members"] == members
+        && status["readyMembers"] == members
+        && status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    Ok(ready.then_some(()))
+}
+
+/// `ping` running in a node's namespace until stopped.
+struct Pinging {
+    child: Option<Child>,
+    output: PathBuf,
+}
+
+impl Pinging {
+    fn start(sandbox: &Sandbox, from: &str, to: IpAddr) -> Result<Self> {
+        let output =
+            std::env::temp_dir().join(format!("kwire-mesh-ping-{}-{from}.txt", std::process::id()));
+        let file = std::fs::File::create(&output)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", sandbox.nodes[from].netns.name()])
+            .args(["ping", "-n", "-i", "0.05", &to.to_string()])
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ping")?;
+        Ok(Self {
+            child: Some(child),
+            output,
+        })
+    }
+
+    /// The sequence numbers answered so far (ping prints a line per reply).
+    fn answered(&self) -> Result<BTreeSet<u64>> {
+        let text = std::fs::read_to_string(&self.output)?;
+        Ok(text
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.split("icmp_seq=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect())
+    }
+
+    fn replies(&self) -> Result<usize> {
+        Ok(self.answered()?.len())
+    }
+
+    /// Waits for 20 more replies (so that a loss just before is inside the range counted),
+    /// stops the pings and returns (sent, answered) up to the last answered request: every
+    /// request before it that got no answer was lost.
+    fn finish(mut self) -> Result<(u64, u64)> {
+        let before = self.replies()?;
+        wait_for("20 more ping replies", Duration::from_secs(10), || {
+            Ok((self.replies()? >= before + 20).then_some(()))
+        })?;
+        let mut child = self.child.take().context("finished twice")?;
+        let _ = child.kill();
+        child.wait()?;
+        let answered = self.answered()?;
+        let last = answered.last().copied().context("no reply at all")?;
+        Ok((last, answered.len() as u64))
+    }
+}
+
+impl Drop for Pinging {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.output);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins() -> Result<()> {
+    if let Err(why) = can_run_network_tests() {
+        println!(
+            "SKIPPED a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins: {why}"
+        );
+        return Ok(());
+    }
+    let manifest = TempFile(
+        std::env::temp_dir().join(format!("kwire-mesh-anchors-{}.yaml", std::process::id())),
+    );
+    std::fs::write(&manifest.0, anchors())?;
+    let sandbox = Sandbox::up(std::slice::from_ref(&manifest.0), NAMESPACE, true)
+        .await
+        .context("sandbox up")?;
+    if let Err(e) = sandbox.wait_ready(Duration::from_secs(120)) {
+        anyhow::bail!("{e}\n{}", sandbox.status_table());
+    }
+
+    // Three members.
+    for node in ["a", "b", "c"] {
+        label(&sandbox, node, Some("yes")).await?;
+    }
+    sandbox.apply_yaml(MESH)?;
+    let three = ["a", "b", "c"];
+    let (members3, took) = wait_for(
+        "a generated Interface with an IPv4 and an IPv6 address on a, b and c",
+        Duration::from_secs(60),
+        || members(&sandbox, &three),
+    )
+    .with_context(|| sandbox.status_table())?;
+    println!("3 members addressed in {took:?}");
+    let failed = ping_every_pair(&sandbox, &members3, None);
+    ensure!(
+        failed.is_empty(),
+        "pings failed: {failed:?}\n{}\n{}",
+        sandbox.status_table(),
+        sandbox.logs_tail(30)
+    );
+    wait_for(
+        "the Mesh to count 3 ready members",
+        Duration::from_secs(60),
+        || mesh_ready(&sandbox, 3),
+    )
+    .with_context(|| sandbox.status_table())?;
+    assert_objects(&sandbox, &three)?;
+
+    // d joins while a keeps pinging b.
+    let b_v4 = members3[1]
+        .1
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv4)
+        .context("b has no IPv4 address")?;
+    let pinging = Pinging::start(&sandbox, "a", b_v4)?;
+    wait_for("a's first replies from b", Duration::from_secs(10), || {
+        Ok((pinging.replies()? >= 10).then_some(()))
+    })?;
+    label(&sandbox, "d", Some("yes")).await?;
+    let four = ["a", "b", "c", "d"];
+    let (members4, took) = wait_for(
+        "a generated Interface with an IPv4 and an IPv6 address on d",
+        Duration::from_secs(60),
+        || members(&sandbox, &four),
+    )
+    .with_context(|| sandbox.status_table())?;
+    println!("d addressed {took:?} after its label");
+    let failed = ping_every_pair(&sandbox, &members4, Some("d"));
+    ensure!(
+        failed.is_empty(),
+        "pings with the new member failed: {failed:?}\n{}",
+        sandbox.logs_tail(30)
+    );
+    wait_for(
+        "the Mesh to count 4 ready members",
+        Duration::from_secs(60),
+        || mesh_ready(&sandbox, 4),
+    )
+    .with_context(|| sandbox.status_table())?;
+    let (sent, received) = pinging.finish()?;
+    println!("a → b during the join: {received} of {sent} answered");
+    ensure!(
+        sent > 0 && received == sent,
+        "a → b lost {} of {sent} pings while d joined",
+        sent - received
+    );
+    assert_objects(&sandbox, &four)?;
+    // Each member's device has the three others as peers, with the Mesh's keepalive
+    // (the dump's last field), and the anchors none.
+    for node in NODES {
+        let shown = sandbox.nodes[node].wg_show()?;
+        let keepalives: Vec<&str> = shown
+            .lines()
+            .filter(|l| l.starts_with("wgmesh\t"))
+            .filter_map(|l| l.split('\t').nth(8))
+            .collect();
+        ensure!(
+            peers_of(&shown, "wgmesh") == 3
+                && peers_of(&shown, "anchor") == 0
+                && keepalives == ["25"; 3],
+            "{node}: {shown}"
+        );
+    }
+
+    // c leaves (its label goes): its generated Interface is deleted, its device goes, and
+    // the others drop it as a peer.
+    label(&sandbox, "c", None).await?;
+    let rest = ["a", "b", "d"];
+    wait_for(
+        "c's generated Interface to go and the others to drop c",
+        Duration::from_secs(60),
+        || {
+            if members(&sandbox, &rest)?.is_none() {
+                return Ok(None);
+            }
+            for node in rest {
+                if peers_of(&sandbox.nodes[node].wg_show()?, "wgmesh") != 2 {
+                    return Ok(None);
+                }
+            }
+            Ok((peers_of(&sandbox.nodes["c"].wg_show()?, "wgmesh") == 0).then_some(()))
+        },
+    )
+    .with_context(|| sandbox.status_table())?;
+    assert_objects(&sandbox, &rest)?;
+    let left = members(&sandbox, &rest)?.context("the remaining members changed")?;
+    let failed = ping_every_pair(&sandbox, &left, None);
+    ensure!(failed.is_empty(), "pings failed after c left: {failed:?}");
+    Ok(())
+}
