@@ -176,7 +176,7 @@ impl Source {
             metrics,
             changed: changed.clone(),
             mine: interfaces.clone(),
-            watches: Mutex::default(),
+            watches: KeyedWatches::new("the Routes of Interface"),
         });
         for store in routes.sync(&interfaces.state()) {
             ready.push(store.wait_until_ready().await);
@@ -188,7 +188,7 @@ impl Source {
             node: node_name.to_string(),
             metrics: routes.metrics.clone(),
             changed: changed.clone(),
-            watches: Mutex::default(),
+            watches: KeyedWatches::new("the members of Mesh"),
         });
         for store in meshes.sync(&interfaces.state()) {
             ready.push(store.wait_until_ready().await);
@@ -553,6 +553,76 @@ pub fn merge_peers(local: Vec<Arc<Peer>>, remote: Vec<Arc<Peer>>) -> Vec<Arc<Pee
     by_key.into_values().collect()
 }
 
+/// Watches of one kind, one per key (a namespace and a name), following a wanted set of keys:
+/// a key that appears gets a watch, a key that goes stops its watch, and a watch whose task
+/// ended is started again. Each task is aborted when its watch is dropped.
+struct KeyedWatches<K: kube::Resource<DynamicType = ()> + 'static> {
+    /// What the watches are of, for the warning when one ended (e.g. "the Routes of").
+    what: &'static str,
+    watches: Mutex<BTreeMap<ObjectKey, KeyedWatch<K>>>,
+}
+
+struct KeyedWatch<K: kube::Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K: kube::Resource<DynamicType = ()> + 'static> Drop for KeyedWatch<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<K> KeyedWatches<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            watches: Mutex::default(),
+        }
+    }
+
+    fn watches(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, KeyedWatch<K>>> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One watch for each key of `wanted`, `start`ed into a new store's writer when missing
+    /// (or its task ended); the watches of other keys stop. Returns the stores started.
+    fn sync(
+        &self,
+        wanted: BTreeSet<ObjectKey>,
+        mut start: impl FnMut(&ObjectKey, reflector::store::Writer<K>) -> tokio::task::JoinHandle<()>,
+    ) -> Vec<Store<K>> {
+        let mut watches = self.watches();
+        watches.retain(|key, watch| {
+            if watch.task.is_finished() {
+                tracing::warn!(namespace = %key.0, name = %key.1, "the watch of {} {} ended; starting it again", self.what, key.1);
+            }
+            wanted.contains(key) && !watch.task.is_finished()
+        });
+        let mut started = Vec::new();
+        for key in wanted {
+            if watches.contains_key(&key) {
+                continue;
+            }
+            let (store, writer) = reflector::store();
+            let task = start(&key, writer);
+            started.push(store.clone());
+            watches.insert(key, KeyedWatch { store, task });
+        }
+        started
+    }
+
+    fn state(&self) -> Vec<Arc<K>> {
+        self.watches()
+            .values()
+            .flat_map(|w| w.store.state())
+            .collect()
+    }
+}
+
 /// The Routes of this node: one watch per Interface of the node, of the Routes through it
 /// (field `spec.interface`, in its namespace). A field selector cannot say "one of these
 /// names", and a Route names its Interface, not its node.
@@ -563,48 +633,20 @@ struct RouteWatches {
     changed: Arc<Notify>,
     /// This node's Interfaces, for the watch event metric.
     mine: Store<Interface>,
-    watches: Mutex<BTreeMap<ObjectKey, RouteWatch>>,
-}
-
-/// The watch of the Routes of one Interface; its task is aborted when dropped.
-struct RouteWatch {
-    store: Store<Route>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RouteWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    watches: KeyedWatches<Route>,
 }
 
 impl RouteWatches {
-    fn watches(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, RouteWatch>> {
-        self.watches.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// One watch for each of `interfaces`: starts those missing (and any whose task
     /// ended), stops those of Interfaces gone. Returns the stores of the watches started.
     fn sync(&self, interfaces: &[Arc<Interface>]) -> Vec<Store<Route>> {
-        let wanted: BTreeSet<ObjectKey> = interfaces
+        let wanted = interfaces
             .iter()
             .map(|i| (i.namespace().unwrap_or_default(), i.name_any()))
             .collect();
-        let mut watches = self.watches();
-        watches.retain(|key, watch| {
-            if watch.task.is_finished() {
-                tracing::warn!(namespace = %key.0, interface = %key.1, "the watch of the Interface's Routes ended; starting it again");
-            }
-            wanted.contains(key) && !watch.task.is_finished()
-        });
-        let mut started = Vec::new();
-        for key in wanted {
-            if watches.contains_key(&key) {
-                continue;
-            }
-            let (store, writer) = reflector::store();
+        self.watches.sync(wanted, |key, writer| {
             let (node, mine) = (self.node.clone(), self.mine.clone());
-            let task = tokio::spawn(watch_into(
+            tokio::spawn(watch_into(
                 Watched::new(
                     "Routes",
                     Api::<Route>::namespaced(self.client.clone(), &key.0),
@@ -615,18 +657,12 @@ impl RouteWatches {
                     concerns::route(r, &node, &mine)
                 }),
                 self.changed.clone(),
-            ));
-            started.push(store.clone());
-            watches.insert(key, RouteWatch { store, task });
-        }
-        started
+            ))
+        })
     }
 
     fn state(&self) -> Vec<Arc<Route>> {
-        self.watches()
-            .values()
-            .flat_map(|w| w.store.state())
-            .collect()
+        self.watches.state()
     }
 }
 
@@ -641,30 +677,14 @@ struct MeshWatches {
     metrics: Arc<Metrics>,
     changed: Arc<Notify>,
     /// By (namespace, `kwire.dev/mesh` label value).
-    watches: Mutex<BTreeMap<ObjectKey, MeshWatch>>,
-}
-
-/// The watch of one Mesh's members; its task is aborted when dropped.
-struct MeshWatch {
-    store: Store<Interface>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for MeshWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    watches: KeyedWatches<Interface>,
 }
 
 impl MeshWatches {
-    fn watches(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, MeshWatch>> {
-        self.watches.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// One watch per Mesh that `interfaces` (this node's) are generated for: starts those
     /// missing (and any whose task ended), stops those of Meshes this node left.
     fn sync(&self, interfaces: &[Arc<Interface>]) -> Vec<Store<Interface>> {
-        let wanted: BTreeSet<ObjectKey> = interfaces
+        let wanted = interfaces
             .iter()
             .filter(|i| i.owner_references().iter().any(|o| o.kind == "Mesh"))
             .filter_map(|i| {
@@ -672,22 +692,10 @@ impl MeshWatches {
                 Some((i.namespace().unwrap_or_default(), label.clone()))
             })
             .collect();
-        let mut watches = self.watches();
-        watches.retain(|key, watch| {
-            if watch.task.is_finished() {
-                tracing::warn!(namespace = %key.0, mesh = %key.1, "the watch of the Mesh's members ended; starting it again");
-            }
-            wanted.contains(key) && !watch.task.is_finished()
-        });
-        let mut started = Vec::new();
-        for key in wanted {
-            if watches.contains_key(&key) {
-                continue;
-            }
-            let (store, writer) = reflector::store();
+        self.watches.sync(wanted, |key, writer| {
             let node = self.node.clone();
             let selector = format!("{}={}", kwire_mesh::names::LABEL_MESH, key.1);
-            let task = tokio::spawn(watch_into(
+            tokio::spawn(watch_into(
                 Watched::new(
                     "Mesh members",
                     Api::<Interface>::namespaced(self.client.clone(), &key.0),
@@ -698,18 +706,12 @@ impl MeshWatches {
                     concerns::interface(i, &node)
                 }),
                 self.changed.clone(),
-            ));
-            started.push(store.clone());
-            watches.insert(key, MeshWatch { store, task });
-        }
-        started
+            ))
+        })
     }
 
     fn state(&self) -> Vec<Arc<Interface>> {
-        self.watches()
-            .values()
-            .flat_map(|w| w.store.state())
-            .collect()
+        self.watches.state()
     }
 }
 
