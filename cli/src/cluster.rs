@@ -9,7 +9,7 @@ use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use kwire_crds::keys::KeyError;
-use kwire_crds::v1alpha1::{Interface, Network, Peer, Route};
+use kwire_crds::v1alpha1::{Interface, Mesh, Network, Peer, Route};
 
 /// Which kubeconfig and context to use; unset means what kubectl would use
 /// (`KUBECONFIG`, `~/.kube/config`, or the in-cluster ServiceAccount).
@@ -65,6 +65,7 @@ pub struct Objects {
     pub interfaces: Vec<Interface>,
     pub peers: Vec<Peer>,
     pub routes: Vec<Route>,
+    pub meshes: Vec<Mesh>,
 }
 
 impl Objects {
@@ -73,7 +74,14 @@ impl Objects {
             && self.interfaces.is_empty()
             && self.peers.is_empty()
             && self.routes.is_empty()
+            && self.meshes.is_empty()
     }
+}
+
+/// Whether an API error says the resource is not served: the Mesh kind is not installed
+/// (a cluster whose chart predates it).
+fn not_served(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 
 pub async fn list(client: &Client, scope: &Scope) -> Result<Objects> {
@@ -103,6 +111,11 @@ pub async fn list(client: &Client, scope: &Scope) -> Result<Objects> {
             .await
             .with_context(|| what("Routes"))?
             .items,
+        meshes: match api::<Mesh>(client, scope).list(&lp).await {
+            Ok(list) => list.items,
+            Err(e) if not_served(&e) => Vec::new(),
+            Err(e) => return Err(e).with_context(|| what("Meshes")),
+        },
     })
 }
 

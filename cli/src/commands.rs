@@ -340,6 +340,7 @@ async fn run_status(
         &objects.interfaces,
         &objects.peers,
         &objects.routes,
+        &objects.meshes,
         SystemTime::now(),
     );
     match output {
@@ -593,6 +594,7 @@ fn off_objects(off: &Offline) -> Objects {
         interfaces: off.interfaces.clone(),
         peers: off.peers.clone(),
         routes: off.routes.clone(),
+        meshes: Vec::new(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `kwire status`: the Interfaces, Peers and Routes of a namespace at a glance.
+//! `kwire status`: the Meshes, Interfaces, Peers and Routes of a namespace at a glance.
 //!
 //! [`view`] turns objects (as read from the API) into rows, [`render`] prints them as one
 //! set of tables per namespace; both are pure, with the clock and the choice of colour
@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt as _;
-use kwire_crds::v1alpha1::{Interface, Peer, Route, condition};
+use kwire_crds::v1alpha1::mesh::TopologyType;
+use kwire_crds::v1alpha1::{Interface, Mesh, Peer, Route, condition};
 use serde::Serialize;
 
 use crate::table::{Cell, Table, Tone, heading, human_age, human_bytes};
@@ -108,9 +109,45 @@ pub struct RouteRow {
     pub problems: Vec<ConditionView>,
 }
 
+/// A location of a `Locations` mesh and its elected gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationView {
+    pub name: String,
+    pub members: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshRow {
+    pub name: String,
+    pub topology: String,
+    /// Selected nodes (one generated Interface each), as the operator last reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_members: Option<u32>,
+    /// Up to 16 nodes whose member is not `Ready`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unready_members: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locations: Vec<LocationView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology_valid: Option<ConditionView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ConditionView>,
+    /// Every condition that is not `True`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<ConditionView>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NamespaceView {
     pub namespace: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub meshes: Vec<MeshRow>,
     pub interfaces: Vec<InterfaceRow>,
     pub peers: Vec<PeerRow>,
     pub routes: Vec<RouteRow>,
@@ -208,11 +245,40 @@ fn route_row(r: &Route) -> RouteRow {
     }
 }
 
+fn mesh_row(m: &Mesh) -> MeshRow {
+    let status = m.status.clone().unwrap_or_default();
+    let topology = match m.spec.topology.type_ {
+        TopologyType::FullMesh => "FullMesh",
+        TopologyType::HubAndSpoke => "HubAndSpoke",
+        TopologyType::Locations => "Locations",
+    };
+    MeshRow {
+        name: m.name_any(),
+        topology: topology.to_string(),
+        members: status.members,
+        ready_members: status.ready_members,
+        unready_members: status.unready_members.clone(),
+        locations: status
+            .locations
+            .iter()
+            .map(|l| LocationView {
+                name: l.name.clone(),
+                members: l.members,
+                gateway: l.gateway.clone(),
+            })
+            .collect(),
+        topology_valid: condition_of(&status.conditions, "TopologyValid"),
+        ready: condition_of(&status.conditions, condition::READY),
+        problems: not_true(&status.conditions),
+    }
+}
+
 /// The rows of every namespace that has objects, sorted by namespace and name.
 pub fn view(
     interfaces: &[Interface],
     peers: &[Peer],
     routes: &[Route],
+    meshes: &[Mesh],
     now: SystemTime,
 ) -> StatusView {
     let mut by_ns: BTreeMap<String, NamespaceView> = BTreeMap::new();
@@ -225,6 +291,10 @@ pub fn view(
             namespace: ns,
             ..NamespaceView::default()
         })
+    }
+    for m in meshes {
+        let row = mesh_row(m);
+        ns_view(&mut by_ns, m.namespace()).meshes.push(row);
     }
     for i in interfaces {
         let row = interface_row(i);
@@ -240,6 +310,7 @@ pub fn view(
     }
     let mut namespaces: Vec<NamespaceView> = by_ns.into_values().collect();
     for ns in &mut namespaces {
+        ns.meshes.sort_by(|a, b| a.name.cmp(&b.name));
         ns.interfaces.sort_by(|a, b| a.name.cmp(&b.name));
         ns.peers.sort_by(|a, b| a.name.cmp(&b.name));
         ns.routes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -273,9 +344,14 @@ fn or_dash(text: Option<String>) -> Cell {
 /// One line per condition that is not `True`, with its message: what to act on.
 fn problems(ns: &NamespaceView) -> Vec<String> {
     let rows = ns
-        .interfaces
+        .meshes
         .iter()
-        .map(|i| ("Interface", &i.name, &i.problems))
+        .map(|m| ("Mesh", &m.name, &m.problems))
+        .chain(
+            ns.interfaces
+                .iter()
+                .map(|i| ("Interface", &i.name, &i.problems)),
+        )
         .chain(ns.peers.iter().map(|p| ("Peer", &p.name, &p.problems)))
         .chain(ns.routes.iter().map(|r| ("Route", &r.name, &r.problems)));
     let mut out = Vec::new();
@@ -304,6 +380,36 @@ pub fn render(view: &StatusView, colour: bool) -> String {
         };
         out.push_str(&heading(&format!("Namespace {name}"), colour));
         out.push_str("\n\n");
+
+        let mut t = Table::new(&["MESH", "TOPOLOGY", "MEMBERS", "READY", "GATEWAYS", "VALID"]);
+        for m in &ns.meshes {
+            let gateways: Vec<String> = m
+                .locations
+                .iter()
+                .map(|l| format!("{}={}", l.name, l.gateway.as_deref().unwrap_or("<none>")))
+                .collect();
+            t.row(vec![
+                Cell::plain(&m.name),
+                Cell::plain(&m.topology),
+                match (m.ready_members, m.members) {
+                    (Some(r), Some(n)) => Cell::toned(
+                        format!("{r}/{n} ready"),
+                        if r == n { Tone::Good } else { Tone::Pending },
+                    ),
+                    _ => Cell::toned("<pending>", Tone::Pending),
+                },
+                condition_cell(m.ready.as_ref(), false),
+                or_dash((!gateways.is_empty()).then(|| gateways.join(","))),
+                condition_cell(m.topology_valid.as_ref(), false),
+            ]);
+        }
+        let meshes_shown = !t.is_empty();
+        if meshes_shown {
+            out.push_str(&t.render(colour));
+            if !ns.interfaces.is_empty() || !ns.peers.is_empty() || !ns.routes.is_empty() {
+                out.push('\n');
+            }
+        }
 
         let mut t = Table::new(&[
             "INTERFACE",
@@ -499,7 +605,7 @@ mod tests {
     #[test]
     fn the_relay_renders_as_tables_with_ages_bytes_and_reasons() {
         let (i, p, r) = fixture();
-        let text = render(&view(&i, &p, &r, now()), false);
+        let text = render(&view(&i, &p, &r, &[], now()), false);
         let expected = "\
 Namespace seed
 
@@ -525,7 +631,7 @@ c-to-a-network   c-wg0-server   10.1.0.0/24   10.2.0.1   -
     #[test]
     fn colour_marks_good_and_bad_conditions_only_when_asked() {
         let (i, p, r) = fixture();
-        let v = view(&i, &p, &r, now());
+        let v = view(&i, &p, &r, &[], now());
         let coloured = render(&v, true);
         assert!(coloured.contains("\x1b[32mHandshakeRecent\x1b[0m"));
         assert!(coloured.contains("\x1b[31mNoHandshake\x1b[0m"));
@@ -540,7 +646,7 @@ c-to-a-network   c-wg0-server   10.1.0.0/24   10.2.0.1   -
         i[0].status = None;
         i[0].spec.addresses = None;
         p[0].status = None;
-        let text = render(&view(&i, &p, &[], now()), false);
+        let text = render(&view(&i, &p, &[], &[], now()), false);
         assert!(
             text.contains(
                 "a-wg0-client   a      wg0-client   <pending>   11111   <pending>   -         -"
@@ -558,7 +664,7 @@ c-to-a-network   c-wg0-server   10.1.0.0/24   10.2.0.1   -
     #[test]
     fn the_json_rows_carry_full_values_for_scripts() {
         let (i, p, r) = fixture();
-        let v = view(&i, &p, &r, now());
+        let v = view(&i, &p, &r, &[], now());
         let json = serde_json::to_value(&v).unwrap();
         let peer = &json["namespaces"][0]["peers"][0];
         assert_eq!(peer["handshakeAgeSeconds"], 12);
@@ -581,8 +687,68 @@ c-to-a-network   c-wg0-server   10.1.0.0/24   10.2.0.1   -
     fn namespaces_are_separate_sections_in_name_order() {
         let (mut i, _, _) = fixture();
         i[0].metadata.namespace = Some("alpha".into());
-        let v = view(&i, &[], &[], now());
+        let v = view(&i, &[], &[], &[], now());
         let names: Vec<&str> = v.namespaces.iter().map(|n| n.namespace.as_str()).collect();
         assert_eq!(names, ["alpha", "seed"]);
+    }
+
+    /// A Locations Mesh as the operator reports it: one gateway per location, a member not
+    /// ready yet, and a FullMesh whose status has not been written.
+    fn meshes() -> Vec<Mesh> {
+        let yaml = "\
+apiVersion: kwire.dev/v1alpha1
+kind: Mesh
+metadata: {name: sites, namespace: seed}
+spec:
+  nodeSelector: {}
+  topology: {type: Locations}
+  networks: [{name: sites-v4}]
+  device: {deviceName: wgsites}
+status:
+  members: 6
+  readyMembers: 5
+  unreadyMembers: [f]
+  locations:
+  - {name: east, members: 3, gateway: a}
+  - {name: west, members: 3, gateway: d}
+  conditions:
+  - {type: TopologyValid, status: 'True', reason: Valid, message: ok, lastTransitionTime: '2027-01-15T07:00:00Z'}
+  - {type: Ready, status: 'False', reason: MembersNotReady, message: '1 of 6 members not Ready: f', lastTransitionTime: '2027-01-15T07:00:00Z'}
+---
+apiVersion: kwire.dev/v1alpha1
+kind: Mesh
+metadata: {name: overlay, namespace: seed}
+spec:
+  nodeSelector: {}
+  networks: [{name: overlay-v4}]
+  device: {deviceName: wgmesh}
+";
+        yaml.split("---\n")
+            .map(|doc| serde_saphyr::from_str(doc).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn meshes_come_first_with_members_gateways_and_what_is_wrong() {
+        let (i, _, _) = fixture();
+        let text = render(&view(&i[..1], &[], &[], &meshes(), now()), false);
+        let expected = "\
+Namespace seed
+
+MESH      TOPOLOGY    MEMBERS     READY                     GATEWAYS        VALID
+overlay   FullMesh    <pending>   -                         -               -
+sites     Locations   5/6 ready   False (MembersNotReady)   east=a,west=d   True
+
+INTERFACE      NODE   DEVICE       ADDRESS       PORT    KEY        BACKEND     READY
+a-wg0-client   a      wg0-client   10.1.0.1/24   11111   0bcdefgh   userspace   True
+
+! Mesh/sites: Ready=False MembersNotReady: 1 of 6 members not Ready: f
+";
+        assert_eq!(text, expected);
+        let json = serde_json::to_value(view(&[], &[], &[], &meshes(), now())).unwrap();
+        let sites = &json["namespaces"][0]["meshes"][1];
+        assert_eq!(sites["unreadyMembers"][0], "f");
+        assert_eq!(sites["locations"][1]["gateway"], "d");
+        assert_eq!(sites["topologyValid"]["status"], "True");
     }
 }
