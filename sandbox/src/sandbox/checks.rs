@@ -25,13 +25,13 @@ impl Sandbox {
             .collect())
     }
 
-    /// Waits until every Interface, Peer and Route is Ready and every Peer Connected (or,
-    /// without a keepalive, waiting for the traffic that starts its handshake).
+    /// Waits until every Mesh, Interface, Peer and Route is Ready and every Peer Connected
+    /// (or, without a keepalive, waiting for the traffic that starts its handshake).
     pub fn wait_ready(&self, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
             check_interrupted()?;
-            let objects = self.get("interfaces,peers,routes")?;
+            let objects = self.get("meshes,interfaces,peers,routes")?;
             let mut pending: Vec<String> = objects
                 .iter()
                 .filter_map(|o| not_true_line(o, "Ready"))
@@ -97,7 +97,8 @@ impl Sandbox {
 
     /// The pings a user of this topology expects to work: every Peer's remote address from
     /// the local node, every address inside a Route's destination from the Route's node,
-    /// and for an external Peer, its far side to the Interface's addresses and back.
+    /// for an external Peer, its far side to the Interface's addresses and back, and every
+    /// member of a Mesh to every other member's addresses.
     pub fn expected_pings(&self) -> Result<Vec<Ping>> {
         let interfaces = self.get("interfaces")?;
         let node_of = |name: &str| {
@@ -195,6 +196,7 @@ impl Sandbox {
                 }
             }
         }
+        pings.extend(mesh_pings(&interfaces));
         Ok(pings)
     }
 
@@ -283,6 +285,69 @@ fn far_side_pings(side: &FarSide, interface_addresses: &[IpNet], node: Option<&s
                 to: *address,
                 label: format!("{} → {} ({address})", side.interface, side.peer),
             });
+        }
+    }
+    pings
+}
+
+/// The Mesh an Interface was generated for: its namespace, its `kwire.dev/mesh` label and
+/// the controlling Mesh's uid (a hand-written Interface carrying the label has no such
+/// owner, and is not a member).
+fn mesh_of(interface: &Value) -> Option<(String, String, String)> {
+    let label = interface["metadata"]["labels"]["kwire.dev/mesh"].as_str()?;
+    let owner = interface["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|o| o["kind"] == "Mesh" && o["controller"] == true)?;
+    Some((
+        interface["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        label.to_string(),
+        owner["uid"].as_str()?.to_string(),
+    ))
+}
+
+/// Every member of each Mesh to every address of every other member of the same Mesh,
+/// whatever the topology: a full mesh answers directly, a hub and spoke or a mesh of
+/// locations through its hubs or gateways.
+fn mesh_pings(interfaces: &[Value]) -> Vec<Ping> {
+    let members: Vec<(&Value, (String, String, String))> = interfaces
+        .iter()
+        .filter_map(|i| Some((i, mesh_of(i)?)))
+        .collect();
+    let mut pings = Vec::new();
+    for (from, mesh) in &members {
+        let Some(node) = from["spec"]["nodeName"].as_str() else {
+            continue;
+        };
+        // A member pings the families it has an address of itself.
+        let families: BTreeSet<bool> = status_addresses(from)
+            .iter()
+            .map(|a| a.addr().is_ipv4())
+            .collect();
+        for (to, other) in &members {
+            if other != mesh || std::ptr::eq(*from, *to) {
+                continue;
+            }
+            let to_node = to["spec"]["nodeName"].as_str().unwrap_or("?");
+            for address in status_addresses(to) {
+                if !families.contains(&address.addr().is_ipv4()) {
+                    continue;
+                }
+                pings.push(Ping {
+                    from: node.to_string(),
+                    to: address.addr(),
+                    label: format!(
+                        "{} → {} ({}, Mesh {})",
+                        node.to_uppercase(),
+                        to_node.to_uppercase(),
+                        address.addr(),
+                        mesh.1
+                    ),
+                });
+            }
         }
     }
     pings
@@ -415,6 +480,47 @@ spec:
         assert_eq!(
             labels(&pings),
             ["peer/laptop: laptop → hub-wg0 (fd00:7::1) [fd00:7::1]"]
+        );
+    }
+
+    fn member(name: &str, node: &str, mesh: &str, uid: &str, addresses: &[&str]) -> Value {
+        serde_json::json!({
+            "kind": "Interface",
+            "metadata": {"name": name, "namespace": "n", "labels": {"kwire.dev/mesh": mesh},
+                "ownerReferences": [{"kind": "Mesh", "name": mesh, "uid": uid, "controller": true}]},
+            "spec": {"nodeName": node},
+            "status": {"addresses": addresses},
+        })
+    }
+
+    #[test]
+    fn every_mesh_member_pings_every_other_member_of_its_own_mesh_only() {
+        let mut hand_written = member("x", "x", "overlay", "u1", &["10.60.0.9/24"]);
+        hand_written["metadata"]["ownerReferences"] = serde_json::json!([]);
+        let interfaces = vec![
+            member("m-a", "a", "overlay", "u1", &["10.60.0.1/24", "fd00:60::1/64"]),
+            member("m-b", "b", "overlay", "u1", &["10.60.0.2/24", "fd00:60::2/64"]),
+            member("m-c", "c", "overlay", "u1", &["10.60.0.3/24"]),
+            member("o-a", "a", "other", "u2", &["10.70.0.1/24"]),
+            hand_written,
+        ];
+        let pings: Vec<String> = mesh_pings(&interfaces)
+            .iter()
+            .map(|p| format!("{}: {}", p.from, p.label))
+            .collect();
+        // C has no IPv6 address, so nobody pings it over IPv6 and it pings nobody over IPv6.
+        assert_eq!(
+            pings,
+            [
+                "a: A → B (10.60.0.2, Mesh overlay)",
+                "a: A → B (fd00:60::2, Mesh overlay)",
+                "a: A → C (10.60.0.3, Mesh overlay)",
+                "b: B → A (10.60.0.1, Mesh overlay)",
+                "b: B → A (fd00:60::1, Mesh overlay)",
+                "b: B → C (10.60.0.3, Mesh overlay)",
+                "c: C → A (10.60.0.1, Mesh overlay)",
+                "c: C → B (10.60.0.2, Mesh overlay)",
+            ]
         );
     }
 }

@@ -24,15 +24,25 @@ pub(super) struct Layout {
     pub far_sides: Vec<FarSide>,
 }
 
-/// The nodes declared by `Node` documents (`apiVersion: v1`, `kind: Node`): name → the
-/// labels in `metadata.labels`. Everything else of such a document is ignored here (the
+/// The nodes declared by `Node` documents (`apiVersion: v1`, `kind: Node`, alone or as items
+/// of a `List`): name → the labels in `metadata.labels`. Everything else of such a document is ignored here (the
 /// sandbox gives each node its own LAN address).
 fn declared_nodes(objects: &[KwireObject]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
     let mut out = BTreeMap::new();
-    for value in objects.iter().filter_map(|o| match o {
-        KwireObject::Other { kind, value } if kind == "Node" => Some(value),
+    // A `List` of Nodes (what `kubectl get nodes -o yaml` prints, and the node lists of
+    // examples/mesh) gives its items' labels too.
+    let listed = objects.iter().filter_map(|o| match o {
+        KwireObject::Other { kind, value } if kind == "List" => value["items"].as_array(),
         _ => None,
-    }) {
+    });
+    for value in objects
+        .iter()
+        .filter_map(|o| match o {
+            KwireObject::Other { kind, value } if kind == "Node" => Some(value),
+            _ => None,
+        })
+        .chain(listed.flatten().filter(|item| item["kind"] == "Node"))
+    {
         if value.get("apiVersion").and_then(|v| v.as_str()) != Some("v1") {
             return Err(Error::Topology(
                 "a Node document needs apiVersion: v1 (it gives a sandbox node its labels)".into(),
@@ -177,6 +187,20 @@ mod tests {
         assert_eq!(layout.node_labels["vm03"].len(), 1);
         assert!(layout.node_labels["vm04"].is_empty());
         assert!(!layout.node_labels.contains_key("vm02"));
+    }
+
+    #[test]
+    fn a_list_of_nodes_as_kubectl_prints_it_gives_the_nodes_and_their_labels() {
+        let text = format!(
+            "{}\n---\n{}",
+            include_str!("../../../examples/mesh/full-mesh.yaml"),
+            include_str!("../../../examples/mesh/full-mesh.nodes.yaml")
+        );
+        let layout = plan(&text).unwrap();
+        let names: Vec<&str> = layout.nodes.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        assert_eq!(layout.node_labels["a"]["kwire.dev/mesh"], "overlay");
+        assert!(layout.node_labels["d"].is_empty());
     }
 
     #[test]
