@@ -498,8 +498,20 @@ spec:
         let mut hand_written = member("x", "x", "overlay", "u1", &["10.60.0.9/24"]);
         hand_written["metadata"]["ownerReferences"] = serde_json::json!([]);
         let interfaces = vec![
-            member("m-a", "a", "overlay", "u1", &["10.60.0.1/24", "fd00:60::1/64"]),
-            member("m-b", "b", "overlay", "u1", &["10.60.0.2/24", "fd00:60::2/64"]),
+            member(
+                "m-a",
+                "a",
+                "overlay",
+                "u1",
+                &["10.60.0.1/24", "fd00:60::1/64"],
+            ),
+            member(
+                "m-b",
+                "b",
+                "overlay",
+                "u1",
+                &["10.60.0.2/24", "fd00:60::2/64"],
+            ),
             member("m-c", "c", "overlay", "u1", &["10.60.0.3/24"]),
             member("o-a", "a", "other", "u2", &["10.70.0.1/24"]),
             hand_written,
