@@ -9,7 +9,11 @@
 //!   `status.observedGeneration` (and every condition's) equals `metadata.generation`, which
 //!   is what kstatus (Flux's `wait`, `kpt live status`) reports as `Current`;
 //! - after a change in Git (a Peer's keepalive), the generation moves, kwire catches up to
-//!   it, the device follows, and the cluster is in sync with the new manifests again.
+//!   it, the device follows, and the cluster is in sync with the new manifests again;
+//! - the same holds for a converged Mesh (examples/mesh/full-mesh.yaml): its manifests show
+//!   no diff and re-applying them writes nothing, although the operator generated an
+//!   Interface per member; each generated Interface is the Mesh's child (a controller owner
+//!   reference to the Mesh's uid, which Argo CD's resource tree follows) and Current too.
 //!
 //! Needs root, `ip`, `wg`, `wireguard-go`, `ping` and `socat` (prints `SKIPPED …` and passes
 //! otherwise), and the workspace binaries: `cargo build --workspace --bins` first.
@@ -29,7 +33,8 @@ use serde_json::Value;
 
 const NAMESPACE: &str = "gitops";
 /// Every kind kwire has, as `kubectl get` takes them.
-const KINDS: &str = "networks.kwire.dev,interfaces.kwire.dev,peers.kwire.dev,routes.kwire.dev";
+const KINDS: &str =
+    "networks.kwire.dev,interfaces.kwire.dev,peers.kwire.dev,routes.kwire.dev,meshes.kwire.dev";
 /// A bound on waiting for convergence, not a timing assertion: other tests share the cores.
 const CONVERGE: Duration = Duration::from_secs(300);
 
@@ -172,12 +177,20 @@ fn assert_reapply_changes_nothing(
         stdin,
     )?;
     ensure!(out.status.success(), "kubectl apply: {}", text(&out));
-    let after = by_key(&serde_json::from_slice(&out.stdout)?);
+    let applied = by_key(&serde_json::from_slice(&out.stdout)?);
     ensure!(
-        after.len() == before.len() && after.keys().eq(before.keys()),
-        "the apply returned {:?}, the namespace holds {:?}",
-        after.keys().collect::<Vec<_>>(),
+        applied.keys().all(|k| before.contains_key(k)),
+        "the apply returned {:?}, the namespace held {:?}",
+        applied.keys().collect::<Vec<_>>(),
         before.keys().collect::<Vec<_>>()
+    );
+    // Every object of the namespace, the ones kwire generated from the manifests included.
+    let after = live_objects(sandbox)?;
+    ensure!(
+        after.keys().eq(before.keys()),
+        "the namespace held {:?}, and {:?} after the apply",
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
     );
     let mut kept = 0;
     let mut status_only = Vec::new();
@@ -187,6 +200,7 @@ fn assert_reapply_changes_nothing(
         let rv = |o: &Value| o["metadata"]["resourceVersion"].as_str().map(str::to_owned);
         // Compared whatever the resourceVersions say, so that the comparison is exercised
         // on every run and not only when a status write races the apply.
+        let new = applied.get(key).unwrap_or(new);
         if apply_view(old) != apply_view(new) {
             changed.push(format!(
                 "{key}: resourceVersion {:?} -> {:?}\n  before: {}\n  after:  {}",
@@ -406,5 +420,67 @@ async fn converged_seed_relay_is_in_sync_with_git() -> Result<()> {
         "in sync with Git, {:.1}s in all",
         began.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The full mesh of examples/mesh, converged, is in sync with Git, and what the operator
+/// generated from it is the Mesh's and nobody else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converged_mesh_is_in_sync_with_git_and_owns_what_it_generated() -> Result<()> {
+    if let Err(why) = can_run_network_tests() {
+        eprintln!("SKIPPED converged_mesh_is_in_sync_with_git_and_owns_what_it_generated: {why}");
+        return Ok(());
+    }
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mesh");
+    let mesh_file = examples.join("full-mesh.yaml").canonicalize()?;
+    let nodes_file = examples.join("full-mesh.nodes.yaml").canonicalize()?;
+    let file = mesh_file
+        .to_str()
+        .ok_or_else(|| anyhow!("path is not UTF-8"))?;
+    let sandbox = Sandbox::up(&[mesh_file.clone(), nodes_file], NAMESPACE, false).await?;
+    let waited = sandbox.wait_ready(CONVERGE)?;
+    eprintln!(
+        "Mesh Ready {:.1}s after the apply\n{}",
+        waited.as_secs_f64(),
+        sandbox.status_table()
+    );
+    kubectl_wait_ready(&sandbox, &["mesh", "--all"])?;
+    wait_current(&sandbox)?;
+
+    let live = live_objects(&sandbox)?;
+    let mesh = live
+        .get("Mesh/overlay")
+        .ok_or_else(|| anyhow!("no Mesh overlay: {:?}", live.keys().collect::<Vec<_>>()))?;
+    let uid = mesh["metadata"]["uid"].as_str().unwrap_or_default();
+    let generated: Vec<&Value> = live
+        .iter()
+        .filter(|(k, _)| k.starts_with("Interface/"))
+        .map(|(_, o)| o)
+        .collect();
+    ensure!(
+        generated.len() == 3,
+        "3 labelled nodes, so 3 generated Interfaces: {:?}",
+        live.keys().collect::<Vec<_>>()
+    );
+    for i in &generated {
+        let owners = i["metadata"]["ownerReferences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        ensure!(
+            owners.len() == 1
+                && owners[0]["kind"] == "Mesh"
+                && owners[0]["name"] == "overlay"
+                && owners[0]["uid"] == uid
+                && owners[0]["controller"] == true,
+            "{} is not the Mesh's child: {owners:?}",
+            i["metadata"]["name"]
+        );
+    }
+    eprintln!("3 generated Interfaces, each controlled by Mesh overlay (uid {uid})");
+
+    assert_no_diff(&sandbox, file, None)?;
+    assert_reapply_changes_nothing(&sandbox, file, None)?;
+    assert_no_diff(&sandbox, file, None)?;
     Ok(())
 }
