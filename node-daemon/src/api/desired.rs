@@ -485,8 +485,10 @@ fn add_mesh_peers(
         let network_cidrs: Vec<IpNet> = own_addresses.iter().map(IpNet::trunc).collect();
         let mut configured = Vec::new();
         for link in links {
-            let Some((public_key, config)) =
-                mesh_peer(&link, same_mesh[&link.member], &addresses, &network_cidrs)
+            let Some(member) = same_mesh.get(&link.member) else {
+                continue;
+            };
+            let Some((public_key, config)) = mesh_peer(&link, member, &addresses, &network_cidrs)
             else {
                 continue;
             };
