@@ -57,6 +57,13 @@ impl Role {
             Role::Gateway => "gateway",
         }
     }
+
+    /// The role a `kwire.dev/mesh-role` label names.
+    pub fn parse(value: &str) -> Option<Role> {
+        [Role::Member, Role::Hub, Role::Spoke, Role::Gateway]
+            .into_iter()
+            .find(|r| r.as_str() == value)
+    }
 }
 
 /// Choices that must not change while their reason holds: each location's gateway and each
@@ -192,7 +199,8 @@ pub fn expand(
         device_name,
         listen_port: spec.device.listen_port,
         mtu: spec.device.mtu,
-        persistent_keepalive: spec.device.persistent_keepalive,
+        // 0 is off, as no keepalive.
+        persistent_keepalive: spec.device.persistent_keepalive.filter(|s| *s > 0),
         key_mode: spec.device.key_mode,
         key_rotation: spec.device.key_rotation.clone(),
         networks: spec.networks.iter().map(|n| n.name.to_string()).collect(),
@@ -260,8 +268,6 @@ pub fn expand(
         })
         .collect();
 
-    let mut locations = Vec::new();
-    let mut location_of = vec![0; members.len()];
     match spec.topology.type_ {
         TopologyType::FullMesh => {}
         TopologyType::HubAndSpoke => {
@@ -304,7 +310,7 @@ pub fn expand(
                     .unwrap_or_else(|| own_location(&n.name));
                 groups.entry(name).or_default().push(i);
             }
-            for (li, (name, idx)) in groups.into_iter().enumerate() {
+            for (name, idx) in groups {
                 let eligible: Vec<usize> = idx
                     .iter()
                     .copied()
@@ -322,7 +328,6 @@ pub fn expand(
                 let gateway = recorded.or(eligible.first().copied());
                 for &i in &idx {
                     members[i].location = Some(name.clone());
-                    location_of[i] = li;
                     if eligible.contains(&i) {
                         members[i].gateway_endpoint = selected[i].address(gateway_address);
                     }
@@ -330,35 +335,82 @@ pub fn expand(
                 if let Some(g) = gateway {
                     members[g].role = Role::Gateway;
                 }
-                locations.push(Location {
-                    name,
-                    members: idx.iter().map(|&i| members[i].name.clone()).collect(),
-                    gateway: gateway.map(|g| members[g].name.clone()),
-                    eligible: eligible.len(),
-                });
             }
         }
     }
     for m in &mut members {
         m.forwarding = matches!(m.role, Role::Hub | Role::Gateway) || !m.announced.is_empty();
     }
-    let by_name = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.name.clone(), i))
-        .collect();
-    Ok(Expansion {
-        mesh: mesh.to_string(),
-        topology: spec.topology.type_,
+    Ok(Expansion::from_members(
+        mesh,
+        spec.topology.type_,
         device,
         members,
-        locations,
-        by_name,
-        location_of,
-    })
+    ))
 }
 
 impl Expansion {
+    /// An expansion from members whose roles, locations, primary hubs and announced
+    /// prefixes are already decided: [`expand`] ends here, and a node daemon builds its
+    /// view of a Mesh here from the members' generated Interfaces
+    /// ([`crate::members`]), so that both compute links with the same rules.
+    ///
+    /// In `Locations`, a member without a location is a location of its own; each location's
+    /// gateway is its member with role [`Role::Gateway`], and `eligible` counts its members
+    /// with a gateway endpoint (all that could be gateway in [`expand`]; in a daemon's view,
+    /// where only gateways say theirs, the gateway). Other topologies have no locations.
+    pub fn from_members(
+        mesh: &str,
+        topology: TopologyType,
+        device: DeviceSettings,
+        mut members: Vec<Member>,
+    ) -> Expansion {
+        members.sort_by(|a, b| a.node.cmp(&b.node).then_with(|| a.name.cmp(&b.name)));
+        let mut locations = Vec::new();
+        let mut location_of = vec![0; members.len()];
+        if topology == TopologyType::Locations {
+            let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for (i, m) in members.iter_mut().enumerate() {
+                let name = m
+                    .location
+                    .get_or_insert_with(|| own_location(&m.node))
+                    .clone();
+                groups.entry(name).or_default().push(i);
+            }
+            for (li, (name, idx)) in groups.into_iter().enumerate() {
+                for &i in &idx {
+                    location_of[i] = li;
+                }
+                locations.push(Location {
+                    name,
+                    members: idx.iter().map(|&i| members[i].name.clone()).collect(),
+                    gateway: idx
+                        .iter()
+                        .find(|&&i| members[i].role == Role::Gateway)
+                        .map(|&i| members[i].name.clone()),
+                    eligible: idx
+                        .iter()
+                        .filter(|&&i| members[i].gateway_endpoint.is_some())
+                        .count(),
+                });
+            }
+        }
+        let by_name = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i))
+            .collect();
+        Expansion {
+            mesh: mesh.to_string(),
+            topology,
+            device,
+            members,
+            locations,
+            by_name,
+            location_of,
+        }
+    }
+
     /// The member with this (generated Interface) name.
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.by_name.get(name).map(|&i| &self.members[i])

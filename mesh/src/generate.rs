@@ -9,30 +9,65 @@ use kwire_crds::names::ObjectName;
 use kwire_crds::v1alpha1::{Interface, InterfaceSpec, NetworkAllocation};
 
 use crate::api::Mesh;
-use crate::expand::{Expansion, Member};
-use crate::names::{ANNOTATION_KEEPALIVE, LABEL_LOCATION, LABEL_MESH, LABEL_ROLE, label_value};
+use crate::api::TopologyType;
+use crate::expand::{Expansion, Member, Role, own_location};
+use crate::names::{
+    ANNOTATION_ANNOUNCE, ANNOTATION_GATEWAY_ENDPOINT, ANNOTATION_KEEPALIVE, ANNOTATION_PRIMARY_HUB,
+    ANNOTATION_TOPOLOGY, LABEL_LOCATION, LABEL_MESH, LABEL_ROLE, label_value,
+};
 
 /// The labels of a member's generated Interface: its Mesh, its role and, in a `Locations`
-/// mesh, its location.
+/// mesh, its location (unless it is a location of its own, `node:<name>`, which is not a
+/// label value: no label then, and readers take the member's node).
 pub fn member_labels(expansion: &Expansion, member: &Member) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         (LABEL_MESH.to_string(), label_value(&expansion.mesh)),
         (LABEL_ROLE.to_string(), member.role.as_str().to_string()),
     ]);
-    if let Some(location) = &member.location {
+    if let Some(location) = &member.location
+        && *location != own_location(&member.node)
+    {
         labels.insert(LABEL_LOCATION.to_string(), label_value(location));
     }
     labels
 }
 
-/// The annotations of a member's generated Interface: the keepalive of its peers, when the
-/// Mesh sets one (0 is off: no annotation).
-pub fn member_annotations(expansion: &Expansion) -> Option<BTreeMap<String, String>> {
-    let seconds = expansion.device.persistent_keepalive.filter(|s| *s > 0)?;
-    Some(BTreeMap::from([(
-        ANNOTATION_KEEPALIVE.to_string(),
-        seconds.to_string(),
-    )]))
+/// The annotations of a member's generated Interface: what its node daemon and the other
+/// members' daemons need besides the labels, since they do not read Nodes or the Mesh
+/// (decision 0010). Each only when it applies: the keepalive of its peers (0 is off), the
+/// topology (not for `FullMesh`), a spoke's primary hub, the announced prefixes, and a
+/// gateway's gateway address when it is not its endpoint's. `None` when there is none.
+pub fn member_annotations(
+    expansion: &Expansion,
+    member: &Member,
+) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if let Some(seconds) = expansion.device.persistent_keepalive.filter(|s| *s > 0) {
+        out.insert(ANNOTATION_KEEPALIVE.to_string(), seconds.to_string());
+    }
+    let topology = match expansion.topology {
+        TopologyType::FullMesh => None,
+        TopologyType::HubAndSpoke => Some("HubAndSpoke"),
+        TopologyType::Locations => Some("Locations"),
+    };
+    if let Some(t) = topology {
+        out.insert(ANNOTATION_TOPOLOGY.to_string(), t.to_string());
+    }
+    if let Some(hub) = &member.primary_hub {
+        out.insert(ANNOTATION_PRIMARY_HUB.to_string(), hub.clone());
+    }
+    if !member.announced.is_empty() {
+        let list: Vec<String> = member.announced.iter().map(ToString::to_string).collect();
+        out.insert(ANNOTATION_ANNOUNCE.to_string(), list.join(","));
+    }
+    if member.role == Role::Gateway
+        && let Some(address) = member
+            .gateway_endpoint
+            .filter(|a| Some(*a) != member.endpoint)
+    {
+        out.insert(ANNOTATION_GATEWAY_ENDPOINT.to_string(), address.to_string());
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The spec of a member's Interface. Its endpoint is left to the default (the Node's
@@ -73,7 +108,7 @@ pub fn member_interface(mesh: &Mesh, expansion: &Expansion, member: &Member) -> 
         name: Some(member.name.clone()),
         namespace: mesh.metadata.namespace.clone(),
         labels: Some(member_labels(expansion, member)),
-        annotations: member_annotations(expansion),
+        annotations: member_annotations(expansion, member),
         owner_references: Some(vec![owner]),
         ..Default::default()
     };

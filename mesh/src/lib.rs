@@ -7,6 +7,7 @@
 //! - [`expand()`]: a Mesh over a list of nodes → members (one generated Interface each) and,
 //!   per member, its peers and what goes through each;
 //! - [`generate`]: the Interface object of a member, owned by its Mesh;
+//! - [`members`]: a Mesh read back from its generated Interfaces, as node daemons see it;
 //! - [`check`]: what `kwire lint` will report (no hub, no gateway, clashes, overlaps, names);
 //! - [`health`]: a member's bounded summary of its peers.
 //!
@@ -26,6 +27,7 @@ pub mod check;
 pub mod expand;
 pub mod generate;
 pub mod health;
+pub mod members;
 pub mod names;
 pub mod node;
 pub mod selector;

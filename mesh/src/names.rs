@@ -14,6 +14,28 @@ pub const LABEL_LOCATION: &str = "kwire.dev/mesh-location";
 /// An Interface has no keepalive field (keepalive is per peer), and the daemons read the
 /// members' Interfaces, not the Mesh (decision 0010).
 pub const ANNOTATION_KEEPALIVE: &str = "kwire.dev/mesh-persistent-keepalive";
+/// Annotation on the generated Interfaces of a `HubAndSpoke` or `Locations` mesh: the
+/// topology (`HubAndSpoke`, `Locations`; absent: `FullMesh`), so that a member's node daemon
+/// knows which link rules apply without reading the Mesh.
+pub const ANNOTATION_TOPOLOGY: &str = "kwire.dev/mesh-topology";
+/// Annotation on a spoke's generated Interface: the node of its primary hub. It is also the
+/// operator's record of the election, read back at the next expansion so that it is sticky.
+pub const ANNOTATION_PRIMARY_HUB: &str = "kwire.dev/mesh-primary-hub";
+/// Annotation on a member's generated Interface when it announces prefixes (`spec.announce`):
+/// the prefixes, comma-separated. The other members' daemons route them through the mesh.
+pub const ANNOTATION_ANNOUNCE: &str = "kwire.dev/mesh-announce";
+/// Annotation on a gateway's generated Interface when the address the other gateways reach
+/// it on (`spec.topology.locations.gatewayAddress`) is not its endpoint's: that address.
+pub const ANNOTATION_GATEWAY_ENDPOINT: &str = "kwire.dev/mesh-gateway-endpoint";
+/// Every annotation the operator writes on a generated Interface: it owns them, adds and
+/// removes them as the expansion says.
+pub const MEMBER_ANNOTATIONS: [&str; 5] = [
+    ANNOTATION_KEEPALIVE,
+    ANNOTATION_TOPOLOGY,
+    ANNOTATION_PRIMARY_HUB,
+    ANNOTATION_ANNOUNCE,
+    ANNOTATION_GATEWAY_ENDPOINT,
+];
 
 const MAX_NAME: usize = 253;
 const HASH_HEX: usize = 10;

@@ -320,7 +320,14 @@ fn the_generated_interface_is_owned_by_the_mesh_and_labelled() {
     assert_eq!(labels["kwire.dev/mesh"], "overlay");
     assert_eq!(labels["kwire.dev/mesh-role"], "gateway");
     assert_eq!(labels["kwire.dev/mesh-location"], "a");
-    assert!(object.metadata.annotations.is_none(), "no keepalive asked");
+    let annotations = object.metadata.annotations.unwrap();
+    assert!(
+        !annotations.contains_key("kwire.dev/mesh-persistent-keepalive"),
+        "no keepalive asked"
+    );
+    // What the members' daemons need besides the labels: the topology and the prefixes.
+    assert_eq!(annotations["kwire.dev/mesh-topology"], "Locations");
+    assert_eq!(annotations["kwire.dev/mesh-announce"], "10.244.1.0/24");
 
     let mut with_keepalive = s.clone();
     with_keepalive.device.persistent_keepalive = Some(25);

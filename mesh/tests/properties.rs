@@ -251,4 +251,49 @@ proptest! {
             prop_assert!(after.links(&m.name).unwrap().iter().all(|l| l.node != gone));
         }
     }
+
+    /// What a node daemon computes from the generated Interfaces (labels, annotations,
+    /// spec, and the endpoints of their status) is what the expansion says: every member's
+    /// links, in any topology, with keepalive and announced prefixes, after a join with the
+    /// recorded decisions too.
+    #[test]
+    fn links_from_the_generated_interfaces_are_the_expansions(
+        nodes in arb_nodes(12),
+        topology in arb_topology(),
+        keepalive in prop::option::of(0..30u16),
+        extra in arb_node(40),
+    ) {
+        use kwire_mesh::generate::member_interface;
+        use kwire_mesh::members::{device_of, member_of, topology_of};
+        let mut s = spec(topology);
+        s.device.device_name = Some("wgmesh".parse().unwrap());
+        s.device.persistent_keepalive = keepalive;
+        let first = expand("m", &s, &nodes, &Decisions::default()).unwrap();
+        let mut grown = nodes.clone();
+        grown.push(extra);
+        let e = expand("m", &s, &grown, &first.decisions()).unwrap();
+        let mut mesh = kwire_mesh::Mesh::new("m", s);
+        mesh.metadata.uid = Some("uid".into());
+        let interfaces: Vec<_> = e
+            .members
+            .iter()
+            .map(|m| (member_interface(&mesh, &e, m).unwrap(), m.endpoint))
+            .collect();
+        for (local, _) in &interfaces {
+            let topology = topology_of(local);
+            let read = interfaces
+                .iter()
+                .map(|(i, endpoint)| member_of(i, topology, *endpoint).unwrap())
+                .collect();
+            let view = Expansion::from_members("m", topology, device_of(local).unwrap(), read);
+            let name = local.metadata.name.as_deref().unwrap();
+            prop_assert_eq!(view.links(name), e.links(name));
+            // The same member record, but for the gateway endpoint, which only gateways say.
+            let mut expected = e.member(name).unwrap().clone();
+            if expected.role != Role::Gateway {
+                expected.gateway_endpoint = None;
+            }
+            prop_assert_eq!(view.member(name), Some(&expected));
+        }
+    }
 }

@@ -14,8 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use kube::ResourceExt;
 use kwire_crds::v1alpha1::{Interface, KeyMode, MAIN_TABLE, Peer, Route};
-use kwire_mesh::Role;
-use kwire_mesh::names::{ANNOTATION_KEEPALIVE, LABEL_MESH, LABEL_ROLE};
+use kwire_mesh::names::LABEL_MESH;
+use kwire_mesh::{Expansion, PeerLink, members};
 
 use crate::model::{
     DesiredDevice, DesiredNode, DesiredRoute, IfaceName, OwnerRef, PeerConfig, PresharedKey,
@@ -149,8 +149,12 @@ pub fn translate(objects: &NodeObjects<'_>) -> Translation {
     }
 
     add_peers(objects, &mut out);
-    add_mesh_peers(objects, &mut out);
+    let mesh_routes = add_mesh_peers(objects, &mut out);
     add_routes(objects, &mut out);
+    for (key, route) in mesh_routes {
+        // A Route object to the same destination keeps its route.
+        out.desired.routes.entry(key).or_insert(route);
+    }
     set_node_forwarding(&mut out.desired);
     out.desired.retained = out.retained.clone();
     out
@@ -396,14 +400,31 @@ fn mesh_of(interface: &Interface) -> Option<(String, String, String)> {
     ))
 }
 
-/// The peers of this node's Mesh members, derived from the other members' generated
-/// Interfaces (decision 0010, "How a member sees the others"): in a `FullMesh` every other
-/// member of the same Mesh is a peer, reached on its `status.endpoint`, with its addresses
-/// (`status.addresses`, one host prefix each) as allowed IPs. A member whose key, address or
-/// endpoint is not known yet is left out until it is; nothing else is disturbed. The
-/// entries go into the same [`DesiredDevice::peers`] as Peer objects' and are applied by
-/// the same diff.
-fn add_mesh_peers(objects: &NodeObjects<'_>, out: &mut Translation) {
+/// The peers of this node's Mesh members, derived from the members' generated Interfaces
+/// (decision 0010, "How a member sees the others"), with the link rules of `kwire-mesh`:
+/// each Interface of the same Mesh (same label and controlling Mesh uid, so a hand-written
+/// Interface carrying the label is ignored) is read back into a member
+/// ([`kwire_mesh::members::member_of`]: role, location, primary hub, announced prefixes from
+/// its labels and annotations, endpoint from its `status.endpoint`), and
+/// [`Expansion::from_members`] gives this member's links, as the operator's expansion does.
+///
+/// Each link becomes a peer: the member's `status.publicKey`, the link's endpoint, and as
+/// allowed IPs the host prefixes of the members it carries (their `status.addresses`), the
+/// mesh networks' CIDRs (from this member's own addresses and their prefix length) when it
+/// carries the networks, and the announced prefixes it carries. A standby link (a spoke's
+/// link to a hub that is not its primary one) has no allowed IPs: key and endpoint only. A
+/// member whose key, addresses or endpoint are not known yet is left out until they are;
+/// nothing else waits. The entries go into the same [`DesiredDevice::peers`] as Peer
+/// objects' and are applied by the same diff; a key a Peer object configures keeps the
+/// Peer's entry.
+///
+/// Returns the routes of the announced prefixes that go through this node's mesh peers:
+/// through the member's device, added after the Route objects' (which win a clash).
+fn add_mesh_peers(
+    objects: &NodeObjects<'_>,
+    out: &mut Translation,
+) -> Vec<(RouteKey, DesiredRoute)> {
+    let mut routes = Vec::new();
     let mut members: Vec<&Interface> = objects
         .mesh_members
         .iter()
@@ -413,9 +434,6 @@ fn add_mesh_peers(objects: &NodeObjects<'_>, out: &mut Translation) {
     members.sort_by_key(|i| key_of(*i));
     for local in &objects.interfaces {
         let Some(mesh) = mesh_of(local) else { continue };
-        if local.labels().get(LABEL_ROLE).map(String::as_str) != Some(Role::Member.as_str()) {
-            continue;
-        }
         let key = key_of(*local);
         let Some(device) = out.devices.get(&key).cloned() else {
             continue;
@@ -423,52 +441,108 @@ fn add_mesh_peers(objects: &NodeObjects<'_>, out: &mut Translation) {
         if out.retained.contains(&device) {
             continue;
         }
-        // What this member sends to keep its peers' NAT mappings open (its own setting).
-        let keepalive = local
-            .annotations()
-            .get(ANNOTATION_KEEPALIVE)
-            .and_then(|s| s.parse::<u16>().ok())
-            .filter(|s| *s > 0);
-        for other in &members {
-            if key_of(*other) == key || mesh_of(other).as_ref() != Some(&mesh) {
+        let Some(settings) = members::device_of(local) else {
+            continue;
+        };
+        let Some(own_addresses) = out
+            .desired
+            .devices
+            .get(&device)
+            .map(|d| d.addresses.clone())
+        else {
+            continue;
+        };
+        let topology = members::topology_of(local);
+        let same_mesh: BTreeMap<String, &Interface> = members
+            .iter()
+            .copied()
+            .filter(|i| key_of(*i) != key && mesh_of(i).as_ref() == Some(&mesh))
+            .chain([*local])
+            .map(|i| (i.name_any(), i))
+            .collect();
+        let endpoints: BTreeMap<&str, SocketAddr> = same_mesh
+            .iter()
+            .filter_map(|(name, i)| {
+                let text = i.status.as_ref()?.endpoint.as_deref()?;
+                Some((name.as_str(), resolve_endpoint(text, objects).ok()?))
+            })
+            .collect();
+        let records = same_mesh
+            .iter()
+            .filter_map(|(name, i)| {
+                let endpoint = endpoints.get(name.as_str()).map(SocketAddr::ip);
+                members::member_of(i, topology, endpoint)
+            })
+            .collect();
+        let view = Expansion::from_members(&mesh.1, topology, settings, records);
+        let Some(links) = view.links(&local.name_any()) else {
+            continue;
+        };
+        let addresses: BTreeMap<String, Vec<IpAddr>> = same_mesh
+            .iter()
+            .map(|(name, i)| (name.clone(), member_addresses(i)))
+            .collect();
+        let network_cidrs: Vec<IpNet> = own_addresses.iter().map(IpNet::trunc).collect();
+        let mut configured = Vec::new();
+        for link in links {
+            let Some(member) = same_mesh.get(&link.member) else {
                 continue;
-            }
-            let Some((public_key, config)) = mesh_peer(other, keepalive, objects) else {
+            };
+            let Some((public_key, config)) = mesh_peer(&link, member, &addresses, &network_cidrs)
+            else {
                 continue;
             };
             let Some(desired) = out.desired.devices.get_mut(&device) else {
                 continue;
             };
-            // A key already configured by a Peer object stays as that object says.
             desired.peers.entry(public_key).or_insert(config);
+            configured.push(link);
+        }
+        for prefix in view.routes(&configured) {
+            let route = DesiredRoute {
+                device: device.clone(),
+                via: None,
+                metric: None,
+            };
+            routes.push((RouteKey::new(MAIN_TABLE, prefix), route));
         }
     }
+    routes
 }
 
-/// The peer entry for another member, once its key, addresses and endpoint are known.
+/// A member's addresses, from its `status.addresses`.
+fn member_addresses(member: &Interface) -> Vec<IpAddr> {
+    member
+        .status
+        .iter()
+        .flat_map(|s| &s.addresses)
+        .filter_map(|a| a.parse::<IpNet>().ok())
+        .map(|a| a.addr())
+        .collect()
+}
+
+/// The peer entry of a link to another member, once its key, endpoint and addresses are
+/// known.
 fn mesh_peer(
+    link: &PeerLink,
     member: &Interface,
-    persistent_keepalive: Option<u16>,
-    objects: &NodeObjects<'_>,
+    addresses: &BTreeMap<String, Vec<IpAddr>>,
+    network_cidrs: &[IpNet],
 ) -> Option<(PublicKey, PeerConfig)> {
     let status = member.status.as_ref()?;
     let public_key: PublicKey = status.public_key.as_deref()?.parse().ok()?;
-    let allowed_ips: BTreeSet<IpNet> = status
-        .addresses
-        .iter()
-        .filter_map(|a| a.parse::<IpNet>().ok())
-        .map(|a| IpNet::from(a.addr()))
-        .collect();
-    if allowed_ips.is_empty() {
+    if addresses.get(&link.member).is_none_or(Vec::is_empty) {
         return None;
     }
-    let endpoint = resolve_endpoint(status.endpoint.as_deref()?, objects).ok()?;
+    let allowed_ips = Expansion::allowed_ips(link, addresses, network_cidrs)
+        .into_iter()
+        .collect();
     Some((
         public_key,
         PeerConfig {
-            endpoint: Some(endpoint),
+            endpoint: Some(link.endpoint?),
             allowed_ips,
-            persistent_keepalive,
+            persistent_keepalive: link.persistent_keepalive.filter(|s| *s > 0),
             preshared_key: None,
         },
     ))
@@ -998,6 +1072,241 @@ mod tests {
         let t = translate(&objects);
         let peer = &t.desired.devices[&dev("wgmesh")].peers[&key(2).public_key()];
         assert_eq!(peer.persistent_keepalive, Some(25));
+    }
+
+    /// `member` with a role, labels and annotations of a topology other than FullMesh, and
+    /// forwarding as the operator generates it for hubs, gateways and announcers.
+    fn as_role(
+        mut i: Interface,
+        role: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> Interface {
+        let l = i.metadata.labels.get_or_insert_default();
+        l.insert("kwire.dev/mesh-role".into(), role.into());
+        l.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let a = i.metadata.annotations.get_or_insert_default();
+        a.extend(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let announces = a.contains_key("kwire.dev/mesh-announce");
+        i.spec.forwarding = (matches!(role, "hub" | "gateway") || announces).then_some(true);
+        i
+    }
+
+    /// The translation for the member `local` among `all`, with its key `n`.
+    fn translate_member(local: &Interface, n: u8, all: &[&Interface]) -> Translation {
+        let objects = NodeObjects {
+            interfaces: vec![local],
+            private_keys: [((NS.to_string(), local.name_any()), Ok(key(n)))].into(),
+            mesh_members: all.to_vec(),
+            ..NodeObjects::default()
+        };
+        let t = translate(&objects);
+        assert!(t.interface_problems.is_empty(), "{t:?}");
+        t
+    }
+
+    /// Each peer of the mesh device: its key, allowed IPs and endpoint.
+    fn mesh_peers(t: &Translation) -> BTreeMap<PublicKey, (Vec<String>, Option<SocketAddr>)> {
+        t.desired.devices[&dev("wgmesh")]
+            .peers
+            .iter()
+            .map(|(k, p)| {
+                let allowed = p.allowed_ips.iter().map(ToString::to_string).collect();
+                (*k, (allowed, p.endpoint))
+            })
+            .collect()
+    }
+
+    fn ep(n: u8) -> Option<SocketAddr> {
+        Some(format!("10.211.55.{}:51820", 10 + n).parse().unwrap())
+    }
+
+    #[test]
+    fn in_locations_members_reach_other_locations_through_their_gateway() {
+        let locations = [("kwire.dev/mesh-topology", "Locations")];
+        let zone = |z| [("kwire.dev/mesh-location", z)];
+        let a1 = as_role(
+            member("overlay", "a1", 1, Some("10.9.0.1/24")),
+            "gateway",
+            &zone("a"),
+            &locations,
+        );
+        let a2 = as_role(
+            member("overlay", "a2", 2, Some("10.9.0.2/24")),
+            "member",
+            &zone("a"),
+            &locations,
+        );
+        // b1 is reached by the other gateways on another address than its endpoint.
+        let b1 = as_role(
+            member("overlay", "b1", 3, Some("10.9.0.3/24")),
+            "gateway",
+            &zone("b"),
+            &[
+                locations[0],
+                ("kwire.dev/mesh-gateway-endpoint", "203.0.113.3"),
+            ],
+        );
+        let b2 = as_role(
+            member("overlay", "b2", 4, Some("10.9.0.4/24")),
+            "member",
+            &zone("b"),
+            &[locations[0], ("kwire.dev/mesh-announce", "192.168.20.0/24")],
+        );
+        let all = [&a1, &a2, &b1, &b2];
+        let lan: IpNet = "192.168.20.0/24".parse().unwrap();
+
+        // A member that is not its location's gateway: its local member directly, the
+        // rest (the mesh network and the other location's prefixes) through its gateway.
+        let t = translate_member(&a2, 2, &all);
+        let want = BTreeMap::from([(
+            key(1).public_key(),
+            (vec!["10.9.0.0/24".into(), "192.168.20.0/24".into()], ep(1)),
+        )]);
+        assert_eq!(mesh_peers(&t), want);
+        let route = &t.desired.routes[&RouteKey::new(MAIN_TABLE, lan)];
+        assert_eq!((route.device.clone(), route.via), (dev("wgmesh"), None));
+        assert!(!t.desired.forwarding.ipv4, "a2 does not forward");
+
+        // Its gateway: a2 directly, and the other location (its members' addresses and
+        // prefixes) through b1's gateway address.
+        let t = translate_member(&a1, 1, &all);
+        let want = BTreeMap::from([
+            (key(2).public_key(), (vec!["10.9.0.2/32".into()], ep(2))),
+            (
+                key(3).public_key(),
+                (
+                    vec![
+                        "10.9.0.3/32".into(),
+                        "10.9.0.4/32".into(),
+                        "192.168.20.0/24".into(),
+                    ],
+                    Some("203.0.113.3:51820".parse().unwrap()),
+                ),
+            ),
+        ]);
+        assert_eq!(mesh_peers(&t), want);
+        assert!(
+            t.desired
+                .routes
+                .contains_key(&RouteKey::new(MAIN_TABLE, lan))
+        );
+        assert!(t.desired.forwarding.ipv4, "a gateway forwards");
+
+        // The announcer: its own prefix is not routed into the mesh, and it forwards.
+        let t = translate_member(&b2, 4, &all);
+        assert!(t.desired.routes.is_empty(), "{:?}", t.desired.routes);
+        assert!(t.desired.forwarding.ipv4);
+        let peers = mesh_peers(&t);
+        assert_eq!(peers[&key(3).public_key()].0, ["10.9.0.0/24"]);
+        assert_eq!(
+            peers[&key(3).public_key()].1,
+            ep(3),
+            "b1's endpoint inside b"
+        );
+
+        // A Route object to the same destination keeps its own route.
+        let route: Route = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kwire.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "lan", "namespace": NS},
+            "spec": {"interface": a2.name_any(), "destination": "192.168.20.0/24",
+                     "via": "10.9.0.1", "metric": 7},
+        }))
+        .unwrap();
+        let mut objects = NodeObjects {
+            interfaces: vec![&a2],
+            private_keys: [((NS.to_string(), a2.name_any()), Ok(key(2)))].into(),
+            mesh_members: all.to_vec(),
+            ..NodeObjects::default()
+        };
+        objects.routes = vec![&route];
+        let t = translate(&objects);
+        assert_eq!(
+            t.desired.routes[&RouteKey::new(MAIN_TABLE, lan)].metric,
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn a_spoke_sends_everything_to_its_primary_hub_and_keeps_the_other_on_standby() {
+        let topology = ("kwire.dev/mesh-topology", "HubAndSpoke");
+        let h1 = as_role(
+            member("overlay", "h1", 1, Some("10.9.0.1/24")),
+            "hub",
+            &[],
+            &[topology],
+        );
+        let h2 = as_role(
+            member("overlay", "h2", 2, Some("10.9.0.2/24")),
+            "hub",
+            &[],
+            &[topology],
+        );
+        let s1 = as_role(
+            member("overlay", "s1", 3, Some("10.9.0.3/24")),
+            "spoke",
+            &[],
+            &[topology, ("kwire.dev/mesh-primary-hub", "h1")],
+        );
+        let s2 = as_role(
+            member("overlay", "s2", 4, Some("10.9.0.4/24")),
+            "spoke",
+            &[],
+            &[
+                topology,
+                ("kwire.dev/mesh-primary-hub", "h2"),
+                ("kwire.dev/mesh-announce", "192.168.40.0/24"),
+            ],
+        );
+        let all = [&h1, &h2, &s1, &s2];
+
+        // s1: the mesh network and the other members' prefixes through h1; h2 configured
+        // with key and endpoint only, so that a failover only moves allowed IPs.
+        let t = translate_member(&s1, 3, &all);
+        let want = BTreeMap::from([
+            (
+                key(1).public_key(),
+                (vec!["10.9.0.0/24".into(), "192.168.40.0/24".into()], ep(1)),
+            ),
+            (key(2).public_key(), (vec![], ep(2))),
+        ]);
+        assert_eq!(mesh_peers(&t), want);
+        assert!(t.desired.routes.contains_key(&RouteKey::new(
+            MAIN_TABLE,
+            "192.168.40.0/24".parse().unwrap()
+        )));
+        assert!(!t.desired.forwarding.ipv4, "a spoke does not forward");
+
+        // h1: its own spoke directly, the other hub with the spokes behind it, the other
+        // hub's spoke on standby.
+        let t = translate_member(&h1, 1, &all);
+        let want = BTreeMap::from([
+            (
+                key(2).public_key(),
+                (
+                    vec![
+                        "10.9.0.2/32".into(),
+                        "10.9.0.4/32".into(),
+                        "192.168.40.0/24".into(),
+                    ],
+                    ep(2),
+                ),
+            ),
+            (key(3).public_key(), (vec!["10.9.0.3/32".into()], ep(3))),
+            (key(4).public_key(), (vec![], ep(4))),
+        ]);
+        assert_eq!(mesh_peers(&t), want);
+        assert!(t.desired.forwarding.ipv4, "a hub forwards");
+
+        // A hub whose key is not known yet is left out; the rest is configured.
+        let mut h2_waiting = h2.clone();
+        h2_waiting.status.as_mut().unwrap().public_key = None;
+        let t = translate_member(&s1, 3, &[&h1, &h2_waiting, &s1, &s2]);
+        assert_eq!(mesh_peers(&t).len(), 1);
     }
 
     #[test]

@@ -15,8 +15,15 @@
 //! Interfaces come from the Interface controller as for any Interface; no Peer object is
 //! created: the node daemons derive the members' peers (decision 0010).
 //!
-//! Only `FullMesh` is acted on so far. A Mesh of another topology gets `TopologyValid`
-//! `False` (reason `TopologyNotImplemented`) and no generated Interface.
+//! Every topology is acted on. The elections that must be sticky are recorded and read back
+//! as [`kwire_mesh::Decisions`] at the next expansion: each location's gateway in the Mesh's
+//! `status.locations[].gateway`, each spoke's primary hub in the annotation
+//! `kwire.dev/mesh-primary-hub` of its generated Interface. Each generated Interface also
+//! carries what the members' node daemons need to compute their links without reading Nodes
+//! or the Mesh (the topology, the announced prefixes, a gateway's gateway address; see
+//! [`kwire_mesh::generate`] and [`kwire_mesh::members`]). A Mesh whose members cannot all
+//! reach each other (no hub, a location without a possible gateway, overlapping announced
+//! prefixes) still gets its Interfaces, with `TopologyValid` `False` and the check's reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,11 +32,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
+use kwire_crds::v1alpha1::mesh::LocationStatus;
 use kwire_crds::v1alpha1::{Interface, Mesh, MeshStatus};
-use kwire_mesh::api::{STATUS_NAMES_CAP, TopologyType};
+use kwire_mesh::api::STATUS_NAMES_CAP;
+use kwire_mesh::check::{Severity, check_mesh};
 use kwire_mesh::condition::DesiredCondition;
 use kwire_mesh::generate::member_interface;
-use kwire_mesh::names::ANNOTATION_KEEPALIVE;
+use kwire_mesh::names::{ANNOTATION_PRIMARY_HUB, MEMBER_ANNOTATIONS};
 use kwire_mesh::{Decisions, MeshNode, expand};
 
 use super::{finish, namespace};
@@ -38,6 +47,9 @@ use crate::error::Error;
 use crate::status::{FIELD_MANAGER, apply_status, merge_conditions, normalized_conditions};
 
 pub const CONTROLLER: &str = "mesh";
+
+/// How many locations `status.locations` holds at most (the CRD's bound).
+const LOCATIONS_CAP: usize = 256;
 
 /// Condition types the operator writes on a Mesh.
 pub const TOPOLOGY_VALID: &str = "TopologyValid";
@@ -48,7 +60,6 @@ pub mod reasons {
     pub const VALID: &str = "Valid";
     pub const INVALID: &str = "InvalidMesh";
     pub const NAME_TAKEN: &str = "NameTaken";
-    pub const NOT_IMPLEMENTED: &str = "TopologyNotImplemented";
     pub const ALL_READY: &str = "AllMembersReady";
     pub const NOT_READY: &str = "MembersNotReady";
     pub const NO_MEMBERS: &str = "NoMembers";
@@ -73,12 +84,16 @@ pub fn owned_by(interface: &Interface, uid: &str) -> bool {
 }
 
 /// Whether `existing` already is what `desired` asks: same spec, every desired label, the
-/// same keepalive annotation (present or not), and the owner reference.
+/// same value (or absence) of each annotation the operator writes, and the owner reference.
 fn up_to_date(existing: &Interface, desired: &Interface) -> bool {
     let labels = existing.labels();
-    let keepalive = |i: &Interface| i.annotations().get(ANNOTATION_KEEPALIVE).cloned();
+    let ours = |i: &Interface| {
+        MEMBER_ANNOTATIONS
+            .map(|a| i.annotations().get(a).cloned())
+            .to_vec()
+    };
     existing.spec == desired.spec
-        && keepalive(existing) == keepalive(desired)
+        && ours(existing) == ours(desired)
         && desired
             .labels()
             .iter()
@@ -87,6 +102,30 @@ fn up_to_date(existing: &Interface, desired: &Interface) -> bool {
             .owner_references()
             .iter()
             .all(|o| existing.owner_references().contains(o))
+}
+
+/// The elections recorded earlier: gateways from the Mesh's `status.locations`, primary
+/// hubs from the annotations of the Interfaces this Mesh controls (by their node).
+pub fn recorded_decisions(mesh: &Mesh, interfaces: &[Arc<Interface>]) -> Decisions {
+    let uid = mesh.uid().unwrap_or_default();
+    let gateways = mesh
+        .status
+        .iter()
+        .flat_map(|s| &s.locations)
+        .filter_map(|l| Some((l.name.clone(), l.gateway.clone()?)))
+        .collect();
+    let primary_hubs = interfaces
+        .iter()
+        .filter(|i| owned_by(i, &uid))
+        .filter_map(|i| {
+            let hub = i.annotations().get(ANNOTATION_PRIMARY_HUB)?;
+            Some((i.spec.node_name.to_string(), hub.clone()))
+        })
+        .collect();
+    Decisions {
+        gateways,
+        primary_hubs,
+    }
 }
 
 fn is_ready(interface: &Interface) -> bool {
@@ -115,21 +154,12 @@ pub fn plan_mesh(
         observed_generation: mesh.metadata.generation,
         ..MeshStatus::default()
     };
-    let (valid, ready) = match expand(&name, &mesh.spec, nodes, &Decisions::default()) {
+    let decisions = recorded_decisions(mesh, interfaces);
+    let (valid, ready) = match expand(&name, &mesh.spec, nodes, &decisions) {
         Err(e) => (
             DesiredCondition::failed(TOPOLOGY_VALID, reasons::INVALID, e.to_string()),
             DesiredCondition::failed(READY, reasons::INVALID, "the Mesh cannot be expanded"),
         ),
-        Ok(expansion) if expansion.topology != TopologyType::FullMesh => {
-            let message = format!(
-                "topology {:?} is not acted on yet (only FullMesh is): no Interface is generated",
-                expansion.topology
-            );
-            (
-                DesiredCondition::failed(TOPOLOGY_VALID, reasons::NOT_IMPLEMENTED, message),
-                DesiredCondition::failed(READY, reasons::NOT_IMPLEMENTED, "nothing is generated"),
-            )
-        }
         Ok(expansion) => {
             let mut taken = Vec::new();
             let mut members = BTreeSet::new();
@@ -173,7 +203,28 @@ pub fn plan_mesh(
             status.ready_members = Some(ready_members);
             unready.truncate(STATUS_NAMES_CAP);
             status.unready_members = unready;
-            let valid = if taken.is_empty() {
+            // The record that keeps each location's gateway (a node name) at the next plan.
+            status.locations = expansion
+                .locations
+                .iter()
+                .take(LOCATIONS_CAP)
+                .map(|l| LocationStatus {
+                    name: l.name.clone(),
+                    members: u32::try_from(l.members.len()).unwrap_or(u32::MAX),
+                    gateway: l
+                        .gateway
+                        .as_deref()
+                        .and_then(|g| expansion.member(g))
+                        .map(|g| g.node.clone()),
+                })
+                .collect();
+            // Members that cannot all reach each other: the first error of the checks.
+            let unreachable = check_mesh(&expansion, &[])
+                .into_iter()
+                .find(|f| f.severity() == Severity::Error);
+            let valid = if let Some(finding) = unreachable.filter(|_| taken.is_empty()) {
+                DesiredCondition::failed(TOPOLOGY_VALID, finding.reason(), finding.to_string())
+            } else if taken.is_empty() {
                 DesiredCondition::ok(
                     TOPOLOGY_VALID,
                     reasons::VALID,
@@ -331,6 +382,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8s_openapi::jiff::Timestamp;
     use kwire_crds::v1alpha1::InterfaceStatus;
+    use kwire_mesh::names::ANNOTATION_KEEPALIVE;
     use serde_json::json;
 
     fn mesh(topology: &str) -> Mesh {
@@ -473,11 +525,196 @@ mod tests {
         assert!(plan.status.conditions[0].message.contains(&name));
     }
 
+    fn labelled(name: &str, pairs: &[(&str, &str)]) -> MeshNode {
+        let mut n = node(name, true);
+        n.labels
+            .extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        n
+    }
+
+    fn annotation<'a>(plan: &'a MeshPlan, node: &str, key: &str) -> Option<&'a str> {
+        plan.apply
+            .iter()
+            .find(|i| i.spec.node_name.as_str() == node)
+            .and_then(|i| i.annotations().get(key))
+            .map(String::as_str)
+    }
+
+    fn role<'a>(plan: &'a MeshPlan, node: &str) -> &'a str {
+        let i = plan
+            .apply
+            .iter()
+            .find(|i| i.spec.node_name.as_str() == node);
+        &i.unwrap().labels()["kwire.dev/mesh-role"]
+    }
+
     #[test]
-    fn other_topologies_generate_nothing_yet() {
-        let plan = plan_mesh(&mesh("HubAndSpoke"), &[node("a", true)], &[], &now());
-        assert!(plan.apply.is_empty() && plan.delete.is_empty());
-        assert_eq!(plan.status.conditions[0].reason, reasons::NOT_IMPLEMENTED);
+    fn a_locations_mesh_records_one_gateway_per_location_and_keeps_it() {
+        let zone = |z| [("topology.kubernetes.io/zone", z)];
+        let m = mesh("Locations");
+        // a2 and b1 first: each is its location's only node, so its gateway.
+        let first_nodes = [labelled("a2", &zone("a")), labelled("b1", &zone("b"))];
+        let first = plan_mesh(&m, &first_nodes, &[], &now());
+        assert_eq!(first.apply.len(), 2);
+        let gateways = |p: &MeshPlan| -> Vec<(String, u32, Option<String>)> {
+            p.status
+                .locations
+                .iter()
+                .map(|l| (l.name.clone(), l.members, l.gateway.clone()))
+                .collect()
+        };
+        assert_eq!(
+            gateways(&first),
+            [
+                ("a".to_string(), 1, Some("a2".to_string())),
+                ("b".to_string(), 1, Some("b1".to_string()))
+            ]
+        );
+        assert_eq!(role(&first, "a2"), "gateway");
+        assert_eq!(
+            annotation(&first, "a2", "kwire.dev/mesh-topology"),
+            Some("Locations")
+        );
+        assert_eq!(first.status.conditions[0].reason, reasons::VALID);
+
+        // a1 joins; without a record it would win location a (first by name), with the
+        // record the gateway stays a2 and a1 is a plain member.
+        let mut recorded = m.clone();
+        recorded.status = Some(first.status.clone());
+        let existing: Vec<Arc<Interface>> = first.apply.iter().cloned().map(ready).collect();
+        let nodes = [
+            labelled("a1", &zone("a")),
+            labelled("a2", &zone("a")),
+            labelled("b1", &zone("b")),
+        ];
+        let joined = plan_mesh(&recorded, &nodes, &existing, &now());
+        let names: Vec<&str> = joined
+            .apply
+            .iter()
+            .map(|i| i.spec.node_name.as_str())
+            .collect();
+        assert_eq!(names, ["a1"], "only the new member is written");
+        assert_eq!(role(&joined, "a1"), "member");
+        assert_eq!(
+            gateways(&joined),
+            [
+                ("a".to_string(), 2, Some("a2".to_string())),
+                ("b".to_string(), 1, Some("b1".to_string()))
+            ]
+        );
+        let fresh = plan_mesh(&m, &nodes, &[], &now());
+        assert_eq!(fresh.status.locations[0].gateway.as_deref(), Some("a1"));
+
+        // The record goes when its gateway leaves: the next one is elected.
+        let mut later = recorded.clone();
+        later.status = Some(joined.status.clone());
+        let left = plan_mesh(
+            &later,
+            &[nodes[0].clone(), nodes[2].clone()],
+            &existing,
+            &now(),
+        );
+        assert_eq!(left.status.locations[0].gateway.as_deref(), Some("a1"));
+        assert_eq!(role(&left, "a1"), "gateway");
+    }
+
+    #[test]
+    fn a_location_without_a_possible_gateway_is_reported_and_the_rest_generated() {
+        let mut m = mesh("Locations");
+        m.spec.topology.locations = Some(
+            serde_json::from_value(json!({"gatewaySelector": {"matchLabels": {"gw": "yes"}}}))
+                .unwrap(),
+        );
+        let zone = |z| ("topology.kubernetes.io/zone", z);
+        let nodes = [
+            labelled("a1", &[zone("a"), ("gw", "yes")]),
+            labelled("b1", &[zone("b")]),
+        ];
+        let plan = plan_mesh(&m, &nodes, &[], &now());
+        assert_eq!(plan.apply.len(), 2);
+        assert_eq!(plan.status.conditions[0].reason, "NoGateway");
+        assert_eq!(plan.status.locations[1].gateway, None);
+    }
+
+    #[test]
+    fn a_hub_and_spoke_records_each_spokes_primary_hub_on_its_interface() {
+        let mut m = mesh("HubAndSpoke");
+        m.spec.topology.hub_and_spoke = Some(
+            serde_json::from_value(json!({"hubSelector": {"matchLabels": {"hub": "yes"}}}))
+                .unwrap(),
+        );
+        let hub = [("hub", "yes")];
+        let nodes = [
+            labelled("h1", &hub),
+            labelled("h2", &hub),
+            labelled("s1", &[]),
+            labelled("s2", &[]),
+            labelled("s3", &[]),
+        ];
+        let plan = plan_mesh(&m, &nodes, &[], &now());
+        assert_eq!(plan.status.conditions[0].reason, reasons::VALID);
+        assert!(plan.status.locations.is_empty());
+        for h in ["h1", "h2"] {
+            assert_eq!(role(&plan, h), "hub");
+            assert_eq!(annotation(&plan, h, ANNOTATION_PRIMARY_HUB), None);
+            let i = plan.apply.iter().find(|i| i.spec.node_name.as_str() == h);
+            assert_eq!(i.unwrap().spec.forwarding, Some(true));
+        }
+        for s in ["s1", "s2", "s3"] {
+            assert_eq!(role(&plan, s), "spoke");
+            let primary = annotation(&plan, s, ANNOTATION_PRIMARY_HUB).unwrap();
+            assert!(["h1", "h2"].contains(&primary), "{s}: {primary}");
+            assert_eq!(
+                annotation(&plan, s, "kwire.dev/mesh-topology"),
+                Some("HubAndSpoke")
+            );
+        }
+
+        // The record on the Interfaces is what the next plan keeps: move s1 to the other
+        // hub in its annotation (as if elected before), and it stays there.
+        let other = |hub: &str| if hub == "h1" { "h2" } else { "h1" };
+        let mut existing: Vec<Interface> = plan.apply.clone();
+        let s1 = existing
+            .iter_mut()
+            .find(|i| i.spec.node_name.as_str() == "s1")
+            .unwrap();
+        let moved = other(&s1.annotations()[ANNOTATION_PRIMARY_HUB]).to_string();
+        s1.annotations_mut()
+            .insert(ANNOTATION_PRIMARY_HUB.into(), moved.clone());
+        let existing: Vec<Arc<Interface>> = existing.into_iter().map(ready).collect();
+        assert_eq!(recorded_decisions(&m, &existing).primary_hubs["s1"], moved);
+        let again = plan_mesh(&m, &nodes, &existing, &now());
+        assert!(again.apply.is_empty(), "{:?}", again.apply);
+        assert_eq!(again.status.ready_members, Some(5));
+
+        // A hub-and-spoke without a hub: reported, the spokes are still generated.
+        let no_hub = plan_mesh(&m, &nodes[2..], &[], &now());
+        assert_eq!(no_hub.apply.len(), 3);
+        assert_eq!(no_hub.status.conditions[0].reason, "NoHub");
+    }
+
+    #[test]
+    fn announced_prefixes_are_written_on_the_announcers_interface() {
+        let mut m = mesh("FullMesh");
+        m.spec.announce = Some(
+            serde_json::from_value(json!({"podCIDRs": true,
+                "prefixes": [{"nodeName": "b", "cidrs": ["192.168.10.0/24"]}]}))
+            .unwrap(),
+        );
+        let mut a = node("a", true);
+        a.pod_cidrs = vec!["10.244.1.0/24".parse().unwrap()];
+        let plan = plan_mesh(&m, &[a, node("b", true)], &[], &now());
+        assert_eq!(
+            annotation(&plan, "a", "kwire.dev/mesh-announce"),
+            Some("10.244.1.0/24")
+        );
+        assert_eq!(
+            annotation(&plan, "b", "kwire.dev/mesh-announce"),
+            Some("192.168.10.0/24")
+        );
+        // FullMesh: no topology annotation (FullMesh members written before stay as they are).
+        assert_eq!(annotation(&plan, "a", "kwire.dev/mesh-topology"), None);
+        assert!(plan.apply.iter().all(|i| i.spec.forwarding == Some(true)));
     }
 
     #[test]
