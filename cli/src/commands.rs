@@ -286,7 +286,7 @@ fn run_plan(args: PlanArgs<'_>) -> Result<ExitCode> {
             args.node,
         ));
         text.push_str(
-            "\nnote: for a FullMesh the operator generates these Interfaces and the node daemons these peers; HubAndSpoke and Locations Meshes are expanded here but not acted on yet\n",
+            "\nnote: the operator generates these Interfaces and the node daemons these peers and routes; in a cluster, gateways and primary hubs already elected are kept while they qualify, so they may differ from this fresh expansion\n",
         );
     }
     print!("{text}");

@@ -88,8 +88,7 @@ A Mesh is checked against its schema's rules, then expanded over the node list (
 else the Node documents of the manifests) and checked as the operator will: no member, a
 HubAndSpoke with no hub, a location with no possible gateway, members without an address,
 overlapping announced prefixes, device name or port clashes with other Meshes and Interfaces
-on one node, and generated Interface names taken by objects of the manifests. The operator
-acts on FullMesh Meshes; HubAndSpoke and Locations are checked here but not acted on yet.")]
+on one node, and generated Interface names taken by objects of the manifests.")]
     Lint {
         /// Manifest files or folders; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true, value_name = "FILE", num_args = 1..)]
@@ -121,8 +120,8 @@ node's address: give --node-ip, a Node manifest, or spec.endpoint.
 
 A Mesh is expanded over the node list (--node-list FILE, else the Node documents of the
 files): each generated Interface with its predicted addresses, its peers and routes, before
-it is applied. The operator acts on FullMesh Meshes; HubAndSpoke and Locations are expanded
-here but not acted on yet.")]
+it is applied (a fresh expansion: in a cluster, gateways and primary hubs already elected are
+kept while they qualify).")]
     Plan {
         /// Manifest files or folders; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true, value_name = "FILE", num_args = 1..)]

@@ -2,8 +2,9 @@
 //! `kwire_mesh::expand`, checked with `kwire_mesh::check`, and what they would generate
 //! (one Interface per member, and each member's peers) worked out offline.
 //!
-//! This shows what a Mesh would create; it creates nothing. In a cluster the operator acts
-//! on FullMesh Meshes (decision 0010); HubAndSpoke and Locations are not acted on yet.
+//! This shows what a Mesh would create; it creates nothing. In a cluster the operator and
+//! the node daemons act on the same expansion (decision 0010), keeping the gateways and
+//! primary hubs they already elected.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -466,7 +466,7 @@ fn the_mesh_examples_lint_clean_and_plan_one_interface_per_member() {
             "{example}: {text}"
         );
         assert!(
-            text.ends_with("note: for a FullMesh the operator generates these Interfaces and the node daemons these peers; HubAndSpoke and Locations Meshes are expanded here but not acted on yet\n"),
+            text.ends_with("note: the operator generates these Interfaces and the node daemons these peers and routes; in a cluster, gateways and primary hubs already elected are kept while they qualify, so they may differ from this fresh expansion\n"),
             "{example}: {text}"
         );
     }
@@ -489,7 +489,7 @@ mesh default/overlay (FullMesh, 3 members, device wgmesh port 51820): would gene
       peer overlay-a-5026ebd4a2 (node a) endpoint 10.211.55.10:51820 allowed-ips 10.60.0.1/32,fd00:60::1/128 keepalive 25
       peer overlay-b-5026eed4a2 (node b) endpoint 10.211.55.11:51820 allowed-ips 10.60.0.2/32,fd00:60::2/128 keepalive 25
 
-note: for a FullMesh the operator generates these Interfaces and the node daemons these peers; HubAndSpoke and Locations Meshes are expanded here but not acted on yet
+note: the operator generates these Interfaces and the node daemons these peers and routes; in a cluster, gateways and primary hubs already elected are kept while they qualify, so they may differ from this fresh expansion
 ";
     assert_eq!(stdout(&out), expected);
 
