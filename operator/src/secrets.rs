@@ -227,10 +227,27 @@ pub fn owned_by(secret: &Secret, uid: &str) -> bool {
     secret.owner_references().iter().any(|o| o.uid == uid)
 }
 
-/// A strategic-merge patch adding `owner` to a Secret's ownerReferences (merged by UID),
-/// leaving everything else, the key above all, untouched.
-pub fn adopt_patch(owner: &OwnerReference) -> serde_json::Value {
-    serde_json::json!({"metadata": {"ownerReferences": [owner]}})
+/// The uids of `secret`'s controller references other than `uid`: the earlier objects of
+/// the same name it was generated for, which an adoption replaces.
+pub fn other_controllers(secret: &Secret, uid: &str) -> Vec<String> {
+    secret
+        .owner_references()
+        .iter()
+        .filter(|o| o.controller == Some(true) && o.uid != uid)
+        .map(|o| o.uid.clone())
+        .collect()
+}
+
+/// A strategic-merge patch adding `owner` to a Secret's ownerReferences (merged by UID) and
+/// deleting the references with the uids in `replaces`, leaving everything else, the key
+/// above all, untouched.
+pub fn adopt_patch(owner: &OwnerReference, replaces: &[String]) -> serde_json::Value {
+    let mut references: Vec<serde_json::Value> = replaces
+        .iter()
+        .map(|uid| serde_json::json!({"uid": uid, "$patch": "delete"}))
+        .collect();
+    references.push(serde_json::json!(owner));
+    serde_json::json!({"metadata": {"ownerReferences": references}})
 }
 
 /// What is wrong with a key read from a Secret. Never contains key material.
@@ -411,8 +428,15 @@ mod tests {
     fn adopting_adds_one_owner_reference_and_nothing_else() {
         let iface = interface("a-wg0", "a", &["10.0.0.1/24"]);
         let owner = owner_reference(&iface).unwrap();
-        let patch = adopt_patch(&owner);
+        let patch = adopt_patch(&owner, &[]);
         assert_eq!(patch["metadata"]["ownerReferences"][0]["uid"], "uid-a-wg0");
         assert_eq!(patch.as_object().unwrap().len(), 1);
+        // An earlier Interface of the same name controlled it: that reference goes, since
+        // an object has one controller (the API server refuses a second with 422).
+        let patch = adopt_patch(&owner, &["old-uid".to_string()]);
+        assert_eq!(
+            patch["metadata"]["ownerReferences"],
+            serde_json::json!([{"uid": "old-uid", "$patch": "delete"}, owner])
+        );
     }
 }

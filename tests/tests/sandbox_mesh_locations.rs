@@ -482,9 +482,10 @@ async fn locations_link_through_gateways_and_spokes_through_their_hub() -> Resul
     .with_context(|| sandbox.status_table())?;
     println!("east-2 gateway {took:?} after east-1 left");
     set_out(&sandbox, "east-1", None).await?;
-    // The rejoin takes about 35 s here: east-1's Interface comes back under the same name
-    // while the key Secret of the deleted one still waits for the garbage collector, and the
-    // operator's key controller cannot add itself as a second controller owner until then.
+    // east-1's Interface comes back under the same name while the key Secret of the deleted
+    // one may still wait for the garbage collector: the key controller adopts it, replacing
+    // the earlier controller reference (it used to add a second one, refused with 422 until
+    // the Secret was gone: about 35 s here; 0.6 s since).
     let (status, took) = wait_for("east-1 back in the Mesh", Duration::from_secs(120), || {
         mesh_ready(&sandbox, "sites", 6)
     })

@@ -36,10 +36,14 @@ pub enum SecretAction {
     None,
     /// Create this Secret (never overwrite: a Secret that exists is kept).
     Create(Box<PlannedSecret>),
-    /// Add this ownerReference to an existing generated Secret (its owner was re-created).
+    /// Add this ownerReference to an existing generated Secret (its owner was re-created),
+    /// removing the controller references of the earlier objects of the same name
+    /// (`replaces`, by uid): an object has one controller, so adding a second one is
+    /// refused (422) until the garbage collector deletes the Secret.
     Adopt {
         name: String,
         owner: OwnerReference,
+        replaces: Vec<String>,
     },
 }
 
@@ -132,11 +136,15 @@ pub(crate) async fn apply_secret(
                     }
                 })
         }
-        SecretAction::Adopt { name, owner } => api
+        SecretAction::Adopt {
+            name,
+            owner,
+            replaces,
+        } => api
             .patch(
                 name,
                 &PatchParams::default(),
-                &Patch::Strategic(adopt_patch(owner)),
+                &Patch::Strategic(adopt_patch(owner, replaces)),
             )
             .await
             .map(|_| None)

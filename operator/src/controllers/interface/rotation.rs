@@ -379,6 +379,7 @@ pub fn plan_generated(
             SecretAction::Adopt {
                 name: newest.name.clone(),
                 owner,
+                replaces: secrets::other_controllers(newest.secret, uid),
             },
             vec![EventSpec::normal(
                 reasons::EVENT_SECRET_ADOPTED,

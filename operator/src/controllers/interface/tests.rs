@@ -183,13 +183,20 @@ fn a_key_secret_left_by_an_earlier_interface_of_the_same_name_is_adopted() {
         &[],
         &now(1),
     );
-    let SecretAction::Adopt { name, owner } = &plan.secret else {
+    let SecretAction::Adopt {
+        name,
+        owner,
+        replaces,
+    } = &plan.secret
+    else {
         panic!("{:?}", plan.secret)
     };
     assert_eq!(
         (name.as_str(), owner.uid.as_str()),
         ("a-wg0-private-key", "uid-a-wg0")
     );
+    // The earlier Interface's controller reference is replaced, not joined by a second.
+    assert_eq!(replaces, &["old-uid".to_string()]);
     assert_eq!(plan.status.public_key.as_deref(), Some(PUBLIC));
 }
 

@@ -10,7 +10,8 @@ use crate::controllers::{SecretAction, condition_events, waiting};
 use crate::reasons;
 use crate::resolve::{PskState, resolve_peer};
 use crate::secrets::{
-    self, LABEL_PEER, PRESHARED_KEY_SECRET_TYPE, ReadProblem, owned_by, owner_reference,
+    self, LABEL_PEER, PRESHARED_KEY_SECRET_TYPE, ReadProblem, other_controllers, owned_by,
+    owner_reference,
 };
 use crate::status::{DesiredCondition, merge_conditions};
 use crate::topology::{Finding, ObjectKind, condition_for};
@@ -176,6 +177,7 @@ fn psk_plan(peer: &Peer, psk: PskObservation) -> (PskState, SecretAction, Vec<Ev
                     Some(owner) if !owned_by(&secret, uid) => SecretAction::Adopt {
                         name: secret_name.clone(),
                         owner,
+                        replaces: other_controllers(&secret, uid),
                     },
                     _ => SecretAction::None,
                 };
