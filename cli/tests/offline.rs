@@ -434,8 +434,12 @@ fn sandbox_up_says_what_an_external_peer_needs_before_making_anything() {
 
 /// The Meshes of examples/mesh with the node list each uses, and how many members each
 /// expands to.
-const MESH_EXAMPLES: [(&str, usize); 3] =
-    [("full-mesh", 3), ("hub-and-spoke", 5), ("two-locations", 6)];
+const MESH_EXAMPLES: [(&str, usize); 4] = [
+    ("full-mesh", 3),
+    ("hub-and-spoke", 5),
+    ("two-locations", 6),
+    ("zones", 6),
+];
 
 fn mesh_files(example: &str) -> (String, String) {
     (
