@@ -19,7 +19,7 @@ use crate::model::DesiredNode;
 use crate::run::NodeStatus;
 use crate::run::followup::PeerEntry;
 use desired::{ObjectKey, Translation};
-use report::{ReportInput, Seen, StatusReport, held_peers};
+use report::{ReportInput, Seen, StatusReport, add_mesh_status, held_peers};
 use source::Source;
 use writer::StatusWriter;
 
@@ -131,6 +131,9 @@ async fn report(
     let mut configured_since: BTreeMap<ObjectKey, SystemTime> = BTreeMap::new();
     // When this daemon configured each peer entry it added (for the first-handshake hold).
     let mut configured_at: BTreeMap<PeerEntry, Instant> = BTreeMap::new();
+    // When each peer entry of the desired devices was first wanted (the first-handshake
+    // grace of mesh peers, which have no Peer object to key `configured_since` by).
+    let mut wanted_since: BTreeMap<PeerEntry, SystemTime> = BTreeMap::new();
     // The next moment a held status or a failed write is due again.
     let mut wake: Option<Instant> = None;
     let mut tick = tokio::time::interval(resync_period);
@@ -156,6 +159,16 @@ async fn report(
         for key in translation.peer_entries.keys() {
             configured_since.entry(key.clone()).or_insert(now);
         }
+        let wanted: BTreeSet<PeerEntry> = translation
+            .desired
+            .devices
+            .iter()
+            .flat_map(|(device, d)| d.peers.keys().map(|k| (device.clone(), *k)))
+            .collect();
+        wanted_since.retain(|entry, _| wanted.contains(entry));
+        for entry in wanted {
+            wanted_since.entry(entry).or_insert(now);
+        }
         let status = status_rx.borrow_and_update().clone();
         let instant = Instant::now();
         let entries: BTreeSet<&PeerEntry> = translation.peer_entries.values().collect();
@@ -177,7 +190,15 @@ async fn report(
             peers: &peers,
             routes: &routes,
         };
-        let report = StatusReport::build(&input);
+        let mut report = StatusReport::build(&input);
+        let (locals, members) = (source.interfaces_state(), source.mesh_members_state());
+        add_mesh_status(
+            &mut report,
+            &input,
+            &locals.iter().map(Arc::as_ref).collect::<Vec<_>>(),
+            &members.iter().map(Arc::as_ref).collect::<Vec<_>>(),
+            &wanted_since,
+        );
         let (held, held_until) = held_peers(&input, &configured_at, instant);
         writer.submit(&report, &held);
         wake = [held_until, writer.next_retry()]
