@@ -73,9 +73,10 @@ pub fn owned_by(interface: &Interface, uid: &str) -> bool {
 }
 
 /// Whether `existing` already is what `desired` asks: same spec, every desired label, the
-/// same keepalive annotation (present or not), and the owner reference.
+/// same keepalive annotation (present or not), the owner reference and the finalizer.
 fn up_to_date(existing: &Interface, desired: &Interface) -> bool {
     let labels = existing.labels();
+    let finalizers = existing.finalizers();
     let keepalive = |i: &Interface| i.annotations().get(ANNOTATION_KEEPALIVE).cloned();
     existing.spec == desired.spec
         && keepalive(existing) == keepalive(desired)
@@ -87,6 +88,7 @@ fn up_to_date(existing: &Interface, desired: &Interface) -> bool {
             .owner_references()
             .iter()
             .all(|o| existing.owner_references().contains(o))
+        && desired.finalizers().iter().all(|f| finalizers.contains(f))
 }
 
 fn is_ready(interface: &Interface) -> bool {
@@ -152,7 +154,10 @@ pub fn plan_mesh(
                         } else {
                             unready.push(member.node.clone());
                         }
-                        if !up_to_date(existing, &desired) {
+                        // A leaver's Interface on its way out (see `mesh_leave`) is left
+                        // to go: it is made again once gone.
+                        let leaving = existing.metadata.deletion_timestamp.is_some();
+                        if !leaving && !up_to_date(existing, &desired) {
                             plan.apply.push(desired);
                         }
                     }
