@@ -19,9 +19,9 @@ use crate::model::DesiredNode;
 use crate::run::NodeStatus;
 use crate::run::followup::PeerEntry;
 use desired::{ObjectKey, Translation};
-use report::{ReportInput, Seen, StatusReport, add_mesh_status, held_peers};
+use report::{ReportInput, Seen, StatusReport, add_mesh_status, held_members, held_peers};
 use source::Source;
-use writer::StatusWriter;
+use writer::{Kind, StatusWriter, Target};
 
 /// How the API side is set up.
 #[derive(Debug, Clone)]
@@ -166,13 +166,14 @@ async fn report(
             .flat_map(|(device, d)| d.peers.keys().map(|k| (device.clone(), *k)))
             .collect();
         wanted_since.retain(|entry, _| wanted.contains(entry));
+        let status = status_rx.borrow_and_update().clone();
+        let instant = Instant::now();
+        // Peers' entries and mesh peers' (both are wanted peers of a device).
+        let entries: BTreeSet<&PeerEntry> = translation.peer_entries.values().collect();
+        configured_at.retain(|entry, _| entries.contains(entry) || wanted.contains(entry));
         for entry in wanted {
             wanted_since.entry(entry).or_insert(now);
         }
-        let status = status_rx.borrow_and_update().clone();
-        let instant = Instant::now();
-        let entries: BTreeSet<&PeerEntry> = translation.peer_entries.values().collect();
-        configured_at.retain(|entry, _| entries.contains(entry));
         for entry in &status.fresh_peers {
             configured_at.entry(entry.clone()).or_insert(instant);
         }
@@ -200,8 +201,14 @@ async fn report(
             &wanted_since,
         );
         let (held, held_until) = held_peers(&input, &configured_at, instant);
+        let (members_held, members_until) = held_members(&report, &input, &configured_at, instant);
+        let held: BTreeSet<Target> = held
+            .into_iter()
+            .map(|k| (Kind::Peer, k))
+            .chain(members_held.into_iter().map(|k| (Kind::Interface, k)))
+            .collect();
         writer.submit(&report, &held);
-        wake = [held_until, writer.next_retry()]
+        wake = [held_until, members_until, writer.next_retry()]
             .into_iter()
             .flatten()
             .min();

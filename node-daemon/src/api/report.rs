@@ -591,6 +591,46 @@ pub fn held_peers(
     (held, until)
 }
 
+/// The generated member Interfaces whose status is not written yet, as a new Peer's
+/// ([`held_peers`]): a peer entry was added to the member's device less than
+/// [`FIRST_HANDSHAKE_HOLD`] ago (`configured_at`) and has no handshake yet. Without it a
+/// join would make every member write twice, its new peer `connecting` and a moment later
+/// `connected`. Only Interfaces that report `status.mesh`. Returns them and when the
+/// earliest of those waits ends.
+pub fn held_members(
+    report: &StatusReport,
+    input: &ReportInput<'_>,
+    configured_at: &BTreeMap<PeerEntry, Instant>,
+    now: Instant,
+) -> (BTreeSet<ObjectKey>, Option<Instant>) {
+    let mut held = BTreeSet::new();
+    let mut until: Option<Instant> = None;
+    for (key, status) in &report.interfaces {
+        if status.significant.get("mesh").is_none() {
+            continue;
+        }
+        let Some(device) = input.translation.devices.get(key) else {
+            continue;
+        };
+        let first = configured_at
+            .iter()
+            .filter(|(entry, at)| {
+                &entry.0 == device
+                    && now < **at + FIRST_HANDSHAKE_HOLD
+                    && entry_stats(input, entry)
+                        .and_then(|s| s.handshake)
+                        .is_none()
+            })
+            .map(|(_, at)| *at + FIRST_HANDSHAKE_HOLD)
+            .min();
+        if let Some(end) = first {
+            held.insert(key.clone());
+            until = Some(until.map_or(end, |u| u.min(end)));
+        }
+    }
+    (held, until)
+}
+
 /// The `Connected` condition from the latest handshake and the bytes sent to the peer.
 pub fn connectivity(
     handshake: Option<SystemTime>,
@@ -929,6 +969,62 @@ mod tests {
                 .get("mesh")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_member_waits_for_its_new_mesh_peers_first_handshake_like_a_peer() {
+        use crate::model::{IfaceName, PublicKey};
+        let device = IfaceName::new("wgmesh").unwrap();
+        let peer = PublicKey::from_bytes([2; 32]);
+        let key = ("ns".to_string(), "m-a".to_string());
+        let mut translation = Translation::default();
+        translation.devices.insert(key.clone(), device.clone());
+        let report = |mesh: bool| {
+            let mut r = StatusReport::default();
+            let significant = if mesh {
+                json!({"mesh": {"peers": 1}})
+            } else {
+                json!({})
+            };
+            r.interfaces.insert(
+                key.clone(),
+                ObjectStatus {
+                    significant,
+                    counters: json!({}),
+                },
+            );
+            r
+        };
+        let t0 = Instant::now();
+        let configured_at: BTreeMap<PeerEntry, Instant> = [((device.clone(), peer), t0)].into();
+        let held = |handshake: Option<SystemTime>, mesh: bool, now: Instant| {
+            let observed = observed_with_peer("wgmesh", 1, peer, handshake);
+            let input = ReportInput {
+                node: "a",
+                translation: &translation,
+                observed: Some(&observed),
+                fresh: &BTreeSet::new(),
+                conflicts: &[],
+                errors: &[],
+                now: at(0),
+                configured_since: &BTreeMap::new(),
+                interfaces: &BTreeMap::new(),
+                peers: &BTreeMap::new(),
+                routes: &BTreeMap::new(),
+            };
+            held_members(&report(mesh), &input, &configured_at, now)
+        };
+        let soon = t0 + Duration::from_millis(10);
+        assert_eq!(
+            held(None, true, soon),
+            ([key.clone()].into(), Some(t0 + FIRST_HANDSHAKE_HOLD))
+        );
+        assert!(held(Some(at(0)), true, soon).0.is_empty(), "shook hands");
+        assert!(
+            held(None, true, t0 + FIRST_HANDSHAKE_HOLD).0.is_empty(),
+            "waited long enough"
+        );
+        assert!(held(None, false, soon).0.is_empty(), "not a mesh member");
     }
 
     #[test]
