@@ -16,6 +16,11 @@ use crate::names::{
     ANNOTATION_TOPOLOGY, LABEL_LOCATION, LABEL_MESH, LABEL_ROLE, label_value,
 };
 
+/// The finalizer of every generated Interface: a leaver's Interface stays (and with it its
+/// addresses in their Networks) until every other member's node daemon reports that its
+/// device dropped it, or a timeout; the operator then removes it (decision 0010).
+pub const MEMBER_FINALIZER: &str = "kwire.dev/mesh-member";
+
 /// The labels of a member's generated Interface: its Mesh, its role and, in a `Locations`
 /// mesh, its location (unless it is a location of its own, `node:<name>`, which is not a
 /// label value: no label then, and readers take the member's node).
@@ -99,8 +104,8 @@ pub fn member_interface_spec(expansion: &Expansion, member: &Member) -> Interfac
 
 /// The whole Interface of a member of `mesh`: in the Mesh's namespace, controlled by it
 /// (owner reference with `controller: true`, so GitOps tools show it as the Mesh's child
-/// and the garbage collector deletes it with the Mesh). `None` when the Mesh has no uid
-/// yet (it was read from a file, not from the API server).
+/// and the garbage collector deletes it with the Mesh), with [`MEMBER_FINALIZER`]. `None`
+/// when the Mesh has no uid yet (it was read from a file, not from the API server).
 pub fn member_interface(mesh: &Mesh, expansion: &Expansion, member: &Member) -> Option<Interface> {
     let owner = mesh.controller_owner_ref(&())?;
     let mut object = Interface::new(&member.name, member_interface_spec(expansion, member));
@@ -110,6 +115,7 @@ pub fn member_interface(mesh: &Mesh, expansion: &Expansion, member: &Member) -> 
         labels: Some(member_labels(expansion, member)),
         annotations: member_annotations(expansion, member),
         owner_references: Some(vec![owner]),
+        finalizers: Some(vec![MEMBER_FINALIZER.to_string()]),
         ..Default::default()
     };
     Some(object)

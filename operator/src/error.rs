@@ -83,6 +83,16 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// Removing the finalizer of a leaving Mesh member's Interface.
+    #[error(
+        "letting the leaving Mesh member's Interface {namespace}/{name} go (removing its finalizer): {source}"
+    )]
+    ReleaseMember {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
     #[error("deleting generated {kind} {namespace}/{name}: {source}")]
     DeleteGenerated {
         kind: &'static str,
@@ -125,6 +135,7 @@ impl Error {
             Error::MissingMetadata { .. } => "missing_metadata",
             Error::ApplyGenerated { .. } => "apply_generated",
             Error::DeleteGenerated { .. } => "delete_generated",
+            Error::ReleaseMember { .. } => "release_member",
         }
     }
 
@@ -137,7 +148,8 @@ impl Error {
             | Error::DeleteSecret { source, .. }
             | Error::PatchStatus { source, .. }
             | Error::ApplyGenerated { source, .. }
-            | Error::DeleteGenerated { source, .. } => classify_api(source),
+            | Error::DeleteGenerated { source, .. }
+            | Error::ReleaseMember { source, .. } => classify_api(source),
             Error::StaleStore { .. } | Error::CacheBehindOwnWrite { .. } => Retry::Soon,
             Error::GenerateKey { .. } => Retry::Backoff,
             Error::MissingMetadata { .. } => Retry::Slowly,

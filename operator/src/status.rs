@@ -179,6 +179,7 @@ impl Normalize for InterfaceStatus {
             addresses: self.addresses.clone(),
             endpoint: self.endpoint.clone(),
             device: None,
+            mesh: None,
             key_rotation: self.key_rotation.clone(),
         }
     }

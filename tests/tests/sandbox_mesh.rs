@@ -5,8 +5,13 @@
 //! from the other members' Interfaces; every member pings every other member over IPv4 and
 //! IPv6. Then the fourth Node is labelled: it joins (one more generated Interface, every
 //! pair with it answers) while pings between two members that were there before go on,
-//! and none of them is lost. Last, one Node's label is removed: its generated Interface
-//! is deleted and the other members drop it.
+//! and none of them is lost; every member's `status.mesh` counts its three peers as
+//! connected. Last, one Node's label is removed while another member's node daemon is
+//! down: the leaver's Interface is deleted but stays (finalizer `kwire.dev/mesh-member`),
+//! and its addresses stay allocated in their Networks, while the two live members report it
+//! dropped (`status.mesh.departed`) and the stopped one cannot; once that daemon runs again
+//! and drops it too, the Interface goes and its addresses go back to the Networks. When the
+//! Mesh is deleted, its Interfaces go with it (the finalizer does not hold them).
 //!
 //! The sandbox makes a node for each `nodeName` of the manifests' Interfaces, so the
 //! manifest holds one small hand-written Interface per node (device `anchor`, not part of
@@ -24,7 +29,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kwire_crds::v1alpha1::Mesh;
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::Sandbox;
 use kwire_tests::wait::wait_for;
@@ -195,6 +201,63 @@ fn assert_objects(sandbox: &Sandbox, expected: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The generated Interface of the Mesh on `node`, if any.
+fn generated_on(sandbox: &Sandbox, node: &str) -> Result<Option<Value>> {
+    Ok(sandbox.get("interfaces")?.into_iter().find(|i| {
+        i["metadata"]["labels"]["kwire.dev/mesh"] == "overlay" && i["spec"]["nodeName"] == node
+    }))
+}
+
+/// `status.mesh` of the member on each of `nodes`, once each has `peers` peers, all
+/// connected, and no departed member; `None` before.
+fn mesh_status_connected(
+    sandbox: &Sandbox,
+    nodes: &[&str],
+    peers: u64,
+) -> Result<Option<Vec<Value>>> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let Some(i) = generated_on(sandbox, node)? else {
+            return Ok(None);
+        };
+        let mesh = &i["status"]["mesh"];
+        if mesh["peers"] != peers
+            || mesh["connected"] != peers
+            || mesh["stale"] != 0
+            || mesh.get("departed").is_some()
+        {
+            return Ok(None);
+        }
+        out.push(mesh.clone());
+    }
+    Ok(Some(out))
+}
+
+/// Whether the member on `node` lists `leaver` in `status.mesh.departed`.
+fn reports_departed(sandbox: &Sandbox, node: &str, leaver: &str) -> Result<bool> {
+    Ok(generated_on(sandbox, node)?.is_some_and(|i| {
+        i["status"]["mesh"]["departed"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|n| n == leaver))
+    }))
+}
+
+/// The addresses allocated in the Mesh's Networks to the Interface `name`.
+fn allocated_to(sandbox: &Sandbox, name: &str) -> Result<BTreeSet<IpAddr>> {
+    Ok(sandbox
+        .get("networks")?
+        .iter()
+        .flat_map(|n| {
+            n["status"]["allocations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|a| a["interface"] == name)
+        .filter_map(|a| a["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect())
+}
+
 fn mesh_ready(sandbox: &Sandbox, members: u64) -> Result<Option<()>> {
     let Some(mesh) = sandbox.get_one("meshes", "overlay")? else {
         return Ok(None);
@@ -288,7 +351,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         std::env::temp_dir().join(format!("kwire-mesh-anchors-{}.yaml", std::process::id())),
     );
     std::fs::write(&manifest.0, anchors())?;
-    let sandbox = Sandbox::up(std::slice::from_ref(&manifest.0), NAMESPACE, true)
+    let mut sandbox = Sandbox::up(std::slice::from_ref(&manifest.0), NAMESPACE, true)
         .await
         .context("sandbox up")?;
     if let Err(e) = sandbox.wait_ready(Duration::from_secs(120)) {
@@ -380,19 +443,44 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         );
     }
 
-    // c leaves (its label goes): its generated Interface is deleted, its device goes, and
-    // the others drop it as a peer.
+    // Each member's status counts its three peers, all connected (the pings above went
+    // through every pair).
+    let (statuses, _) = wait_for(
+        "every member's status.mesh to count 3 connected peers",
+        Duration::from_secs(60),
+        || mesh_status_connected(&sandbox, &four, 3),
+    )
+    .with_context(|| sandbox.status_table())?;
+    for mesh in &statuses {
+        ensure!(
+            mesh.get("unhealthy").is_none() && mesh["connecting"] == 0,
+            "{mesh}"
+        );
+    }
+
+    // d's node daemon stops; then c leaves (its label goes). Its generated Interface is
+    // deleted, its device goes, and a and b drop it as a peer and say so; d cannot.
+    let c_interface = generated_on(&sandbox, "c")?.context("no generated Interface on c")?;
+    let c_name = c_interface["metadata"]["name"]
+        .as_str()
+        .context("a name")?
+        .to_string();
+    let c_addresses: BTreeSet<IpAddr> = members4[2].1.iter().copied().collect();
+    ensure!(
+        allocated_to(&sandbox, &c_name)? == c_addresses,
+        "c's addresses are not allocated to {c_name} in the Networks"
+    );
+    let d_daemon = sandbox.daemon_command("d")?;
+    sandbox.kill_daemon("d")?;
     label(&sandbox, "c", None).await?;
-    let rest = ["a", "b", "d"];
     wait_for(
-        "c's generated Interface to go and the others to drop c",
+        "a and b to drop c and report it departed",
         Duration::from_secs(60),
         || {
-            if members(&sandbox, &rest)?.is_none() {
-                return Ok(None);
-            }
-            for node in rest {
-                if peers_of(&sandbox.nodes[node].wg_show()?, "wgmesh") != 2 {
+            for node in ["a", "b"] {
+                if peers_of(&sandbox.nodes[node].wg_show()?, "wgmesh") != 2
+                    || !reports_departed(&sandbox, node, &c_name)?
+                {
                     return Ok(None);
                 }
             }
@@ -400,9 +488,102 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         },
     )
     .with_context(|| sandbox.status_table())?;
+    // Held: d has not confirmed, so c's Interface is still there (deleted, with the
+    // finalizer) and its addresses are still allocated to it.
+    let held = generated_on(&sandbox, "c")?.context("c's Interface went before d confirmed")?;
+    ensure!(
+        held["metadata"]["deletionTimestamp"].is_string()
+            && held["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "kwire.dev/mesh-member")),
+        "c's Interface is not held by the finalizer: {}",
+        held["metadata"]
+    );
+    ensure!(
+        allocated_to(&sandbox, &c_name)? == c_addresses,
+        "c's addresses went back to the Networks before d dropped c"
+    );
+    ensure!(!reports_departed(&sandbox, "d", &c_name)?);
+    // (Without its daemon, `wg show` runs in the mount namespace of the node's
+    // wireguard-go, which holds the device and its socket.)
+    let holder = sandbox.nodes["d"]
+        .netns
+        .pids_named("wireguard-go")
+        .into_iter()
+        .next()
+        .context("no wireguard-go on d")?;
+    let shown = Command::new("nsenter")
+        .args([
+            "-t",
+            &holder.to_string(),
+            "-m",
+            "-n",
+            "wg",
+            "show",
+            "all",
+            "dump",
+        ])
+        .output()
+        .context("wg show on d")?;
+    ensure!(
+        peers_of(&String::from_utf8_lossy(&shown.stdout), "wgmesh") == 3,
+        "d's device, without its daemon, does not have c any more"
+    );
+
+    // d's daemon runs again: it drops c and says so; c's Interface goes, and its addresses
+    // with it.
+    sandbox.respawn_daemon("d", &d_daemon)?;
+    let rest = ["a", "b", "d"];
+    let (_, took) = wait_for(
+        "d to drop c, c's Interface to go and its addresses to go back to the Networks",
+        Duration::from_secs(90),
+        || {
+            if peers_of(&sandbox.nodes["d"].wg_show()?, "wgmesh") != 2
+                || generated_on(&sandbox, "c")?.is_some()
+                || members(&sandbox, &rest)?.is_none()
+            {
+                return Ok(None);
+            }
+            Ok(allocated_to(&sandbox, &c_name)?.is_empty().then_some(()))
+        },
+    )
+    .with_context(|| sandbox.status_table())?;
+    println!("c let go {took:?} after d's daemon came back");
+    wait_for(
+        "every remaining member's status.mesh to count 2 connected peers",
+        Duration::from_secs(60),
+        || mesh_status_connected(&sandbox, &rest, 2),
+    )
+    .with_context(|| sandbox.status_table())?;
     assert_objects(&sandbox, &rest)?;
     let left = members(&sandbox, &rest)?.context("the remaining members changed")?;
     let failed = ping_every_pair(&sandbox, &left, None);
     ensure!(failed.is_empty(), "pings failed after c left: {failed:?}");
+
+    // The Mesh is deleted: the garbage collector deletes its Interfaces and their
+    // finalizer does not hold them (their Mesh is gone); every address goes back.
+    let meshes: Api<Mesh> = Api::namespaced(sandbox.cp.client().await?, &sandbox.namespace);
+    meshes
+        .delete("overlay", &DeleteParams::default())
+        .await
+        .context("deleting the Mesh")?;
+    wait_for(
+        "the generated Interfaces to go with the Mesh, and their addresses",
+        Duration::from_secs(60),
+        || {
+            for node in NODES {
+                if generated_on(&sandbox, node)?.is_some() {
+                    return Ok(None);
+                }
+            }
+            let allocated = sandbox
+                .get("networks")?
+                .iter()
+                .map(|n| n["status"]["allocations"].as_array().map_or(0, Vec::len))
+                .sum::<usize>();
+            Ok((allocated == 0).then_some(()))
+        },
+    )
+    .with_context(|| sandbox.status_table())?;
     Ok(())
 }

@@ -32,6 +32,7 @@ pub const DEFAULT_LISTEN_PORT: u16 = 51820;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Rotation","type":"string","priority":1,"jsonPath":".status.keyRotation.phase","description":"Phase of the latest key rotation"}"#,
+    printcolumn = r#"{"name":"Connected","type":"integer","priority":1,"jsonPath":".status.mesh.connected","description":"Mesh members: peers with a recent handshake"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -202,6 +203,10 @@ pub struct InterfaceStatus {
     /// Key rotations: which key is in use, the one before it, and where a rotation stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_rotation: Option<KeyRotationStatus>,
+    /// On an Interface a Mesh generated: how its node daemon sees the other members
+    /// (bounded counts and names), and which leaving members its device has dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<super::mesh::MemberPeersStatus>,
 }
 
 /// Where a key rotation stands. Fingerprints are the first characters of public keys

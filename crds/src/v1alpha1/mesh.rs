@@ -297,8 +297,8 @@ pub struct LocationStatus {
     pub gateway: Option<String>,
 }
 
-/// One member's view of its peers, bounded: what the member's node daemon will report on
-/// the member's generated Interface (`status.mesh`, once wired).
+/// One member's view of its peers, bounded: what the member's node daemon reports on the
+/// member's generated Interface (`status.mesh`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberPeersStatus {
@@ -310,10 +310,17 @@ pub struct MemberPeersStatus {
     pub connecting: u32,
     /// Peers seen once whose latest handshake is too old.
     pub stale: u32,
-    /// Up to 16 member names among the stale and connecting peers, stale first.
+    /// Up to 16 member names (their nodes) among the stale and connecting peers, stale
+    /// first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub unhealthy: Vec<String>,
+    /// Up to 16 generated Interfaces of leaving members (being deleted) that this member's
+    /// device no longer has as peers, in name order. The operator lets a leaver go, and its
+    /// addresses back to their Networks, once every other member lists it here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub departed: Vec<String>,
 }
 
 /// Rules that span fields, placed on `spec` or on the object.

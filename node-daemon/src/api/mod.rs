@@ -19,9 +19,9 @@ use crate::model::DesiredNode;
 use crate::run::NodeStatus;
 use crate::run::followup::PeerEntry;
 use desired::{ObjectKey, Translation};
-use report::{ReportInput, Seen, StatusReport, held_peers};
+use report::{ReportInput, Seen, StatusReport, add_mesh_status, held_members, held_peers};
 use source::Source;
-use writer::StatusWriter;
+use writer::{Kind, StatusWriter, Target};
 
 /// How the API side is set up.
 #[derive(Debug, Clone)]
@@ -131,6 +131,9 @@ async fn report(
     let mut configured_since: BTreeMap<ObjectKey, SystemTime> = BTreeMap::new();
     // When this daemon configured each peer entry it added (for the first-handshake hold).
     let mut configured_at: BTreeMap<PeerEntry, Instant> = BTreeMap::new();
+    // When each peer entry of the desired devices was first wanted (the first-handshake
+    // grace of mesh peers, which have no Peer object to key `configured_since` by).
+    let mut wanted_since: BTreeMap<PeerEntry, SystemTime> = BTreeMap::new();
     // The next moment a held status or a failed write is due again.
     let mut wake: Option<Instant> = None;
     let mut tick = tokio::time::interval(resync_period);
@@ -156,10 +159,21 @@ async fn report(
         for key in translation.peer_entries.keys() {
             configured_since.entry(key.clone()).or_insert(now);
         }
+        let wanted: BTreeSet<PeerEntry> = translation
+            .desired
+            .devices
+            .iter()
+            .flat_map(|(device, d)| d.peers.keys().map(|k| (device.clone(), *k)))
+            .collect();
+        wanted_since.retain(|entry, _| wanted.contains(entry));
         let status = status_rx.borrow_and_update().clone();
         let instant = Instant::now();
+        // Peers' entries and mesh peers' (both are wanted peers of a device).
         let entries: BTreeSet<&PeerEntry> = translation.peer_entries.values().collect();
-        configured_at.retain(|entry, _| entries.contains(entry));
+        configured_at.retain(|entry, _| entries.contains(entry) || wanted.contains(entry));
+        for entry in wanted {
+            wanted_since.entry(entry).or_insert(now);
+        }
         for entry in &status.fresh_peers {
             configured_at.entry(entry.clone()).or_insert(instant);
         }
@@ -177,10 +191,24 @@ async fn report(
             peers: &peers,
             routes: &routes,
         };
-        let report = StatusReport::build(&input);
+        let mut report = StatusReport::build(&input);
+        let (locals, members) = (source.interfaces_state(), source.mesh_members_state());
+        add_mesh_status(
+            &mut report,
+            &input,
+            &locals.iter().map(Arc::as_ref).collect::<Vec<_>>(),
+            &members.iter().map(Arc::as_ref).collect::<Vec<_>>(),
+            &wanted_since,
+        );
         let (held, held_until) = held_peers(&input, &configured_at, instant);
+        let (members_held, members_until) = held_members(&report, &input, &configured_at, instant);
+        let held: BTreeSet<Target> = held
+            .into_iter()
+            .map(|k| (Kind::Peer, k))
+            .chain(members_held.into_iter().map(|k| (Kind::Interface, k)))
+            .collect();
         writer.submit(&report, &held);
-        wake = [held_until, writer.next_retry()]
+        wake = [held_until, members_until, writer.next_retry()]
             .into_iter()
             .flatten()
             .min();

@@ -12,11 +12,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt as _;
+use kwire_crds::v1alpha1::Interface;
 use kwire_crds::v1alpha1::condition;
+use kwire_mesh::Role;
+use kwire_mesh::api::STATUS_NAMES_CAP;
+use kwire_mesh::health::{PeerState, member_peers_status};
+use kwire_mesh::names::{LABEL_MESH, LABEL_ROLE};
 use serde_json::{Value, json};
 
 use super::desired::{ObjectKey, PeerSide, Translation};
-use crate::model::{LinkKind, ObservedNode, Ownership};
+use crate::model::{LinkKind, ObservedNode, Ownership, PublicKey};
 use crate::plan::{Conflict, device_mtu};
 use crate::run::StepFailure;
 use crate::run::followup::PeerEntry;
@@ -355,6 +361,132 @@ impl StatusReport {
     }
 }
 
+/// The Mesh a generated Interface belongs to: (namespace, `kwire.dev/mesh` label, uid of
+/// its controlling Mesh). A hand-written Interface carrying the label has none.
+fn mesh_identity(interface: &Interface) -> Option<(String, String, String)> {
+    let label = interface.labels().get(LABEL_MESH)?;
+    let owner = interface
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Mesh")?;
+    Some((
+        interface.namespace().unwrap_or_default(),
+        label.clone(),
+        owner.uid.clone(),
+    ))
+}
+
+/// How a member's device sees one mesh peer, by the same rules as a Peer's `Connected`
+/// condition ([`connectivity`]): a handshake within [`STALE_AFTER`] is connected; none yet
+/// is connecting for [`FIRST_HANDSHAKE_GRACE`] after the peer was first wanted, then stale.
+pub fn mesh_peer_state(
+    handshake: Option<SystemTime>,
+    wanted_since: Option<SystemTime>,
+    now: SystemTime,
+) -> PeerState {
+    match handshake {
+        Some(at) if now.duration_since(at).unwrap_or_default() <= STALE_AFTER => {
+            PeerState::Connected
+        }
+        Some(_) => PeerState::Stale,
+        None => {
+            let waited = wanted_since
+                .and_then(|s| now.duration_since(s).ok())
+                .unwrap_or_default();
+            if waited < FIRST_HANDSHAKE_GRACE {
+                PeerState::Connecting
+            } else {
+                PeerState::Stale
+            }
+        }
+    }
+}
+
+/// Adds `status.mesh` (`kwire_mesh::api::MemberPeersStatus`) to the report of every generated member
+/// Interface of this node (`locals`) that the report covers: the other live members of its
+/// Mesh (`members`, from the Mesh member watches) that its device is told to have as peers,
+/// each counted as connected, connecting or stale; and `departed`, the members being
+/// deleted whose key its device, as observed, no longer has (the operator waits for those
+/// before it lets a leaver go, decision 0010). `wanted_since` says when each peer entry was
+/// first wanted (for the grace of a first handshake). Counts and capped names only, in a
+/// fixed order: an unchanged device gives an unchanged status, so nothing is written.
+pub fn add_mesh_status(
+    report: &mut StatusReport,
+    input: &ReportInput<'_>,
+    locals: &[&Interface],
+    members: &[&Interface],
+    wanted_since: &BTreeMap<PeerEntry, SystemTime>,
+) {
+    for local in locals {
+        if local.metadata.deletion_timestamp.is_some()
+            || local.labels().get(LABEL_ROLE).map(String::as_str) != Some(Role::Member.as_str())
+        {
+            continue;
+        }
+        let Some(mesh) = mesh_identity(local) else {
+            continue;
+        };
+        let key = (local.namespace().unwrap_or_default(), local.name_any());
+        let Some(device) = input.translation.devices.get(&key) else {
+            continue;
+        };
+        let Some(status) = report.interfaces.get_mut(&key) else {
+            continue;
+        };
+        let wanted = input
+            .translation
+            .desired
+            .devices
+            .get(device)
+            .map(|d| &d.peers);
+        // The device as observed; `None` until it exists.
+        let observed = input
+            .observed
+            .and_then(|o| o.devices.get(device))
+            .and_then(|d| d.wireguard.as_ref());
+        let mut peers: Vec<(String, PeerState)> = Vec::new();
+        let mut departed: Vec<String> = Vec::new();
+        for other in members {
+            if mesh_identity(other).as_ref() != Some(&mesh) || other.name_any() == key.1 {
+                continue;
+            }
+            let public_key: Option<PublicKey> = other
+                .status
+                .as_ref()
+                .and_then(|s| s.public_key.as_deref())
+                .and_then(|k| k.parse().ok());
+            if other.metadata.deletion_timestamp.is_some() {
+                let dropped = observed
+                    .is_some_and(|wg| public_key.is_none_or(|k| !wg.peers.contains_key(&k)));
+                if dropped {
+                    departed.push(other.name_any());
+                }
+                continue;
+            }
+            let Some(public_key) = public_key.filter(|k| wanted.is_some_and(|w| w.contains_key(k)))
+            else {
+                continue;
+            };
+            let entry = (device.clone(), public_key);
+            let handshake = if input.fresh.contains(&entry) {
+                None
+            } else {
+                observed
+                    .and_then(|wg| wg.peers.get(&public_key))
+                    .and_then(|p| p.stats.last_handshake)
+            };
+            let state = mesh_peer_state(handshake, wanted_since.get(&entry).copied(), input.now);
+            peers.push((other.spec.node_name.to_string(), state));
+        }
+        let mut summary = member_peers_status(peers.iter().map(|(n, s)| (n.as_str(), *s)));
+        departed.sort_unstable();
+        departed.truncate(STATUS_NAMES_CAP);
+        summary.departed = departed;
+        status.significant["mesh"] =
+            serde_json::to_value(&summary).expect("a MemberPeersStatus serializes");
+    }
+}
+
 /// `status.remoteEnd` from the node of a Peer's remote end: what matters at once, and
 /// counters.
 fn remote_end(node: &str, stats: Option<&Stats>, mtu: Option<u32>) -> (Value, Value) {
@@ -452,6 +584,46 @@ pub fn held_peers(
         };
         let handshake = peer_stats(input, key).and_then(|s| s.handshake);
         if now < end && handshake.is_none() {
+            held.insert(key.clone());
+            until = Some(until.map_or(end, |u| u.min(end)));
+        }
+    }
+    (held, until)
+}
+
+/// The generated member Interfaces whose status is not written yet, as a new Peer's
+/// ([`held_peers`]): a peer entry was added to the member's device less than
+/// [`FIRST_HANDSHAKE_HOLD`] ago (`configured_at`) and has no handshake yet. Without it a
+/// join would make every member write twice, its new peer `connecting` and a moment later
+/// `connected`. Only Interfaces that report `status.mesh`. Returns them and when the
+/// earliest of those waits ends.
+pub fn held_members(
+    report: &StatusReport,
+    input: &ReportInput<'_>,
+    configured_at: &BTreeMap<PeerEntry, Instant>,
+    now: Instant,
+) -> (BTreeSet<ObjectKey>, Option<Instant>) {
+    let mut held = BTreeSet::new();
+    let mut until: Option<Instant> = None;
+    for (key, status) in &report.interfaces {
+        if status.significant.get("mesh").is_none() {
+            continue;
+        }
+        let Some(device) = input.translation.devices.get(key) else {
+            continue;
+        };
+        let first = configured_at
+            .iter()
+            .filter(|(entry, at)| {
+                &entry.0 == device
+                    && now < **at + FIRST_HANDSHAKE_HOLD
+                    && entry_stats(input, entry)
+                        .and_then(|s| s.handshake)
+                        .is_none()
+            })
+            .map(|(_, at)| *at + FIRST_HANDSHAKE_HOLD)
+            .min();
+        if let Some(end) = first {
             held.insert(key.clone());
             until = Some(until.map_or(end, |u| u.min(end)));
         }
@@ -628,6 +800,248 @@ mod tests {
         let mut flipped = shaken.clone();
         flipped.significant = json!({"remoteEnd": {"node": "b", "configured": false}});
         assert!(due(Some((&shaken, soon)), &flipped));
+    }
+
+    /// A generated Interface of Mesh `overlay` (controller uid `uid`) on `node`, with the
+    /// public key `[key; 32]` when `key` is set, deleted when `deleting`.
+    fn member(name: &str, node: &str, uid: &str, key: Option<u8>, deleting: bool) -> Interface {
+        use crate::model::PublicKey;
+        let mut i: Interface = serde_json::from_value(json!({
+            "apiVersion": "kwire.dev/v1alpha1",
+            "kind": "Interface",
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "labels": {"kwire.dev/mesh": "overlay", "kwire.dev/mesh-role": "member"},
+                "ownerReferences": [{"apiVersion": "kwire.dev/v1alpha1", "kind": "Mesh",
+                    "name": "overlay", "uid": uid, "controller": true}],
+            },
+            "spec": {"nodeName": node, "listenPort": 51820},
+        }))
+        .unwrap();
+        if deleting {
+            i.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+            );
+        }
+        if let Some(k) = key {
+            i.status = Some(kwire_crds::v1alpha1::InterfaceStatus {
+                public_key: Some(PublicKey::from_bytes([k; 32]).to_base64()),
+                ..Default::default()
+            });
+        }
+        i
+    }
+
+    #[test]
+    fn a_member_reports_its_mesh_peers_by_state_and_the_leavers_its_device_dropped() {
+        use crate::model::{
+            DesiredDevice, DesiredNode, IfaceName, PeerConfig, PrivateKey, PublicKey,
+        };
+        let device = IfaceName::new("wgmesh").unwrap();
+        let key = |k: u8| PublicKey::from_bytes([k; 32]);
+        // The device is told to have b, c, d and f (f is still on it: being deleted, not
+        // dropped yet).
+        let mut wanted = DesiredDevice {
+            owner: "ns/m-a".parse().unwrap(),
+            private_key: PrivateKey::from_bytes([1; 32]),
+            listen_port: Some(51820),
+            addresses: Default::default(),
+            mtu: None,
+            peers: Default::default(),
+            forwarding: false,
+        };
+        for k in [2, 3, 4, 6] {
+            wanted.peers.insert(key(k), PeerConfig::default());
+        }
+        let mut desired = DesiredNode::default();
+        desired.devices.insert(device.clone(), wanted);
+        let mut observed = crate::fixtures::converged(&desired);
+        let now = at(1000);
+        let wg = observed
+            .devices
+            .get_mut(&device)
+            .unwrap()
+            .wireguard
+            .as_mut()
+            .unwrap();
+        wg.peers.get_mut(&key(2)).unwrap().stats.last_handshake = Some(at(990));
+        wg.peers.get_mut(&key(4)).unwrap().stats.last_handshake = Some(at(500));
+        let mut translation = Translation {
+            desired,
+            ..Translation::default()
+        };
+        let local_key = ("ns".to_string(), "m-a".to_string());
+        translation
+            .devices
+            .insert(local_key.clone(), device.clone());
+        let local = member("m-a", "a", "uid", Some(1), false);
+        let mut members = vec![
+            member("m-a", "a", "uid", Some(1), false),
+            member("m-b", "b", "uid", Some(2), false),
+            // Wanted 30 s ago, no handshake yet.
+            member("m-c", "c", "uid", Some(3), false),
+            // Its latest handshake is 500 s old.
+            member("m-d", "d", "uid", Some(4), false),
+            // Leaving: gone from the device, so acknowledged.
+            member("m-e", "e", "uid", Some(5), true),
+            // Leaving, still on the device: not yet.
+            member("m-f", "f", "uid", Some(6), true),
+            // Leaving without ever having had a key: never a peer.
+            member("m-g", "g", "uid", None, true),
+            // Another Mesh of the same label (an earlier incarnation): ignored.
+            member("m-x", "x", "old-uid", Some(9), false),
+            // No key yet: not a peer yet.
+            member("m-h", "h", "uid", None, false),
+        ];
+        let since: BTreeMap<PeerEntry, SystemTime> = [
+            ((device.clone(), key(2)), at(0)),
+            ((device.clone(), key(3)), at(970)),
+            ((device.clone(), key(4)), at(0)),
+        ]
+        .into();
+        let build = |members: &[Interface], observed: Option<&ObservedNode>| {
+            let input = ReportInput {
+                node: "a",
+                translation: &translation,
+                observed,
+                fresh: &BTreeSet::new(),
+                conflicts: &[],
+                errors: &[],
+                now,
+                configured_since: &BTreeMap::new(),
+                interfaces: &BTreeMap::new(),
+                peers: &BTreeMap::new(),
+                routes: &BTreeMap::new(),
+            };
+            let mut report = StatusReport::default();
+            report.interfaces.insert(
+                local_key.clone(),
+                ObjectStatus {
+                    significant: json!({}),
+                    counters: json!({}),
+                },
+            );
+            let members: Vec<&Interface> = members.iter().collect();
+            add_mesh_status(&mut report, &input, &[&local], &members, &since);
+            report.interfaces[&local_key].significant["mesh"].clone()
+        };
+        let mesh = build(&members, Some(&observed));
+        assert_eq!(
+            mesh,
+            json!({"peers": 3, "connected": 1, "connecting": 1, "stale": 1,
+                   "unhealthy": ["d", "c"], "departed": ["m-e", "m-g"]})
+        );
+        // The same members in another order give the same status (nothing to write).
+        members.reverse();
+        assert_eq!(build(&members, Some(&observed)), mesh);
+        // Before the device is observed, no leaver is acknowledged.
+        assert!(build(&members, None).get("departed").is_none());
+        // An Interface that is not a generated member gets no `status.mesh`.
+        let mut report = StatusReport::default();
+        report.interfaces.insert(
+            local_key.clone(),
+            ObjectStatus {
+                significant: json!({}),
+                counters: json!({}),
+            },
+        );
+        let mut hand_written = local.clone();
+        hand_written.metadata.owner_references = None;
+        let input = ReportInput {
+            node: "a",
+            translation: &translation,
+            observed: Some(&observed),
+            fresh: &BTreeSet::new(),
+            conflicts: &[],
+            errors: &[],
+            now,
+            configured_since: &BTreeMap::new(),
+            interfaces: &BTreeMap::new(),
+            peers: &BTreeMap::new(),
+            routes: &BTreeMap::new(),
+        };
+        let all: Vec<&Interface> = members.iter().collect();
+        add_mesh_status(&mut report, &input, &[&hand_written], &all, &since);
+        assert!(
+            report.interfaces[&local_key]
+                .significant
+                .get("mesh")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_member_waits_for_its_new_mesh_peers_first_handshake_like_a_peer() {
+        use crate::model::{IfaceName, PublicKey};
+        let device = IfaceName::new("wgmesh").unwrap();
+        let peer = PublicKey::from_bytes([2; 32]);
+        let key = ("ns".to_string(), "m-a".to_string());
+        let mut translation = Translation::default();
+        translation.devices.insert(key.clone(), device.clone());
+        let report = |mesh: bool| {
+            let mut r = StatusReport::default();
+            let significant = if mesh {
+                json!({"mesh": {"peers": 1}})
+            } else {
+                json!({})
+            };
+            r.interfaces.insert(
+                key.clone(),
+                ObjectStatus {
+                    significant,
+                    counters: json!({}),
+                },
+            );
+            r
+        };
+        let t0 = Instant::now();
+        let configured_at: BTreeMap<PeerEntry, Instant> = [((device.clone(), peer), t0)].into();
+        let held = |handshake: Option<SystemTime>, mesh: bool, now: Instant| {
+            let observed = observed_with_peer("wgmesh", 1, peer, handshake);
+            let input = ReportInput {
+                node: "a",
+                translation: &translation,
+                observed: Some(&observed),
+                fresh: &BTreeSet::new(),
+                conflicts: &[],
+                errors: &[],
+                now: at(0),
+                configured_since: &BTreeMap::new(),
+                interfaces: &BTreeMap::new(),
+                peers: &BTreeMap::new(),
+                routes: &BTreeMap::new(),
+            };
+            held_members(&report(mesh), &input, &configured_at, now)
+        };
+        let soon = t0 + Duration::from_millis(10);
+        assert_eq!(
+            held(None, true, soon),
+            ([key.clone()].into(), Some(t0 + FIRST_HANDSHAKE_HOLD))
+        );
+        assert!(held(Some(at(0)), true, soon).0.is_empty(), "shook hands");
+        assert!(
+            held(None, true, t0 + FIRST_HANDSHAKE_HOLD).0.is_empty(),
+            "waited long enough"
+        );
+        assert!(held(None, false, soon).0.is_empty(), "not a mesh member");
+    }
+
+    #[test]
+    fn a_mesh_peer_is_connecting_within_the_grace_then_stale() {
+        assert_eq!(
+            mesh_peer_state(Some(at(0)), None, at(180)),
+            PeerState::Connected
+        );
+        assert_eq!(
+            mesh_peer_state(Some(at(0)), None, at(181)),
+            PeerState::Stale
+        );
+        assert_eq!(
+            mesh_peer_state(None, Some(at(0)), at(59)),
+            PeerState::Connecting
+        );
+        assert_eq!(mesh_peer_state(None, Some(at(0)), at(60)), PeerState::Stale);
     }
 
     /// An observation of device `name` (private key `[own; 32]`, port `own`) with one peer,

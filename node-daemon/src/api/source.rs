@@ -226,6 +226,11 @@ impl Source {
         self.routes.state()
     }
 
+    /// The generated Interfaces of the Meshes this node is a member of (every member's).
+    pub fn mesh_members_state(&self) -> Vec<Arc<Interface>> {
+        self.meshes.state()
+    }
+
     /// Resolves when any watched object changed since the last call.
     pub async fn changed(&self) {
         self.changed.notified().await;

@@ -90,9 +90,10 @@ impl StatusWriter {
         }
     }
 
-    /// Queues what `report` says has changed, except the Peers in `held`, and starts
+    /// Queues what `report` says has changed, except the objects in `held` (see
+    /// [`super::report::held_peers`] and [`super::report::held_members`]), and starts
     /// writing; returns how many objects are queued or in flight.
-    pub fn submit(&mut self, report: &StatusReport, held: &BTreeSet<ObjectKey>) -> usize {
+    pub fn submit(&mut self, report: &StatusReport, held: &BTreeSet<Target>) -> usize {
         let reported = |(kind, key): &Target| {
             match kind {
                 Kind::Interface => &report.interfaces,
@@ -114,10 +115,10 @@ impl StatusWriter {
             (Kind::Route, &report.routes),
         ] {
             for (key, status) in statuses {
-                if kind == Kind::Peer && held.contains(key) {
+                let target = (kind, key.clone());
+                if held.contains(&target) {
                     continue;
                 }
-                let target = (kind, key.clone());
                 if self.retry_at.contains_key(&target) {
                     continue;
                 }
@@ -372,7 +373,7 @@ mod tests {
     #[tokio::test]
     async fn a_held_peer_is_not_written_until_it_is_released() {
         let (mut writer, sent) = writer();
-        let held = [key("p")].into();
+        let held = [(Kind::Peer, key("p"))].into();
         writer.submit(&peers(&[("p", 1), ("q", 1)]), &held);
         assert_eq!(sent_names(&sent), ["Peer q 1"]);
         writer.submit(&peers(&[("p", 2), ("q", 1)]), &BTreeSet::new());

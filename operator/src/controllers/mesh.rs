@@ -84,9 +84,11 @@ pub fn owned_by(interface: &Interface, uid: &str) -> bool {
 }
 
 /// Whether `existing` already is what `desired` asks: same spec, every desired label, the
-/// same value (or absence) of each annotation the operator writes, and the owner reference.
+/// same value (or absence) of each annotation the operator writes, the owner reference and
+/// the finalizer.
 fn up_to_date(existing: &Interface, desired: &Interface) -> bool {
     let labels = existing.labels();
+    let finalizers = existing.finalizers();
     let ours = |i: &Interface| {
         MEMBER_ANNOTATIONS
             .map(|a| i.annotations().get(a).cloned())
@@ -102,6 +104,7 @@ fn up_to_date(existing: &Interface, desired: &Interface) -> bool {
             .owner_references()
             .iter()
             .all(|o| existing.owner_references().contains(o))
+        && desired.finalizers().iter().all(|f| finalizers.contains(f))
 }
 
 /// The elections recorded earlier: gateways from the Mesh's `status.locations`, primary
@@ -182,7 +185,10 @@ pub fn plan_mesh(
                         } else {
                             unready.push(member.node.clone());
                         }
-                        if !up_to_date(existing, &desired) {
+                        // A leaver's Interface on its way out (see `mesh_leave`) is left
+                        // to go: it is made again once gone.
+                        let leaving = existing.metadata.deletion_timestamp.is_some();
+                        if !leaving && !up_to_date(existing, &desired) {
                             plan.apply.push(desired);
                         }
                     }

@@ -8,6 +8,7 @@
 
 pub mod interface;
 pub mod mesh;
+pub mod mesh_leave;
 pub mod network;
 pub mod nodes;
 pub mod peer;

@@ -43,7 +43,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use super::triggers::{Changed, Key, Triggers, triggers};
-use super::{error_policy, interface, mesh, network, peer, route};
+use super::{error_policy, interface, mesh, mesh_leave, network, peer, route};
 use crate::context::{Config, Context, Events, Stores};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -159,6 +159,8 @@ struct Queues {
     peers: UnboundedSender<ObjectRef<Peer>>,
     routes: UnboundedSender<ObjectRef<Route>>,
     meshes: UnboundedSender<ObjectRef<Mesh>>,
+    /// Leaving Mesh members' Interfaces ([`mesh_leave`]).
+    leaving: UnboundedSender<ObjectRef<Interface>>,
 }
 
 fn send<K: Resource<DynamicType = ()>>(queue: &UnboundedSender<ObjectRef<K>>, (ns, name): &Key) {
@@ -249,6 +251,17 @@ fn mesh_triggers(change: &Change, meshes: &Store<Mesh>) -> BTreeSet<Key> {
     out
 }
 
+/// The Meshes whose leaving members ([`mesh_leave`]) a change concerns: a Mesh's own
+/// change (deleted: they go at once), and any change of one of its generated Interfaces (a
+/// member's `status.mesh.departed`, or a leaver itself).
+fn leave_triggers(change: &Change) -> Option<Key> {
+    match change {
+        Change::Mesh(e) => object(e).map(|(m, _)| self_key(m)),
+        Change::Interface(e) => object(e).and_then(|(i, _)| mesh::controlling_mesh(i)),
+        _ => None,
+    }
+}
+
 /// The shortest time between two routed batches: during a burst each object is requested
 /// once per window however many changes touched it, and never later than the window's end.
 /// (The applier's own debounce would postpone an object as long as requests keep coming,
@@ -282,10 +295,12 @@ fn route_batch(
     let mut world = || cached.get_or_insert_with(|| stores.world()).clone();
     let mut all = Triggers::default();
     let mut meshes = BTreeSet::new();
+    let mut leaving_meshes = BTreeSet::new();
     for change in batch {
         match change {
             Ok(change) => {
                 meshes.extend(mesh_triggers(&change, &stores.meshes));
+                leaving_meshes.extend(leave_triggers(&change));
                 let t = route_change(&change, &mut world);
                 all.networks.extend(t.networks);
                 all.interfaces.extend(t.interfaces);
@@ -302,6 +317,9 @@ fn route_batch(
     all.peers.iter().for_each(|k| send(&queues.peers, k));
     all.routes.iter().for_each(|k| send(&queues.routes, k));
     meshes.iter().for_each(|k| send(&queues.meshes, k));
+    mesh_leave::leaving_members(&leaving_meshes, &stores.interfaces.state())
+        .iter()
+        .for_each(|k| send(&queues.leaving, k));
     if topology {
         world_changed.notify_one();
     }
@@ -491,12 +509,14 @@ async fn run_with(
     let (peer_tx, peer_rx) = unbounded();
     let (route_tx, route_rx) = unbounded();
     let (mesh_tx, mesh_rx) = unbounded();
+    let (leave_tx, leave_rx) = unbounded();
     let queues = Queues {
         networks: net_tx,
         interfaces: if_tx,
         peers: peer_tx,
         routes: route_tx,
         meshes: mesh_tx,
+        leaving: leave_tx,
     };
     let router_stores = stores.clone();
     let world_changed = Arc::new(Notify::new());
@@ -614,12 +634,21 @@ async fn run_with(
         ctx.clone(),
         stores.meshes.clone(),
         queue(mesh_rx),
-        config,
+        config.clone(),
     )
     .for_each(log_result("mesh"));
+    let leaving = applier(
+        |o, c| Box::pin(mesh_leave::reconcile(o, c)),
+        error_policy::<Interface>,
+        ctx.clone(),
+        stores.interfaces.clone(),
+        queue(leave_rx),
+        config,
+    )
+    .for_each(log_result("mesh-leave"));
 
     let controllers = async {
-        futures::join!(networks, interfaces, peers, routes, meshes);
+        futures::join!(networks, interfaces, peers, routes, meshes, leaving);
     };
     // Every task runs until shutdown: one that ends first ends the run.
     let ended = tokio::select! {

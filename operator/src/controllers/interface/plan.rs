@@ -293,6 +293,7 @@ pub fn plan_interface(
             addresses,
             endpoint: interface_endpoint(interface, world).ok(),
             device: None,
+            mesh: None,
             key_rotation: key.rotation,
         },
         events,
