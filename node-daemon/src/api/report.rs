@@ -15,10 +15,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt as _;
 use kwire_crds::v1alpha1::Interface;
 use kwire_crds::v1alpha1::condition;
-use kwire_mesh::Role;
 use kwire_mesh::api::STATUS_NAMES_CAP;
 use kwire_mesh::health::{PeerState, member_peers_status};
-use kwire_mesh::names::{LABEL_MESH, LABEL_ROLE};
+use kwire_mesh::names::LABEL_MESH;
 use serde_json::{Value, json};
 
 use super::desired::{ObjectKey, PeerSide, Translation};
@@ -418,9 +417,9 @@ pub fn add_mesh_status(
     wanted_since: &BTreeMap<PeerEntry, SystemTime>,
 ) {
     for local in locals {
-        if local.metadata.deletion_timestamp.is_some()
-            || local.labels().get(LABEL_ROLE).map(String::as_str) != Some(Role::Member.as_str())
-        {
+        // Every role reports (member, hub, spoke, gateway): a leaver is released only once
+        // every other member, whatever its role, confirmed it dropped it.
+        if local.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let Some(mesh) = mesh_identity(local) else {
@@ -935,6 +934,41 @@ mod tests {
         // The same members in another order give the same status (nothing to write).
         members.reverse();
         assert_eq!(build(&members, Some(&observed)), mesh);
+        // A gateway, hub or spoke reports the same way as a member: the operator waits for
+        // every role's confirmation before it lets a leaver go.
+        for role in ["gateway", "hub", "spoke"] {
+            let mut other_role = local.clone();
+            other_role
+                .labels_mut()
+                .insert("kwire.dev/mesh-role".into(), role.into());
+            let mut report = StatusReport::default();
+            report.interfaces.insert(
+                local_key.clone(),
+                ObjectStatus {
+                    significant: json!({}),
+                    counters: json!({}),
+                },
+            );
+            let input = ReportInput {
+                node: "a",
+                translation: &translation,
+                observed: Some(&observed),
+                fresh: &BTreeSet::new(),
+                conflicts: &[],
+                errors: &[],
+                now,
+                configured_since: &BTreeMap::new(),
+                interfaces: &BTreeMap::new(),
+                peers: &BTreeMap::new(),
+                routes: &BTreeMap::new(),
+            };
+            let all: Vec<&Interface> = members.iter().collect();
+            add_mesh_status(&mut report, &input, &[&other_role], &all, &since);
+            assert_eq!(
+                report.interfaces[&local_key].significant["mesh"], mesh,
+                "{role}"
+            );
+        }
         // Before the device is observed, no leaver is acknowledged.
         assert!(build(&members, None).get("departed").is_none());
         // An Interface that is not a generated member gets no `status.mesh`.
