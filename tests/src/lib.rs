@@ -6,5 +6,6 @@
 
 pub use kwire_sandbox::{control_plane, kubelet, netns, sandbox};
 
+pub mod mesh;
 pub mod node_status;
 pub mod wait;
