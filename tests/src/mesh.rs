@@ -75,10 +75,28 @@ impl MeshSpec<'_> {
     }
 }
 
+/// A manifest file written for the sandbox, removed when dropped.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Sets `label` to `yes` on Node `node` (`member`) or removes it.
 pub async fn set_member(sandbox: &Sandbox, node: &str, label: &str, member: bool) -> Result<()> {
+    set_label(sandbox, node, label, member.then_some("yes")).await
+}
+
+/// Sets `label` to `value` on Node `node` (`Some`), or removes it (`None`).
+pub async fn set_label(
+    sandbox: &Sandbox,
+    node: &str,
+    label: &str,
+    value: Option<&str>,
+) -> Result<()> {
     let nodes: Api<Node> = Api::all(sandbox.cp.client().await?);
-    let value = member.then_some("yes");
     nodes
         .patch(
             node,

@@ -13,9 +13,8 @@
 //! and drops it too, the Interface goes and its addresses go back to the Networks. When the
 //! Mesh is deleted, its Interfaces go with it (the finalizer does not hold them).
 //!
-//! The sandbox makes a node for each `nodeName` of the manifests' Interfaces, so the
-//! manifest holds one small hand-written Interface per node (device `anchor`, not part of
-//! the Mesh); the Mesh, its Networks and the labels come once the sandbox is up.
+//! The manifest holds only `Node` documents, which make the sandbox's nodes; the Mesh, its
+//! Networks and the labels come once the sandbox is up.
 //!
 //! Needs root and the tools `can_run_network_tests` lists; skipped otherwise (a failure
 //! with `KWIRE_REQUIRE_E2E=1`).
@@ -27,34 +26,23 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kwire_crds::v1alpha1::Mesh;
+use kwire_tests::mesh::{TempFile, node_documents, set_label};
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::Sandbox;
 use kwire_tests::wait::wait_for;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const NAMESPACE: &str = "mesh-full";
 const LABEL: &str = "example.com/overlay";
 const NODES: [&str; 4] = ["a", "b", "c", "d"];
 
-/// One hand-written Interface per node, so that the sandbox makes the nodes.
-fn anchors() -> String {
-    NODES
-        .iter()
-        .enumerate()
-        .map(|(i, node)| {
-            format!(
-                "apiVersion: kwire.dev/v1alpha1\nkind: Interface\nmetadata:\n  name: {node}-anchor\n\
-                 spec:\n  nodeName: {node}\n  deviceName: anchor\n  listenPort: {port}\n  \
-                 addresses: [10.250.0.{host}/32]\n  keyMode: NodeLocal\n---\n",
-                port = 40000 + i,
-                host = i + 1,
-            )
-        })
-        .collect()
+/// The four nodes, none labelled yet.
+fn nodes() -> String {
+    let names: Vec<String> = NODES.iter().map(|n| n.to_string()).collect();
+    node_documents(&names, LABEL, &[])
 }
 
 const MESH: &str = "\
@@ -77,29 +65,6 @@ spec:
   networks: [{name: overlay-v4}, {name: overlay-v6}]
   device: {deviceName: wgmesh, listenPort: 51900, persistentKeepalive: 25}
 ";
-
-/// A manifest file for the sandbox, removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Sets (`Some`) or removes (`None`) the Mesh's label on a Node.
-async fn label(sandbox: &Sandbox, node: &str, value: Option<&str>) -> Result<()> {
-    let nodes: Api<Node> = Api::all(sandbox.cp.client().await?);
-    nodes
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {LABEL: value}}})),
-        )
-        .await
-        .with_context(|| format!("labelling Node {node}"))?;
-    Ok(())
-}
 
 /// The peers of `device` in `wg show all dump` (a peer's line has 9 fields, the device's
 /// own line 5).
@@ -192,8 +157,8 @@ fn assert_objects(sandbox: &Sandbox, expected: &[&str]) -> Result<()> {
         );
     }
     ensure!(
-        interfaces.len() == generated.len() + NODES.len(),
-        "{} Interfaces: more than the generated ones and the anchors",
+        interfaces.len() == generated.len(),
+        "{} Interfaces: more than the generated ones",
         interfaces.len()
     );
     let peers = sandbox.get("peers")?;
@@ -348,9 +313,9 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         return Ok(());
     }
     let manifest = TempFile(
-        std::env::temp_dir().join(format!("kwire-mesh-anchors-{}.yaml", std::process::id())),
+        std::env::temp_dir().join(format!("kwire-mesh-nodes-{}.yaml", std::process::id())),
     );
-    std::fs::write(&manifest.0, anchors())?;
+    std::fs::write(&manifest.0, nodes())?;
     let mut sandbox = Sandbox::up(std::slice::from_ref(&manifest.0), NAMESPACE, true)
         .await
         .context("sandbox up")?;
@@ -360,7 +325,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
 
     // Three members.
     for node in ["a", "b", "c"] {
-        label(&sandbox, node, Some("yes")).await?;
+        set_label(&sandbox, node, LABEL, Some("yes")).await?;
     }
     sandbox.apply_yaml(MESH)?;
     let three = ["a", "b", "c"];
@@ -397,7 +362,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
     wait_for("a's first replies from b", Duration::from_secs(10), || {
         Ok((pinging.replies()? >= 10).then_some(()))
     })?;
-    label(&sandbox, "d", Some("yes")).await?;
+    set_label(&sandbox, "d", LABEL, Some("yes")).await?;
     let four = ["a", "b", "c", "d"];
     let (members4, took) = wait_for(
         "a generated Interface with an IPv4 and an IPv6 address on d",
@@ -427,7 +392,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
     );
     assert_objects(&sandbox, &four)?;
     // Each member's device has the three others as peers, with the Mesh's keepalive
-    // (the dump's last field), and the anchors none.
+    // (the dump's last field).
     for node in NODES {
         let shown = sandbox.nodes[node].wg_show()?;
         let keepalives: Vec<&str> = shown
@@ -436,9 +401,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
             .filter_map(|l| l.split('\t').nth(8))
             .collect();
         ensure!(
-            peers_of(&shown, "wgmesh") == 3
-                && peers_of(&shown, "anchor") == 0
-                && keepalives == ["25"; 3],
+            peers_of(&shown, "wgmesh") == 3 && keepalives == ["25"; 3],
             "{node}: {shown}"
         );
     }
@@ -472,7 +435,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
     );
     let d_daemon = sandbox.daemon_command("d")?;
     sandbox.kill_daemon("d")?;
-    label(&sandbox, "c", None).await?;
+    set_label(&sandbox, "c", LABEL, None).await?;
     wait_for(
         "a and b to drop c and report it departed",
         Duration::from_secs(60),

@@ -24,22 +24,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kwire_tests::mesh::{TempFile, set_label};
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::Sandbox;
 use kwire_tests::wait::wait_for;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const NAMESPACE: &str = "mesh-sites";
 const EAST: [&str; 3] = ["east-1", "east-2", "east-3"];
 const WEST: [&str; 3] = ["west-1", "west-2", "west-3"];
 const GATEWAYS: [&str; 2] = ["east-1", "west-1"];
+/// The label that takes a Node out of the Locations Mesh.
+const OUT: &str = "example.com/out";
 
 /// The nodes and their labels: the zone, and who is in the hub-and-spoke Mesh.
 fn nodes() -> String {
@@ -104,29 +103,6 @@ spec:
   networks: [{name: star-v4}]
   device: {deviceName: wgstar, listenPort: 51941}
 ";
-
-/// A manifest file for the sandbox, removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Sets (`Some`) or removes (`None`) the label that takes a Node out of the Locations Mesh.
-async fn set_out(sandbox: &Sandbox, node: &str, value: Option<&str>) -> Result<()> {
-    let nodes: Api<Node> = Api::all(sandbox.cp.client().await?);
-    nodes
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"example.com/out": value}}})),
-        )
-        .await
-        .with_context(|| format!("labelling Node {node}"))?;
-    Ok(())
-}
 
 /// The gateway `status.locations` records for `location`.
 fn gateway_of(status: &Value, location: &str) -> Option<String> {
@@ -468,7 +444,7 @@ async fn locations_link_through_gateways_and_spokes_through_their_hub() -> Resul
     // --- east's gateway leaves and comes back: east-2 (next by name) takes over, and stays
     // the gateway when east-1 rejoins: the record in status.locations keeps it (without a
     // record, east-1 would win again, first by name).
-    set_out(&sandbox, "east-1", Some("yes")).await?;
+    set_label(&sandbox, "east-1", OUT, Some("yes")).await?;
     let (_, took) = wait_for(
         "east-2 to be east's gateway once east-1 left",
         Duration::from_secs(120),
@@ -481,7 +457,7 @@ async fn locations_link_through_gateways_and_spokes_through_their_hub() -> Resul
     )
     .with_context(|| sandbox.status_table())?;
     println!("east-2 gateway {took:?} after east-1 left");
-    set_out(&sandbox, "east-1", None).await?;
+    set_label(&sandbox, "east-1", OUT, None).await?;
     // east-1's Interface comes back under the same name while the key Secret of the deleted
     // one may still wait for the garbage collector: the key controller adopts it, replacing
     // the earlier controller reference (it used to add a second one, refused with 422 until

@@ -11,13 +11,12 @@
 //! Needs root and the tools `can_run_network_tests` lists; skipped otherwise (a failure
 //! with `KWIRE_REQUIRE_E2E=1`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use kwire_tests::mesh::{
-    ContinuousPing, MeshSpec, addressed_members, assert_linear_objects, mesh_ready, node_documents,
-    ping_every_pair, set_member, wait_peer_counts, wg_peers,
+    ContinuousPing, MeshSpec, TempFile, addressed_members, assert_linear_objects, mesh_ready,
+    node_documents, ping_every_pair, set_member, wait_peer_counts, wg_peers,
 };
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::Sandbox;
@@ -36,15 +35,6 @@ const SPEC: MeshSpec<'static> = MeshSpec {
 const JOINS: &str = "m9";
 const LEAVES: &str = "m8";
 const LONG: Duration = Duration::from_secs(120);
-
-/// A manifest file for the sandbox, removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 fn names(range: std::ops::RangeInclusive<u32>) -> Vec<String> {
     range.map(|i| format!("m{i}")).collect()
