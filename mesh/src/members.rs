@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube_core::ResourceExt;
 use kwire_crds::v1alpha1::Interface;
 
@@ -21,8 +22,29 @@ use crate::api::TopologyType;
 use crate::expand::{DeviceSettings, Member, Role, own_location};
 use crate::names::{
     ANNOTATION_ANNOUNCE, ANNOTATION_GATEWAY_ENDPOINT, ANNOTATION_KEEPALIVE, ANNOTATION_PRIMARY_HUB,
-    ANNOTATION_TOPOLOGY, LABEL_LOCATION, LABEL_ROLE,
+    ANNOTATION_TOPOLOGY, LABEL_LOCATION, LABEL_MESH, LABEL_ROLE,
 };
+
+/// The owner reference of the Mesh that controls `interface` (`controller: true`), if any.
+pub fn mesh_controller(interface: &Interface) -> Option<&OwnerReference> {
+    interface
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Mesh")
+}
+
+/// Which Mesh a generated Interface belongs to: (namespace, `kwire.dev/mesh` label, uid of
+/// its controlling Mesh). Two Interfaces are members of the same Mesh when these are equal;
+/// a hand-written Interface carrying the label has no controlling Mesh, so `None`.
+pub fn mesh_identity(interface: &Interface) -> Option<(String, String, String)> {
+    let label = interface.labels().get(LABEL_MESH)?;
+    let owner = mesh_controller(interface)?;
+    Some((
+        interface.namespace().unwrap_or_default(),
+        label.clone(),
+        owner.uid.clone(),
+    ))
+}
 
 /// The topology a generated Interface says its Mesh has (no annotation: `FullMesh`).
 pub fn topology_of(interface: &Interface) -> TopologyType {

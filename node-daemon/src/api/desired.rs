@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use kube::ResourceExt;
 use kwire_crds::v1alpha1::{Interface, KeyMode, MAIN_TABLE, Peer, Route};
-use kwire_mesh::names::LABEL_MESH;
+use kwire_mesh::members::mesh_identity;
 use kwire_mesh::{Expansion, PeerLink, members};
 
 use crate::model::{
@@ -385,21 +385,6 @@ fn peer_entry(
     })
 }
 
-/// The Mesh that controls a generated Interface: its namespace, its `kwire.dev/mesh` label
-/// and the Mesh's uid. `None` for an Interface written by hand.
-fn mesh_of(interface: &Interface) -> Option<(String, String, String)> {
-    let label = interface.labels().get(LABEL_MESH)?;
-    let owner = interface
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "Mesh")?;
-    Some((
-        interface.namespace().unwrap_or_default(),
-        label.clone(),
-        owner.uid.clone(),
-    ))
-}
-
 /// The peers of this node's Mesh members, derived from the members' generated Interfaces
 /// (decision 0010, "How a member sees the others"), with the link rules of `kwire-mesh`:
 /// each Interface of the same Mesh (same label and controlling Mesh uid, so a hand-written
@@ -433,7 +418,9 @@ fn add_mesh_peers(
         .collect();
     members.sort_by_key(|i| key_of(*i));
     for local in &objects.interfaces {
-        let Some(mesh) = mesh_of(local) else { continue };
+        let Some(mesh) = mesh_identity(local) else {
+            continue;
+        };
         let key = key_of(*local);
         let Some(device) = out.devices.get(&key).cloned() else {
             continue;
@@ -456,7 +443,7 @@ fn add_mesh_peers(
         let same_mesh: BTreeMap<String, &Interface> = members
             .iter()
             .copied()
-            .filter(|i| key_of(*i) != key && mesh_of(i).as_ref() == Some(&mesh))
+            .filter(|i| key_of(*i) != key && mesh_identity(i).as_ref() == Some(&mesh))
             .chain([*local])
             .map(|i| (i.name_any(), i))
             .collect();

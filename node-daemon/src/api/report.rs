@@ -17,7 +17,7 @@ use kwire_crds::v1alpha1::Interface;
 use kwire_crds::v1alpha1::condition;
 use kwire_mesh::api::STATUS_NAMES_CAP;
 use kwire_mesh::health::{PeerState, member_peers_status};
-use kwire_mesh::names::LABEL_MESH;
+use kwire_mesh::members::mesh_identity;
 use serde_json::{Value, json};
 
 use super::desired::{ObjectKey, PeerSide, Translation};
@@ -358,21 +358,6 @@ impl StatusReport {
         }
         report
     }
-}
-
-/// The Mesh a generated Interface belongs to: (namespace, `kwire.dev/mesh` label, uid of
-/// its controlling Mesh). A hand-written Interface carrying the label has none.
-fn mesh_identity(interface: &Interface) -> Option<(String, String, String)> {
-    let label = interface.labels().get(LABEL_MESH)?;
-    let owner = interface
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "Mesh")?;
-    Some((
-        interface.namespace().unwrap_or_default(),
-        label.clone(),
-        owner.uid.clone(),
-    ))
 }
 
 /// How a member's device sees one mesh peer, by the same rules as a Peer's `Connected`
@@ -899,7 +884,8 @@ mod tests {
             ((device.clone(), key(4)), at(0)),
         ]
         .into();
-        let build = |members: &[Interface], observed: Option<&ObservedNode>| {
+        // `status.mesh` as `local`'s daemon reports it (`Null` when it writes none).
+        let build = |local: &Interface, members: &[Interface], observed: Option<&ObservedNode>| {
             let input = ReportInput {
                 node: "a",
                 translation: &translation,
@@ -922,10 +908,10 @@ mod tests {
                 },
             );
             let members: Vec<&Interface> = members.iter().collect();
-            add_mesh_status(&mut report, &input, &[&local], &members, &since);
+            add_mesh_status(&mut report, &input, &[local], &members, &since);
             report.interfaces[&local_key].significant["mesh"].clone()
         };
-        let mesh = build(&members, Some(&observed));
+        let mesh = build(&local, &members, Some(&observed));
         assert_eq!(
             mesh,
             json!({"peers": 3, "connected": 1, "connecting": 1, "stale": 1,
@@ -933,7 +919,7 @@ mod tests {
         );
         // The same members in another order give the same status (nothing to write).
         members.reverse();
-        assert_eq!(build(&members, Some(&observed)), mesh);
+        assert_eq!(build(&local, &members, Some(&observed)), mesh);
         // A gateway, hub or spoke reports the same way as a member: the operator waits for
         // every role's confirmation before it lets a leaver go.
         for role in ["gateway", "hub", "spoke"] {
@@ -941,68 +927,18 @@ mod tests {
             other_role
                 .labels_mut()
                 .insert("kwire.dev/mesh-role".into(), role.into());
-            let mut report = StatusReport::default();
-            report.interfaces.insert(
-                local_key.clone(),
-                ObjectStatus {
-                    significant: json!({}),
-                    counters: json!({}),
-                },
-            );
-            let input = ReportInput {
-                node: "a",
-                translation: &translation,
-                observed: Some(&observed),
-                fresh: &BTreeSet::new(),
-                conflicts: &[],
-                errors: &[],
-                now,
-                configured_since: &BTreeMap::new(),
-                interfaces: &BTreeMap::new(),
-                peers: &BTreeMap::new(),
-                routes: &BTreeMap::new(),
-            };
-            let all: Vec<&Interface> = members.iter().collect();
-            add_mesh_status(&mut report, &input, &[&other_role], &all, &since);
             assert_eq!(
-                report.interfaces[&local_key].significant["mesh"], mesh,
+                build(&other_role, &members, Some(&observed)),
+                mesh,
                 "{role}"
             );
         }
         // Before the device is observed, no leaver is acknowledged.
-        assert!(build(&members, None).get("departed").is_none());
+        assert!(build(&local, &members, None).get("departed").is_none());
         // An Interface that is not a generated member gets no `status.mesh`.
-        let mut report = StatusReport::default();
-        report.interfaces.insert(
-            local_key.clone(),
-            ObjectStatus {
-                significant: json!({}),
-                counters: json!({}),
-            },
-        );
         let mut hand_written = local.clone();
         hand_written.metadata.owner_references = None;
-        let input = ReportInput {
-            node: "a",
-            translation: &translation,
-            observed: Some(&observed),
-            fresh: &BTreeSet::new(),
-            conflicts: &[],
-            errors: &[],
-            now,
-            configured_since: &BTreeMap::new(),
-            interfaces: &BTreeMap::new(),
-            peers: &BTreeMap::new(),
-            routes: &BTreeMap::new(),
-        };
-        let all: Vec<&Interface> = members.iter().collect();
-        add_mesh_status(&mut report, &input, &[&hand_written], &all, &since);
-        assert!(
-            report.interfaces[&local_key]
-                .significant
-                .get("mesh")
-                .is_none()
-        );
+        assert!(build(&hand_written, &members, Some(&observed)).is_null());
     }
 
     #[test]

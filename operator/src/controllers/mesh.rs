@@ -372,10 +372,7 @@ pub async fn reconcile(mesh: Arc<Mesh>, ctx: Arc<Context>) -> Result<Action, Err
 
 /// The Mesh that controls a generated Interface, if any: `(namespace, mesh name)`.
 pub fn controlling_mesh(interface: &Interface) -> Option<(String, String)> {
-    let owner = interface
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "Mesh")?;
+    let owner = kwire_mesh::members::mesh_controller(interface)?;
     Some((
         interface.namespace().unwrap_or_default(),
         owner.name.clone(),
