@@ -661,6 +661,7 @@ impl RouteWatches {
                 Counting::new(&self.metrics, "Route", move |r: &Route| {
                     concerns::route(r, &node, &mine)
                 }),
+                Wake::Always,
                 self.changed.clone(),
             ))
         })
@@ -710,6 +711,7 @@ impl MeshWatches {
                 Counting::new(&self.metrics, "MeshMember", move |i: &Interface| {
                     concerns::interface(i, &node)
                 }),
+                Wake::on_change(mesh_member_digest),
                 self.changed.clone(),
             ))
         })
@@ -720,12 +722,13 @@ impl MeshWatches {
     }
 }
 
-/// Runs the watch of `watched` into `writer`: `changed` is notified on every event and
-/// every object received is counted by `counting`. Retries for ever.
+/// Runs the watch of `watched` into `writer`: `changed` is notified on the events `wake`
+/// lets through and every object received is counted by `counting`. Retries for ever.
 async fn watch_into<K>(
     watched: Watched<K>,
     writer: reflector::store::Writer<K>,
     counting: Counting<K>,
+    mut wake: Wake<K>,
     changed: Arc<Notify>,
 ) where
     K: kube::Resource<DynamicType = ()>
@@ -744,13 +747,88 @@ async fn watch_into<K>(
         match event {
             Ok(event) => {
                 counting.count(&event);
-                changed.notify_one();
+                if wake.on(&event) {
+                    changed.notify_one();
+                }
             }
             Err(e) => {
                 tracing::warn!(watch = watched.what, error = %e, "watch failed; retrying with backoff, keeping the last known objects")
             }
         }
     }
+}
+
+/// Which events of a watch wake the reconcile loop.
+enum Wake<K> {
+    /// Every event.
+    Always,
+    /// Only those that change what `digest` reads of an object (or delete it, or end a
+    /// relist): the last digest of each object is kept by name.
+    OnChange {
+        digest: fn(&K) -> u64,
+        seen: BTreeMap<(Option<String>, String), u64>,
+    },
+}
+
+impl<K: kube::Resource> Wake<K> {
+    fn on_change(digest: fn(&K) -> u64) -> Self {
+        Wake::OnChange {
+            digest,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `event` should wake the loop.
+    fn on(&mut self, event: &watcher::Event<K>) -> bool {
+        let Wake::OnChange { digest, seen } = self else {
+            return true;
+        };
+        let key = |o: &K| {
+            (
+                o.meta().namespace.clone(),
+                o.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                let value = digest(o);
+                let changed = seen.insert(key(o), value) != Some(value);
+                // During a relist, the end of it wakes the loop once.
+                changed && matches!(event, watcher::Event::Apply(_))
+            }
+            watcher::Event::Delete(o) => {
+                seen.remove(&key(o));
+                true
+            }
+            watcher::Event::Init => false,
+            watcher::Event::InitDone => true,
+        }
+    }
+}
+
+/// What of another member's generated Interface a node daemon's translation reads
+/// ([`desired`]'s mesh peers and routes, the report's `status.mesh`): its metadata but the
+/// resourceVersion and managed fields, its spec, and its key, addresses and endpoint. Its
+/// other status (conditions, device, `status.mesh`), which every member rewrites as its
+/// handshakes come and go, changes none of this node's peers, so it does not wake the loop:
+/// without this, every member's status write woke all N daemons (O(N²) reconciles per
+/// join, more at a cold start).
+fn mesh_member_digest(interface: &Interface) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let meta = &interface.metadata;
+    let status = interface.status.as_ref();
+    let relevant = serde_json::json!([
+        meta.labels,
+        meta.annotations,
+        meta.owner_references,
+        meta.deletion_timestamp,
+        meta.uid,
+        interface.spec,
+        status.map(|s| (&s.public_key, &s.addresses, &s.endpoint)),
+    ]);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    relevant.to_string().hash(&mut hasher);
+    hasher.finish()
 }
 
 /// One watch: what it is called in errors, its API and its selectors.
@@ -861,7 +939,7 @@ impl Watches {
         let what = watched.what;
         let handle = self
             .tasks
-            .spawn(watch_into(watched, writer, counting, changed));
+            .spawn(watch_into(watched, writer, counting, Wake::Always, changed));
         self.names.insert(handle.id(), what);
     }
 
@@ -882,6 +960,43 @@ impl Watches {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mesh_member_wakes_the_loop_only_when_what_peers_are_made_of_changes() {
+        let mut wake = Wake::on_change(mesh_member_digest);
+        let mut member: Interface = object(serde_json::json!({
+            "apiVersion": "kwire.dev/v1alpha1", "kind": "Interface",
+            "metadata": {"name": "m-b", "namespace": "n", "resourceVersion": "1",
+                "labels": {"kwire.dev/mesh": "overlay", "kwire.dev/mesh-role": "member"}},
+            "spec": {"nodeName": "b", "listenPort": 51820},
+            "status": {"publicKey": "k1", "addresses": ["10.60.0.2/24"],
+                "endpoint": "10.211.55.11:51820"},
+        }));
+        // A relist wakes the loop once, at its end.
+        assert!(!wake.on(&watcher::Event::Init));
+        assert!(!wake.on(&watcher::Event::InitApply(member.clone())));
+        assert!(wake.on(&watcher::Event::InitDone));
+        // Its own status rewritten (conditions, device, how it sees its peers): nothing
+        // of this node's peers changes.
+        let status = member.status.as_mut().unwrap();
+        status.mesh = Some(Default::default());
+        status.conditions = vec![];
+        member.metadata.resource_version = Some("2".into());
+        assert!(!wake.on(&watcher::Event::Apply(member.clone())));
+        // A new key, addresses, endpoint, label or annotation, a deletion: it does.
+        member.status.as_mut().unwrap().public_key = Some("k2".into());
+        assert!(wake.on(&watcher::Event::Apply(member.clone())));
+        assert!(!wake.on(&watcher::Event::Apply(member.clone())));
+        member
+            .annotations_mut()
+            .insert("kwire.dev/mesh-primary-hub".into(), "a".into());
+        assert!(wake.on(&watcher::Event::Apply(member.clone())));
+        member.status.as_mut().unwrap().endpoint = Some("10.211.55.12:51820".into());
+        assert!(wake.on(&watcher::Event::Apply(member.clone())));
+        assert!(wake.on(&watcher::Event::Delete(member.clone())));
+        // Other watches wake on every event.
+        assert!(Wake::<Interface>::Always.on(&watcher::Event::Apply(member)));
+    }
 
     fn expect_unavailable(lookup: KeyLookup<PrivateKey>) -> Problem {
         match lookup {
