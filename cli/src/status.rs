@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt as _;
-use kwire_crds::v1alpha1::mesh::TopologyType;
+use kwire_crds::v1alpha1::mesh::{MemberPeersStatus, TopologyType};
 use kwire_crds::v1alpha1::{Interface, Mesh, Peer, Route, condition};
 use serde::Serialize;
 
@@ -63,6 +63,9 @@ pub struct InterfaceRow {
     pub backend: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready: Option<ConditionView>,
+    /// On a Mesh member: how its node daemon sees the other members (`status.mesh`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_peers: Option<MemberPeersStatus>,
     /// Every condition that is not `True` (the operator's and the node daemon's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<ConditionView>,
@@ -190,6 +193,7 @@ fn interface_row(i: &Interface) -> InterfaceRow {
         endpoint: status.endpoint.clone(),
         backend: status.device.as_ref().and_then(|d| d.backend.clone()),
         ready: condition_of(&status.conditions, condition::READY),
+        mesh_peers: status.mesh.clone(),
         problems: not_true(&status.conditions),
     }
 }
@@ -334,6 +338,25 @@ fn condition_cell(c: Option<&ConditionView>, show_reason: bool) -> Cell {
     }
 }
 
+/// `3/3 connected`, with the unhealthy ones by node (`2/3 connected, not: c`).
+fn mesh_peers_cell(m: Option<&MemberPeersStatus>) -> Cell {
+    let Some(m) = m else {
+        return Cell::toned("-", Tone::Dim);
+    };
+    let mut text = format!("{}/{} connected", m.connected, m.peers);
+    if !m.unhealthy.is_empty() {
+        text.push_str(&format!(", not: {}", m.unhealthy.join(",")));
+    }
+    let tone = if m.connected == m.peers {
+        Tone::Good
+    } else if m.stale > 0 {
+        Tone::Bad
+    } else {
+        Tone::Pending
+    };
+    Cell::toned(text, tone)
+}
+
 fn or_dash(text: Option<String>) -> Cell {
     match text {
         Some(t) if !t.is_empty() => Cell::plain(t),
@@ -411,7 +434,9 @@ pub fn render(view: &StatusView, colour: bool) -> String {
             }
         }
 
-        let mut t = Table::new(&[
+        // Mesh members add how their devices see the other members.
+        let members = ns.interfaces.iter().any(|i| i.mesh_peers.is_some());
+        let mut headers = vec![
             "INTERFACE",
             "NODE",
             "DEVICE",
@@ -420,9 +445,13 @@ pub fn render(view: &StatusView, colour: bool) -> String {
             "KEY",
             "BACKEND",
             "READY",
-        ]);
+        ];
+        if members {
+            headers.push("MESH PEERS");
+        }
+        let mut t = Table::new(&headers);
         for i in &ns.interfaces {
-            t.row(vec![
+            let mut row = vec![
                 Cell::plain(&i.name),
                 Cell::plain(&i.node),
                 Cell::plain(&i.device),
@@ -438,7 +467,11 @@ pub fn render(view: &StatusView, colour: bool) -> String {
                 },
                 or_dash(i.backend.clone()),
                 condition_cell(i.ready.as_ref(), false),
-            ]);
+            ];
+            if members {
+                row.push(mesh_peers_cell(i.mesh_peers.as_ref()));
+            }
+            t.row(row);
         }
         if !t.is_empty() {
             out.push_str(&t.render(colour));
@@ -750,5 +783,33 @@ a-wg0-client   a      wg0-client   10.1.0.1/24   11111   0bcdefgh   userspace   
         assert_eq!(sites["unreadyMembers"][0], "f");
         assert_eq!(sites["locations"][1]["gateway"], "d");
         assert_eq!(sites["topologyValid"]["status"], "True");
+    }
+
+    #[test]
+    fn mesh_members_show_how_their_devices_see_the_others() {
+        let (mut i, _, _) = fixture();
+        i.truncate(2);
+        let status = i[0].status.get_or_insert_with(Default::default);
+        status.mesh = Some(MemberPeersStatus {
+            peers: 3,
+            connected: 2,
+            stale: 1,
+            unhealthy: vec!["c".into()],
+            ..MemberPeersStatus::default()
+        });
+        let text = render(&view(&i, &[], &[], &[], now()), false);
+        let expected = "\
+Namespace seed
+
+INTERFACE      NODE   DEVICE       ADDRESS       PORT    KEY        BACKEND     READY   MESH PEERS
+a-wg0-client   a      wg0-client   10.1.0.1/24   11111   0bcdefgh   userspace   True    2/3 connected, not: c
+b-wg0-server   b      wg0-server   10.1.0.2/24   22222   1bcdefgh   userspace   True    -
+";
+        assert_eq!(text, expected);
+        let json = serde_json::to_value(view(&i, &[], &[], &[], now())).unwrap();
+        assert_eq!(
+            json["namespaces"][0]["interfaces"][0]["meshPeers"]["stale"],
+            1
+        );
     }
 }
