@@ -21,15 +21,17 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use kube::Api;
 use kube::api::DeleteParams;
 use kwire_crds::v1alpha1::Mesh;
-use kwire_tests::mesh::{TempFile, node_documents, set_label};
+use kwire_tests::mesh::{
+    ContinuousPing, Member, TempFile, addressed_members, mesh_ready, node_documents,
+    ping_every_pair, set_label, wg_peers,
+};
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::Sandbox;
 use kwire_tests::wait::wait_for;
@@ -66,69 +68,16 @@ spec:
   device: {deviceName: wgmesh, listenPort: 51900, persistentKeepalive: 25}
 ";
 
-/// The peers of `device` in `wg show all dump` (a peer's line has 9 fields, the device's
-/// own line 5).
-fn peers_of(shown: &str, device: &str) -> usize {
-    shown
-        .lines()
-        .filter(|l| l.split('\t').count() == 9 && l.starts_with(&format!("{device}\t")))
-        .count()
-}
-
-/// A member's node and its Interface's addresses.
-type Member = (String, Vec<IpAddr>);
-
-/// The generated Interfaces of the Mesh: node name → addresses, once every one of
-/// `members` has one with an address of each family; `None` before.
+/// The members of the Mesh once there is exactly one on each of `expected`, each with an
+/// IPv4 and an IPv6 address.
 fn members(sandbox: &Sandbox, expected: &[&str]) -> Result<Option<Vec<Member>>> {
-    let generated: Vec<Value> = sandbox
-        .get("interfaces")?
-        .into_iter()
-        .filter(|i| i["metadata"]["labels"]["kwire.dev/mesh"] == "overlay")
-        .collect();
-    let mut out = Vec::new();
-    for i in &generated {
-        let node = i["spec"]["nodeName"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let addresses: Vec<IpAddr> = i["status"]["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a.as_str()?.split('/').next()?.parse().ok())
-            .collect();
-        if addresses.len() < 2 {
-            return Ok(None);
-        }
-        out.push((node, addresses));
-    }
-    out.sort();
-    let nodes: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
-    Ok((nodes == expected).then_some(out))
+    let expected: Vec<String> = expected.iter().map(|n| n.to_string()).collect();
+    addressed_members(sandbox, "overlay", &expected)
 }
 
-/// Every member pings every other member's every address (only the pairs with `with`,
-/// when given).
-fn ping_every_pair(sandbox: &Sandbox, members: &[Member], with: Option<&str>) -> Vec<String> {
-    let mut failed = Vec::new();
-    for (from, _) in members {
-        for (to, addresses) in members.iter().filter(|(to, _)| to != from) {
-            if with.is_some_and(|w| w != from && w != to) {
-                continue;
-            }
-            for address in addresses {
-                let netns = &sandbox.nodes[from].netns;
-                if netns
-                    .wait_for_ping(*address, Duration::from_secs(20))
-                    .is_none()
-                {
-                    failed.push(format!("{from} → {to} ({address})"));
-                }
-            }
-        }
-    }
-    failed
+/// The peers of the mesh's device in a node's `wg show all dump`.
+fn peers_of(shown: &str) -> usize {
+    wg_peers(shown, "wgmesh").len()
 }
 
 /// The API's view: exactly one generated Interface per member (owned by the Mesh), no
@@ -223,87 +172,6 @@ fn allocated_to(sandbox: &Sandbox, name: &str) -> Result<BTreeSet<IpAddr>> {
         .collect())
 }
 
-fn mesh_ready(sandbox: &Sandbox, members: u64) -> Result<Option<()>> {
-    let Some(mesh) = sandbox.get_one("meshes", "overlay")? else {
-        return Ok(None);
-    };
-    let status = &mesh["status"];
-    let ready = status["members"] == members
-        && status["readyMembers"] == members
-        && status["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
-    Ok(ready.then_some(()))
-}
-
-/// `ping` running in a node's namespace until stopped.
-struct Pinging {
-    child: Option<Child>,
-    output: PathBuf,
-}
-
-impl Pinging {
-    fn start(sandbox: &Sandbox, from: &str, to: IpAddr) -> Result<Self> {
-        let output =
-            std::env::temp_dir().join(format!("kwire-mesh-ping-{}-{from}.txt", std::process::id()));
-        let file = std::fs::File::create(&output)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", sandbox.nodes[from].netns.name()])
-            .args(["ping", "-n", "-i", "0.05", &to.to_string()])
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting ping")?;
-        Ok(Self {
-            child: Some(child),
-            output,
-        })
-    }
-
-    /// The sequence numbers answered so far (ping prints a line per reply).
-    fn answered(&self) -> Result<BTreeSet<u64>> {
-        let text = std::fs::read_to_string(&self.output)?;
-        Ok(text
-            .lines()
-            .filter(|l| l.contains("bytes from"))
-            .filter_map(|l| l.split("icmp_seq=").nth(1)?.split(' ').next()?.parse().ok())
-            .collect())
-    }
-
-    fn replies(&self) -> Result<usize> {
-        Ok(self.answered()?.len())
-    }
-
-    /// Waits for 20 more replies (so that a loss just before is inside the range counted),
-    /// stops the pings and returns (sent, answered) up to the last answered request: every
-    /// request before it that got no answer was lost.
-    fn finish(mut self) -> Result<(u64, u64)> {
-        let before = self.replies()?;
-        wait_for("20 more ping replies", Duration::from_secs(10), || {
-            Ok((self.replies()? >= before + 20).then_some(()))
-        })?;
-        let mut child = self.child.take().context("finished twice")?;
-        let _ = child.kill();
-        child.wait()?;
-        let answered = self.answered()?;
-        let last = answered.last().copied().context("no reply at all")?;
-        Ok((last, answered.len() as u64))
-    }
-}
-
-impl Drop for Pinging {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(&self.output);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins() -> Result<()> {
     if let Err(why) = can_run_network_tests() {
@@ -346,22 +214,15 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
     wait_for(
         "the Mesh to count 3 ready members",
         Duration::from_secs(60),
-        || mesh_ready(&sandbox, 3),
+        || Ok(mesh_ready(&sandbox, "overlay", 3)?.then_some(())),
     )
     .with_context(|| sandbox.status_table())?;
     assert_objects(&sandbox, &three)?;
 
     // d joins while a keeps pinging b.
-    let b_v4 = members3[1]
-        .1
-        .iter()
-        .copied()
-        .find(IpAddr::is_ipv4)
-        .context("b has no IPv4 address")?;
-    let pinging = Pinging::start(&sandbox, "a", b_v4)?;
-    wait_for("a's first replies from b", Duration::from_secs(10), || {
-        Ok((pinging.replies()? >= 10).then_some(()))
-    })?;
+    let b_v4 = members3[1].v4().context("b has no IPv4 address")?;
+    let pinging = ContinuousPing::start(sandbox.nodes["a"].netns.name(), b_v4, "a → b")?;
+    pinging.wait_replies(10, Duration::from_secs(10))?;
     set_label(&sandbox, "d", LABEL, Some("yes")).await?;
     let four = ["a", "b", "c", "d"];
     let (members4, took) = wait_for(
@@ -380,15 +241,19 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
     wait_for(
         "the Mesh to count 4 ready members",
         Duration::from_secs(60),
-        || mesh_ready(&sandbox, 4),
+        || Ok(mesh_ready(&sandbox, "overlay", 4)?.then_some(())),
     )
     .with_context(|| sandbox.status_table())?;
-    let (sent, received) = pinging.finish()?;
-    println!("a → b during the join: {received} of {sent} answered");
+    let count = pinging.finish()?;
+    println!(
+        "a → b during the join: {} of {} answered",
+        count.received, count.transmitted
+    );
     ensure!(
-        sent > 0 && received == sent,
-        "a → b lost {} of {sent} pings while d joined",
-        sent - received
+        count.received > 0 && count.lost == 0,
+        "a → b lost {} of {} pings while d joined",
+        count.lost,
+        count.transmitted
     );
     assert_objects(&sandbox, &four)?;
     // Each member's device has the three others as peers, with the Mesh's keepalive
@@ -401,7 +266,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
             .filter_map(|l| l.split('\t').nth(8))
             .collect();
         ensure!(
-            peers_of(&shown, "wgmesh") == 3 && keepalives == ["25"; 3],
+            peers_of(&shown) == 3 && keepalives == ["25"; 3],
             "{node}: {shown}"
         );
     }
@@ -428,7 +293,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         .as_str()
         .context("a name")?
         .to_string();
-    let c_addresses: BTreeSet<IpAddr> = members4[2].1.iter().copied().collect();
+    let c_addresses: BTreeSet<IpAddr> = members4[2].addresses.iter().copied().collect();
     ensure!(
         allocated_to(&sandbox, &c_name)? == c_addresses,
         "c's addresses are not allocated to {c_name} in the Networks"
@@ -441,13 +306,13 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         Duration::from_secs(60),
         || {
             for node in ["a", "b"] {
-                if peers_of(&sandbox.nodes[node].wg_show()?, "wgmesh") != 2
+                if peers_of(&sandbox.nodes[node].wg_show()?) != 2
                     || !reports_departed(&sandbox, node, &c_name)?
                 {
                     return Ok(None);
                 }
             }
-            Ok((peers_of(&sandbox.nodes["c"].wg_show()?, "wgmesh") == 0).then_some(()))
+            Ok((peers_of(&sandbox.nodes["c"].wg_show()?) == 0).then_some(()))
         },
     )
     .with_context(|| sandbox.status_table())?;
@@ -489,7 +354,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         .output()
         .context("wg show on d")?;
     ensure!(
-        peers_of(&String::from_utf8_lossy(&shown.stdout), "wgmesh") == 3,
+        peers_of(&String::from_utf8_lossy(&shown.stdout)) == 3,
         "d's device, without its daemon, does not have c any more"
     );
 
@@ -501,7 +366,7 @@ async fn a_full_mesh_of_labelled_nodes_pings_every_pair_and_a_new_member_joins()
         "d to drop c, c's Interface to go and its addresses to go back to the Networks",
         Duration::from_secs(90),
         || {
-            if peers_of(&sandbox.nodes["d"].wg_show()?, "wgmesh") != 2
+            if peers_of(&sandbox.nodes["d"].wg_show()?) != 2
                 || generated_on(&sandbox, "c")?.is_some()
                 || members(&sandbox, &rest)?.is_none()
             {
