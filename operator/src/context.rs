@@ -64,6 +64,15 @@ impl Stores {
         }
     }
 
+    /// The Interfaces of one namespace, as the store holds them now.
+    pub fn interfaces_in(&self, namespace: &str) -> Vec<Arc<Interface>> {
+        self.interfaces
+            .state()
+            .into_iter()
+            .filter(|i| i.metadata.namespace.as_deref() == Some(namespace))
+            .collect()
+    }
+
     /// Records that a store changed (call after the store was written): the next
     /// [`Stores::world`] is built anew.
     pub fn changed(&self) {

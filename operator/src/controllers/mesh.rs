@@ -303,13 +303,7 @@ pub async fn reconcile(mesh: Arc<Mesh>, ctx: Arc<Context>) -> Result<Action, Err
             .iter()
             .map(|n| MeshNode::from_node(n))
             .collect();
-        let interfaces: Vec<Arc<Interface>> = ctx
-            .stores
-            .interfaces
-            .state()
-            .into_iter()
-            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
-            .collect();
+        let interfaces = ctx.stores.interfaces_in(&ns);
         let plan = plan_mesh(&mesh, &nodes, &interfaces, &ctx.clock.now());
         let api = Api::<Interface>::namespaced(ctx.client.clone(), &ns);
         let params = PatchParams::apply(FIELD_MANAGER).force();

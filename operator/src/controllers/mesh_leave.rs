@@ -191,13 +191,7 @@ pub async fn reconcile(interface: Arc<Interface>, ctx: Arc<Context>) -> Result<A
         let ns = namespace(interface.as_ref(), "Interface")?;
         let mesh = controlling_mesh(&interface)
             .and_then(|(ns, name)| ctx.stores.meshes.get(&ObjectRef::new(&name).within(&ns)));
-        let interfaces: Vec<Arc<Interface>> = ctx
-            .stores
-            .interfaces
-            .state()
-            .into_iter()
-            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
-            .collect();
+        let interfaces = ctx.stores.interfaces_in(&ns);
         let decision = decide(
             &interface,
             mesh.as_deref(),
