@@ -6,6 +6,7 @@
 
 pub use kwire_sandbox::{control_plane, kubelet, netns, sandbox};
 
+pub mod bench;
 pub mod mesh;
 pub mod node_status;
 pub mod wait;

@@ -36,6 +36,7 @@ use futures::StreamExt as _;
 use kube::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kwire_crds::v1alpha1::Peer;
+use kwire_tests::bench::run_ok;
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::Sandbox;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -478,16 +479,6 @@ struct RefDevice<'a> {
     underlay: String,
     overlay: String,
     port: u16,
-}
-
-fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn in_ns(ns: &str, argv: &[&str]) -> Result<String> {

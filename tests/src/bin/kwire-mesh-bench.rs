@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
+use kwire_tests::bench::{label, run_ok};
 use kwire_tests::mesh::{ContinuousPing, MeshSpec, ObjectCounts, node_documents, set_member};
 use kwire_tests::netns::can_run_network_tests;
 use kwire_tests::sandbox::{OperatorProcess, Sandbox, metric_sum, operator_metrics};
@@ -389,14 +390,7 @@ impl Counts {
                 continue;
             };
             let value: f64 = value.parse().unwrap_or(0.0);
-            let field = |key: &str| {
-                labels
-                    .split(&format!("{key}=\""))
-                    .nth(1)
-                    .and_then(|r| r.split('"').next())
-                    .unwrap_or_default()
-                    .to_string()
-            };
+            let field = |key: &str| label(labels, key);
             operator_requests += value;
             let (verb, resource) = (field("verb"), field("resource"));
             if matches!(verb.as_str(), "create" | "update" | "patch" | "delete")
@@ -463,16 +457,6 @@ impl Drop for Floor<'_> {
         }
         let _ = std::fs::remove_dir_all(&self.keys);
     }
-}
-
-fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn floor_device(i: usize) -> String {

@@ -33,6 +33,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kwire_crds::v1alpha1::{Interface, Network, Peer};
+use kwire_tests::bench::label;
 use kwire_tests::control_plane::ControlPlane;
 use kwire_tests::node_status::heartbeat;
 use kwire_tests::sandbox::{
@@ -172,14 +173,7 @@ fn requests_table(metrics: &str) -> BTreeMap<(String, String), f64> {
         let Some((labels, value)) = line.rsplit_once(' ') else {
             continue;
         };
-        let field = |key: &str| {
-            labels
-                .split(&format!("{key}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or_default()
-                .to_string()
-        };
+        let field = |key: &str| label(labels, key);
         *out.entry((field("verb"), field("resource"))).or_insert(0.0) +=
             value.parse::<f64>().unwrap_or(0.0);
     }
